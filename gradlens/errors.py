@@ -1,0 +1,57 @@
+"""Every exception gradlens raises on purpose lives here, under :class:`GradlensError`."""
+
+from __future__ import annotations
+
+__all__ = [
+    "GradlensError",
+    "LayerNotFoundError",
+    "LayerNotExecutedError",
+    "GradientNotAvailableError",
+    "TargetError",
+    "OutputSelectionError",
+    "InPlaceBackwardHookError",
+    "RecorderStateError",
+]
+
+
+class GradlensError(Exception):
+    """Base class of all errors raised by gradlens."""
+
+
+class LayerNotFoundError(GradlensError, KeyError, ValueError):
+    """A layer name, pattern, type or filter selected no module of the model.
+
+    Subclasses both :class:`KeyError` (a name lookup failed) and :class:`ValueError`
+    (a bad argument), so either ``except`` clause catches it. Unlike a plain
+    ``KeyError`` its ``str()`` is the readable message, not a quoted repr.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerNotExecutedError(GradlensError, KeyError):
+    """A selected layer exists but did not run during the recorded forward pass."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class GradientNotAvailableError(GradlensError, RuntimeError):
+    """A gradient was asked for that was never computed (no backward yet, or no graph)."""
+
+
+class TargetError(GradlensError, ValueError):
+    """A target (class index, per-sample list, callable, score) does not fit the model output."""
+
+
+class OutputSelectionError(GradlensError, ValueError):
+    """A structured output (tuple, dict, dataclass) needs ``output=`` / ``select=`` to pick a tensor."""
+
+
+class InPlaceBackwardHookError(GradlensError, RuntimeError):
+    """A full backward hook met an in-place operation (PyTorch cannot hook such a module)."""
+
+
+class RecorderStateError(GradlensError, RuntimeError):
+    """A Recorder was used in the wrong state (entered twice, read before entering)."""

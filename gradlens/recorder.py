@@ -1,0 +1,639 @@
+"""The capture engine: :class:`Recorder` and :func:`record`.
+
+Every gradlens method that needs activations or gradients gets them from a Recorder.
+A Recorder is a context manager that, while active, hooks the selected modules of a model
+and records for every call of each module:
+
+* its output (the *activation*), as the module produced it -- in-place operations that
+  run later (``ReLU(inplace=True)``, ``out += identity``) cannot change the record,
+  because the module's consumers receive a clone while the record keeps the original;
+* optionally its inputs;
+* the gradient of a score with respect to that output, either from a ``backward()``
+  the user runs inside the block (captured by a tensor hook on the recorded output),
+  or from :meth:`Recorder.grad`, which calls :func:`torch.autograd.grad` with respect to
+  the recorded outputs only (no parameter gradient is computed or stored).
+
+All hooks come off on exit, also when the block raises; buffers changed by train-mode
+forwards inside the block are restored (``restore_buffers=True``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import (
+    GradientNotAvailableError,
+    InPlaceBackwardHookError,
+    LayerNotExecutedError,
+    LayerNotFoundError,
+    OutputSelectionError,
+    RecorderStateError,
+)
+from .selection import Layers, close_names, select_layers
+from .targets import OutputSpec, select_output
+
+__all__ = ["Call", "Recorder", "record"]
+
+Modify = Callable[[str, nn.Module, Any], Any]
+
+
+class _StopForward(Exception):
+    """Raised from a hook to end a forward pass once every selected layer has run."""
+
+
+@dataclass
+class Call:
+    """What was recorded for one call of one module.
+
+    Attributes:
+        name: the module's dotted name.
+        index: the order in which this call finished among all recorded calls (0, 1, ...).
+        activation: the output as stored (detached, reduced, moved, cast as the Recorder
+            was told); a tensor, or the module's tuple/dict/dataclass with stored tensors.
+        inputs: the positional inputs (detached copies) when ``inputs=True``, else ``None``.
+        gradient: the gradient of the last score with respect to the output, same
+            structure as ``activation`` (``None`` where no gradient reached); for a
+            ``(B, K)`` score each gradient has a leading dimension ``K``.
+        input_gradient: gradients with respect to the inputs (``backward_hooks=True`` only).
+    """
+
+    name: str
+    index: int
+    activation: Any
+    inputs: tuple[Any, ...] | None = None
+    gradient: Any = None
+    input_gradient: Any = None
+    _live: list[Tensor | None] = field(default_factory=list, repr=False)
+    _rebuild: Callable[[list[Any]], Any] | None = field(default=None, repr=False)
+    _grads: list[Tensor | None] = field(default_factory=list, repr=False)
+
+    def _set_gradient(self, position: int, grad: Tensor) -> None:
+        if len(self._grads) != len(self._live):
+            self._grads = [None] * len(self._live)
+        self._grads[position] = grad
+        self.gradient = self._rebuild(self._grads) if self._rebuild else self._grads[0]
+
+
+class Recorder:
+    """Record activations and gradients of selected modules while the context is active.
+
+    Example::
+
+        with gradlens.record(model, ["layer4"]) as rec:
+            out = model(x)
+            rec.grad(out[:, 3])            # d out[b, 3] / d layer4, per sample
+        rec["layer4"].shape, rec.gradients["layer4"].shape
+
+    Args:
+        model: the model to hook.
+        layers: which modules to record (names, glob patterns, types, filters; see
+            :mod:`gradlens.selection`); ``None`` records no module (use :meth:`watch`).
+        inputs: also store each call's positional inputs.
+        detach: store detached tensors (default). With ``False`` the stored activations
+            stay attached to the autograd graph (as :class:`~gradlens.Extractor` needs).
+        device: move stored tensors there (e.g. ``"cpu"`` to offload GPU activations).
+        dtype: cast stored floating-point tensors to this dtype.
+        reduce: a function applied inside the hook to every stored activation and
+            gradient tensor (e.g. ``lambda t: t.mean((2, 3))`` to keep only pooled
+            features); gradients are still taken with respect to the full output.
+        select: pick one tensor of a structured module output (an index, a key, or a
+            function returning one of the output's tensors), for all layers or as a
+            dict ``{name: spec}``; only that tensor is recorded.
+        tape_from_layers: run the forward without an autograd tape until the first
+            selected layer has run, and start the tape there: that layer's output becomes
+            a leaf requiring grad. Gradients with respect to recorded activations then
+            cost a backward through the rest of the network only, and the model and
+            input need not require grad. The grad mode in force before is restored when
+            the model's forward returns, and on exit.
+        backward_hooks: capture gradients with ``register_full_backward_hook`` instead
+            of tensor hooks, which also gives gradients with respect to each module's
+            inputs (``rec.input_gradients``). PyTorch cannot hook a module whose input or
+            output is modified in place (``ReLU(inplace=True)``, ``out += identity``):
+            such modules raise :class:`~gradlens.errors.InPlaceBackwardHookError`.
+        modify: a function ``(name, module, output) -> new output`` applied to each
+            selected module's output, whose result replaces the output in the forward
+            pass (e.g. to wrap ReLU outputs for guided backprop).
+        store: record activations (default); ``False`` with ``modify`` only edits outputs.
+        stop_early: end the forward pass as soon as every selected layer has run once
+            (use :meth:`forward`, or call the model inside the block: the block then ends
+            there without an error).
+        restore_buffers: restore the model's buffers on exit (BatchNorm running
+            statistics that train-mode forwards inside the block updated).
+
+    Raises:
+        LayerNotFoundError: a layer spec selects nothing (raised at construction).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Layers | None = None,
+        *,
+        inputs: bool = False,
+        detach: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        reduce: Callable[[Tensor], Any] | None = None,
+        select: OutputSpec | Mapping[str, OutputSpec] = None,
+        tape_from_layers: bool = False,
+        backward_hooks: bool = False,
+        modify: Modify | None = None,
+        store: bool = True,
+        stop_early: bool = False,
+        restore_buffers: bool = True,
+    ) -> None:
+        self.model = model
+        self.modules = select_layers(model, layers) if layers is not None else {}
+        self.record_inputs = inputs
+        self.detach = detach
+        self.device = torch.device(device) if device is not None else None
+        self.dtype = dtype
+        self.reduce = reduce
+        self.select = select
+        self.tape_from_layers = tape_from_layers
+        self.backward_hooks = backward_hooks
+        self.modify = modify
+        self.store = store
+        self.stop_early = stop_early
+        self.restore_buffers = restore_buffers
+        self._calls: dict[str, list[Call]] = {}
+        self._handles: list[Any] = []
+        self._active = False
+        self._counter = itertools.count()
+        self._collect_hook_grads = True
+        self._grad_mode_stack: list[bool] = []
+        self._entry_grad_mode = True
+        self._saved_buffers: list[tuple[Tensor, Tensor]] = []
+        self._pending_backward: dict[str, list[Call]] = {}
+
+    # -- context management -------------------------------------------------------------
+
+    def __enter__(self) -> Recorder:
+        if self._active:
+            raise RecorderStateError("this Recorder is already active; a Recorder cannot be entered twice")
+        if self.backward_hooks:
+            inplace = [n for n, m in self.modules.items() if getattr(m, "inplace", False)]
+            if inplace:
+                raise InPlaceBackwardHookError(
+                    f"backward_hooks=True cannot hook {', '.join(map(repr, inplace))}: "
+                    "it works in place (inplace=True), which PyTorch's full backward hooks "
+                    "do not allow; use the default tensor-hook capture (backward_hooks=False)"
+                )
+        self._calls = {name: [] for name in self.modules}
+        self._pending_backward = {name: [] for name in self.modules}
+        self._counter = itertools.count()
+        self._entry_grad_mode = torch.is_grad_enabled()
+        self._grad_mode_stack = []
+        self._saved_buffers = self._snapshot_buffers() if self.restore_buffers else []
+        self._active = True
+        try:
+            for name, module in self.modules.items():
+                self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+                if self.backward_hooks:
+                    self._handles.append(module.register_full_backward_hook(self._backward_hook(name)))
+            if self.tape_from_layers:
+                self._handles.append(self.model.register_forward_pre_hook(self._tape_off))
+                self._handles.append(self.model.register_forward_hook(self._tape_restore))
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        self._close()
+        if exc_type is not None and issubclass(exc_type, _StopForward):
+            return True
+        if (
+            self.backward_hooks
+            and isinstance(exc, RuntimeError)
+            and "BackwardHookFunctionBackward" in str(exc)
+        ):
+            raise InPlaceBackwardHookError(
+                "a module recorded with backward_hooks=True had its input or output modified "
+                "in place (e.g. ReLU(inplace=True) or 'out += identity' downstream), which "
+                "PyTorch's full backward hooks cannot handle; record without "
+                "backward_hooks (tensor hooks handle in-place operations)"
+            ) from exc
+        return False
+
+    def _close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self.tape_from_layers:
+            torch.set_grad_enabled(self._entry_grad_mode)
+        with torch.no_grad():
+            for buf, saved in self._saved_buffers:
+                buf.copy_(saved)
+        self._saved_buffers = []
+        for calls in self._calls.values():
+            for call in calls:
+                call._live = [None] * len(call._live)
+        self._pending_backward = {}
+        self._active = False
+
+    def _snapshot_buffers(self) -> list[tuple[Tensor, Tensor]]:
+        # Only train-mode modules change their buffers in a forward pass.
+        if not any(m.training for m in self.model.modules()):
+            return []
+        return [(b, b.detach().clone()) for b in self.model.buffers()]
+
+    # -- running the model --------------------------------------------------------------
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the model; with ``stop_early`` return ``None`` when the pass was cut short."""
+        self._require_active("forward")
+        try:
+            return self.model(*args, **kwargs)
+        except _StopForward:
+            return None
+
+    __call__ = forward
+
+    def watch(self, name: str, tensor: Tensor) -> Tensor:
+        """Record an arbitrary tensor (a model input, a value computed in the block).
+
+        Its gradient is then captured like a layer's (by ``backward()`` or :meth:`grad`).
+        Returns ``tensor`` unchanged. The tensor must require grad for a gradient to exist.
+        """
+        self._require_active("watch")
+        call = self._new_call(name)
+        call._rebuild = None
+        call._live = [tensor if tensor.requires_grad else None]
+        call.activation = self._stored(tensor, copy_if_shared=False)
+        if tensor.requires_grad:
+            tensor.register_hook(self._grad_hook(call, 0))
+        return tensor
+
+    # -- hooks --------------------------------------------------------------------------
+
+    def _tape_off(self, module: nn.Module, args: Any) -> None:
+        self._grad_mode_stack.append(torch.is_grad_enabled())
+        torch.set_grad_enabled(False)
+
+    def _tape_restore(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._grad_mode_stack:
+            torch.set_grad_enabled(self._grad_mode_stack.pop())
+
+    def _forward_hook(self, name: str) -> Callable[[nn.Module, Any, Any], Any]:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if self.modify is not None:
+                output = self.modify(name, module, output)
+            if self.store:
+                output = self._record_call(name, args, output)
+            if self.stop_early and all(self._calls[n] for n in self.modules):
+                raise _StopForward
+            return output
+
+        return hook
+
+    def _record_call(self, name: str, args: Any, output: Any) -> Any:
+        leaves, rebuild = _flatten(output)
+        spec = self.select.get(name) if isinstance(self.select, Mapping) else self.select
+        positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
+        if spec is not None:
+            chosen = select_output(output, spec)
+            positions = [i for i in positions if leaves[i] is chosen]
+            if not positions:
+                raise OutputSelectionError(
+                    f"select={spec!r} for layer {name!r} must pick one of the tensors the "
+                    "module returned, not a tensor computed from them"
+                )
+        call = self._new_call(name)
+        if self.record_inputs:
+            call.inputs = tuple(self._stored(a, copy_if_shared=True) if isinstance(a, Tensor) else a for a in args)
+        new_leaves = list(leaves)
+        stored: list[Any] = []
+        live: list[Tensor | None] = []
+        for pos in positions:
+            tensor = leaves[pos]
+            if self.tape_from_layers and tensor.is_floating_point() and not tensor.requires_grad:
+                torch.set_grad_enabled(True)  # the tape starts here
+                tensor = tensor.detach().requires_grad_(True)
+                new_leaves[pos] = tensor
+            if tensor.requires_grad:
+                # Consumers get a clone, so the recorded tensor (and hence the stored
+                # value and the gradient taken w.r.t. it) is immune to later in-place ops.
+                with torch.enable_grad():
+                    new_leaves[pos] = tensor.clone()
+                tensor.register_hook(self._grad_hook(call, len(live)))
+                stored.append(self._stored(tensor, copy_if_shared=False))
+                live.append(tensor)
+            else:
+                stored.append(self._stored(tensor, copy_if_shared=True))
+                live.append(None)
+        call._live = live
+        if spec is not None:
+            call.activation = stored[0]
+            call._rebuild = None
+        else:
+            call._rebuild = _partial_rebuild(rebuild, leaves, positions)
+            call.activation = call._rebuild(stored)
+        if self.backward_hooks:
+            self._pending_backward[name].append(call)
+        if any(a is not b for a, b in zip(new_leaves, leaves)):
+            return rebuild(new_leaves)
+        return output
+
+    def _grad_hook(self, call: Call, position: int) -> Callable[[Tensor], None]:
+        def hook(grad: Tensor) -> None:
+            if self._collect_hook_grads and not self.backward_hooks:
+                call._set_gradient(position, self._stored(grad, copy_if_shared=False))
+
+        return hook
+
+    def _backward_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, grad_input: Any, grad_output: Any) -> None:
+            pending = self._pending_backward.get(name)
+            if not pending or not self._collect_hook_grads:
+                return
+            call = pending.pop()
+            for pos, g in enumerate(grad_output[: len(call._live)]):
+                if g is not None:
+                    call._set_gradient(pos, self._stored(g, copy_if_shared=False))
+            call.input_gradient = tuple(
+                self._stored(g, copy_if_shared=False) if isinstance(g, Tensor) else g for g in grad_input
+            )
+
+        return hook
+
+    def _new_call(self, name: str) -> Call:
+        call = Call(name=name, index=next(self._counter), activation=None)
+        self._calls.setdefault(name, []).append(call)
+        return call
+
+    def _stored(self, tensor: Tensor, *, copy_if_shared: bool) -> Any:
+        """The stored form of ``tensor``: reduced, detached, moved, cast -- never aliasing
+        a tensor that may still be modified in place when ``copy_if_shared``."""
+        value = self.reduce(tensor) if self.reduce is not None else tensor
+        if not isinstance(value, Tensor):
+            return value
+        if self.detach:
+            value = value.detach()
+        dtype = self.dtype if (self.dtype is not None and value.is_floating_point()) else None
+        if self.device is not None or dtype is not None:
+            value = value.to(device=self.device, dtype=dtype)
+        if copy_if_shared and _shares_storage(value, tensor):
+            value = value.clone()
+        return value
+
+    # -- gradients ----------------------------------------------------------------------
+
+    def grad(self, score: Tensor, *, retain_graph: bool = False) -> dict[str, Any]:
+        """Gradients of ``score`` with respect to the recorded activations, and only those.
+
+        Args:
+            score: a scalar; or a per-sample score of shape ``(B,)`` (its sum is
+                differentiated, which gives each sample's own gradient when samples do
+                not interact, as in eval mode); or ``(B, K)`` for ``K`` scores per sample,
+                differentiated in one batched backward -- each gradient then has a
+                leading dimension ``K``.
+            retain_graph: keep the graph for another backward.
+
+        Returns:
+            ``{name: gradient of the last call}``; every call's gradient is also stored
+            (``rec.gradients``, ``rec.calls(name)[i].gradient``).
+
+        Raises:
+            GradientNotAvailableError: ``score`` has another shape, or no recorded
+                activation is part of its autograd graph.
+        """
+        self._require_active("grad")
+        if not isinstance(score, Tensor) or score.ndim > 2:
+            shape = tuple(score.shape) if isinstance(score, Tensor) else type(score).__name__
+            raise GradientNotAvailableError(
+                f"score must be a scalar, a per-sample score of shape (B,) or (B, K); got {shape}. "
+                "Reduce it first, e.g. output[:, class_index] or output.sum()"
+            )
+        entries = [
+            (call, pos, t)
+            for calls in self._calls.values()
+            for call in calls
+            for pos, t in enumerate(call._live)
+            if t is not None
+        ]
+        if not entries or not score.requires_grad:
+            raise GradientNotAvailableError(
+                "no recorded activation is part of the score's autograd graph: the forward "
+                "ran without grad (torch.no_grad / inference_mode, a frozen model and an "
+                "input without requires_grad?). Record with tape_from_layers=True, or "
+                "enable grad for the forward"
+            )
+        tensors = [t for _, _, t in entries]
+        self._collect_hook_grads = False
+        try:
+            grads = _autograd_grad(score, tensors, retain_graph)
+        finally:
+            self._collect_hook_grads = True
+        for (call, pos, _), g in zip(entries, grads):
+            if g is not None:
+                call._set_gradient(pos, self._stored(g, copy_if_shared=False))
+        return {name: calls[-1].gradient for name, calls in self._calls.items() if calls}
+
+    # -- reading records ----------------------------------------------------------------
+
+    @property
+    def activations(self) -> _RecordView:
+        """``{name: activation of the module's last call}`` (see :class:`Call`)."""
+        return _RecordView(self, "activation")
+
+    @property
+    def gradients(self) -> _RecordView:
+        """``{name: gradient w.r.t. the module's last output}``; raises
+        :class:`~gradlens.errors.GradientNotAvailableError` before any backward."""
+        return _RecordView(self, "gradient")
+
+    @property
+    def inputs(self) -> _RecordView:
+        """``{name: positional inputs of the last call}`` (``inputs=True`` only)."""
+        return _RecordView(self, "inputs")
+
+    @property
+    def input_gradients(self) -> _RecordView:
+        """``{name: gradients w.r.t. the last call's inputs}`` (``backward_hooks=True`` only)."""
+        return _RecordView(self, "input_gradient")
+
+    def __getitem__(self, name: str) -> Any:
+        return self.activations[name]
+
+    def calls(self, name: str) -> list[Call]:
+        """Every recorded call of a module, in call order (shared modules, loops, RNN cells)."""
+        return list(self._calls_of(name))
+
+    def all_calls(self) -> list[Call]:
+        """Every recorded call of every module, in the order the calls finished."""
+        return sorted((c for calls in self._calls.values() for c in calls), key=lambda c: c.index)
+
+    @property
+    def names(self) -> list[str]:
+        """The selected layer names, in model order."""
+        return list(self.modules)
+
+    def _calls_of(self, name: str) -> list[Call]:
+        if name not in self._calls:
+            known = list(self._calls) or list(self.modules)
+            hint = close_names(name, known)
+            raise LayerNotFoundError(
+                f"{name!r} was not recorded; recorded layers: {', '.join(map(repr, known)) or 'none'}"
+                + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
+            )
+        calls = self._calls[name]
+        if not calls:
+            raise LayerNotExecutedError(
+                f"layer {name!r} was selected but did not run during the forward pass "
+                "(is it used by the model's forward()? was the pass stopped early?)"
+            )
+        return calls
+
+    def _require_active(self, what: str) -> None:
+        if not self._active:
+            raise RecorderStateError(f"Recorder.{what}() needs an active Recorder: use it inside 'with'")
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "inactive"
+        return f"Recorder({type(self.model).__name__}, layers={list(self.modules)}, {state})"
+
+
+class _RecordView(Mapping[str, Any]):
+    """Read-only mapping ``name -> field of the last call`` over a Recorder's records."""
+
+    def __init__(self, recorder: Recorder, attr: str) -> None:
+        self._recorder = recorder
+        self._attr = attr
+
+    def __getitem__(self, name: str) -> Any:
+        call = self._recorder._calls_of(name)[-1]
+        value = getattr(call, self._attr)
+        if value is None and self._attr in ("gradient", "input_gradient"):
+            raise GradientNotAvailableError(
+                f"no gradient has reached layer {name!r} yet: run score.backward() or "
+                "rec.grad(score) inside the block first (and check that the score depends "
+                "on this layer and the forward ran with grad enabled)"
+            )
+        if value is None and self._attr == "inputs":
+            raise GradientNotAvailableError(f"inputs of {name!r} were not recorded: pass inputs=True")
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, calls in self._recorder._calls.items() if calls)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"<{self._attr}s of {list(self)}>"
+
+
+def record(model: nn.Module, layers: Layers | None = None, **options: Any) -> Recorder:
+    """Create a :class:`Recorder`: ``with gradlens.record(model, ["layer4"]) as rec: ...``.
+
+    All keyword options are those of :class:`Recorder`.
+    """
+    return Recorder(model, layers, **options)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _autograd_grad(score: Tensor, tensors: list[Tensor], retain_graph: bool) -> list[Tensor | None]:
+    if score.ndim < 2:
+        total = score.sum() if score.ndim == 1 else score
+        return list(torch.autograd.grad(total, tensors, retain_graph=retain_graph, allow_unused=True))
+    k = score.shape[1]
+    # grad_outputs[k] selects score[:, k] for every sample: one vmapped backward for all K.
+    eye = torch.eye(k, dtype=score.dtype, device=score.device)
+    grad_outputs = eye[:, None, :].expand(k, score.shape[0], k)
+    try:
+        return list(
+            torch.autograd.grad(
+                score, tensors, grad_outputs, retain_graph=retain_graph, allow_unused=True, is_grads_batched=True
+            )
+        )
+    except RuntimeError:
+        # Some operations have no batching rule for their backward; fall back to K passes.
+        per_k = [
+            torch.autograd.grad(score[:, i].sum(), tensors, retain_graph=True if i < k - 1 else retain_graph, allow_unused=True)
+            for i in range(k)
+        ]
+        return [
+            None if per_k[0][j] is None else torch.stack([p[j] for p in per_k])
+            for j in range(len(tensors))
+        ]
+
+
+def _shares_storage(a: Tensor, b: Tensor) -> bool:
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return True
+
+
+def _flatten(obj: Any) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+    """Leaves of a (nested) tensor/tuple/list/dict/dataclass structure and its rebuilder."""
+    if isinstance(obj, Tensor):
+        return [obj], lambda leaves: leaves[0]
+    if isinstance(obj, (tuple, list)):
+        return _flatten_children(list(obj), lambda items: _same_sequence(obj, items))
+    if isinstance(obj, Mapping):
+        keys = list(obj.keys())
+
+        def rebuild_mapping(items: list[Any]) -> Any:
+            new = copy.copy(obj)
+            for key, value in zip(keys, items):
+                new[key] = value
+            return new
+
+        return _flatten_children([obj[k] for k in keys], rebuild_mapping)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        names = [f.name for f in dataclasses.fields(obj) if f.init]
+        return _flatten_children(
+            [getattr(obj, n) for n in names],
+            lambda items: dataclasses.replace(obj, **dict(zip(names, items))),
+        )
+    return [obj], lambda leaves: leaves[0]
+
+
+def _flatten_children(children: list[Any], build: Callable[[list[Any]], Any]) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+    parts = [_flatten(c) for c in children]
+    sizes = [len(leaves) for leaves, _ in parts]
+    leaves = [leaf for part, _ in parts for leaf in part]
+
+    def rebuild(flat: list[Any]) -> Any:
+        items, start = [], 0
+        for (_, sub_rebuild), size in zip(parts, sizes):
+            items.append(sub_rebuild(flat[start : start + size]))
+            start += size
+        return build(items)
+
+    return leaves, rebuild
+
+
+def _same_sequence(template: tuple | list, items: list[Any]) -> Any:
+    if isinstance(template, list):
+        return items
+    if hasattr(template, "_fields"):  # namedtuple
+        return type(template)(*items)
+    try:
+        return type(template)(items)
+    except TypeError:
+        return tuple(items)
+
+
+def _partial_rebuild(rebuild: Callable[[list[Any]], Any], leaves: list[Any], positions: list[int]) -> Callable[[list[Any]], Any]:
+    """A rebuilder that places values at ``positions`` and keeps the other (non-tensor) leaves."""
+
+    def rebuild_some(values: list[Any]) -> Any:
+        flat: list[Any] = [None if isinstance(leaf, Tensor) else leaf for leaf in leaves]
+        for pos, value in zip(positions, values):
+            flat[pos] = value
+        return rebuild(flat)
+
+    return rebuild_some
