@@ -173,6 +173,7 @@ class Recorder:
         self._entry_grad_mode = True
         self._saved_buffers: list[tuple[Tensor, Tensor]] = []
         self._pending_backward: dict[str, list[Call]] = {}
+        self._pending_inputs: dict[str, list[tuple[Any, ...]]] = {}
 
     # -- context management -------------------------------------------------------------
 
@@ -189,6 +190,7 @@ class Recorder:
                 )
         self._calls = {name: [] for name in self.modules}
         self._pending_backward = {name: [] for name in self.modules}
+        self._pending_inputs = {name: [] for name in self.modules}
         self._counter = itertools.count()
         self._entry_grad_mode = torch.is_grad_enabled()
         self._grad_mode_stack = []
@@ -196,6 +198,8 @@ class Recorder:
         self._active = True
         try:
             for name, module in self.modules.items():
+                if self.record_inputs:
+                    self._handles.append(module.register_forward_pre_hook(self._input_hook(name)))
                 self._handles.append(module.register_forward_hook(self._forward_hook(name)))
                 if self.backward_hooks:
                     self._handles.append(module.register_full_backward_hook(self._backward_hook(name)))
@@ -214,7 +218,7 @@ class Recorder:
         if (
             self.backward_hooks
             and isinstance(exc, RuntimeError)
-            and "BackwardHookFunctionBackward" in str(exc)
+            and "BackwardHookFunction" in str(exc)
         ):
             raise InPlaceBackwardHookError(
                 "a module recorded with backward_hooks=True had its input or output modified "
@@ -238,6 +242,7 @@ class Recorder:
             for call in calls:
                 call._live = [None] * len(call._live)
         self._pending_backward = {}
+        self._pending_inputs = {}
         self._active = False
 
     def _snapshot_buffers(self) -> list[tuple[Tensor, Tensor]]:
@@ -283,6 +288,15 @@ class Recorder:
         if self._grad_mode_stack:
             torch.set_grad_enabled(self._grad_mode_stack.pop())
 
+    def _input_hook(self, name: str) -> Callable[[nn.Module, Any], None]:
+        # inputs are copied before the module runs: it may modify them in place
+        def hook(module: nn.Module, args: Any) -> None:
+            self._pending_inputs[name].append(
+                tuple(self._stored(a, copy_if_shared=True) if isinstance(a, Tensor) else a for a in args)
+            )
+
+        return hook
+
     def _forward_hook(self, name: str) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if self.modify is not None:
@@ -308,8 +322,8 @@ class Recorder:
                     "module returned, not a tensor computed from them"
                 )
         call = self._new_call(name)
-        if self.record_inputs:
-            call.inputs = tuple(self._stored(a, copy_if_shared=True) if isinstance(a, Tensor) else a for a in args)
+        if self.record_inputs and self._pending_inputs[name]:
+            call.inputs = self._pending_inputs[name].pop()
         new_leaves = list(leaves)
         stored: list[Any] = []
         live: list[Tensor | None] = []
@@ -335,7 +349,11 @@ class Recorder:
             call.activation = stored[0]
             call._rebuild = None
         else:
-            call._rebuild = _partial_rebuild(rebuild, leaves, positions)
+            # rebuild records from a skeleton without tensors, so that no closure keeps
+            # the module's live outputs (and their graph) alive after the block
+            skeleton = [None if isinstance(leaf, Tensor) else leaf for leaf in leaves]
+            _, skeleton_rebuild = _flatten(rebuild(skeleton))
+            call._rebuild = _partial_rebuild(skeleton_rebuild, skeleton, positions)
             call.activation = call._rebuild(stored)
         if self.backward_hooks:
             self._pending_backward[name].append(call)
@@ -628,10 +646,10 @@ def _same_sequence(template: tuple | list, items: list[Any]) -> Any:
 
 
 def _partial_rebuild(rebuild: Callable[[list[Any]], Any], leaves: list[Any], positions: list[int]) -> Callable[[list[Any]], Any]:
-    """A rebuilder that places values at ``positions`` and keeps the other (non-tensor) leaves."""
+    """A rebuilder that places values at ``positions`` of a tensor-free list of leaves."""
 
     def rebuild_some(values: list[Any]) -> Any:
-        flat: list[Any] = [None if isinstance(leaf, Tensor) else leaf for leaf in leaves]
+        flat = list(leaves)
         for pos, value in zip(positions, values):
             flat[pos] = value
         return rebuild(flat)

@@ -1,0 +1,93 @@
+"""Layer selection by name, pattern, type, module and filter; layers() listings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import gradlens
+from gradlens import LayerNotFoundError
+from gradlens.selection import select_layers
+
+from .models import SharedNet, small_vit
+
+
+def test_exact_nested_names(resnet18):
+    assert list(select_layers(resnet18, ["layer3.1.conv2", "layer1"])) == ["layer1", "layer3.1.conv2"]
+
+
+def test_glob_patterns_match_one_segment_per_star(resnet18):
+    names = list(select_layers(resnet18, "layer*.*.conv2"))
+    assert names == [f"layer{i}.{j}.conv2" for i in range(1, 5) for j in range(2)]
+    assert "layer2.0.downsample.0" in select_layers(resnet18, "layer2.**.0")
+
+
+def test_module_types_filters_modules_and_mixes(resnet18):
+    convs = select_layers(resnet18, nn.Conv2d)
+    assert len(convs) == 20 and all(isinstance(m, nn.Conv2d) for m in convs.values())
+    by_filter = select_layers(resnet18, lambda name, m: name.endswith("bn2") and name.startswith("layer4"))
+    assert list(by_filter) == ["layer4.0.bn2", "layer4.1.bn2"]
+    mixed = select_layers(resnet18, ["fc", nn.AdaptiveAvgPool2d, resnet18.layer1[0]])
+    assert list(mixed) == ["layer1.0", "avgpool", "fc"]
+
+
+def test_unknown_name_error_suggests_close_names(resnet18):
+    with pytest.raises(LayerNotFoundError) as info:
+        select_layers(resnet18, "layer4.1.conv3")
+    message = str(info.value)
+    assert "'layer4.1.conv1'" in message and "'layer4.1.conv2'" in message
+    assert not message.startswith('"')  # the plain message, not a KeyError repr
+
+
+def test_layer_not_found_is_a_key_error_and_a_value_error(resnet18):
+    for error in (KeyError, ValueError, gradlens.GradlensError):
+        with pytest.raises(error):
+            select_layers(resnet18, "head")
+
+
+def test_patterns_types_and_filters_that_select_nothing_raise(resnet18):
+    with pytest.raises(LayerNotFoundError, match="matches no layer"):
+        select_layers(resnet18, "block*")
+    with pytest.raises(LayerNotFoundError, match="types present are"):
+        select_layers(resnet18, nn.LSTM)
+    with pytest.raises(LayerNotFoundError, match="selected no layer"):
+        select_layers(resnet18, lambda name, m: False)
+
+
+def test_an_empty_selection_raises(resnet18):
+    with pytest.raises(LayerNotFoundError, match="empty"):
+        select_layers(resnet18, [])
+
+
+def test_layers_lists_names_and_types_without_running_the_model(resnet18):
+    table = gradlens.layers(resnet18)
+    assert table[0].name == "conv1" and table[0].type == "Conv2d" and table[0].output_shape is None
+    assert len(table) == len(list(resnet18.named_modules())) - 1
+
+
+def test_layers_with_an_input_gives_shapes_calls_and_the_default_cam_layer(resnet18):
+    table = gradlens.layers(resnet18, torch.randn(1, 3, 64, 64))
+    rows = {info.name: info for info in table}
+    assert rows["layer2"].output_shape == (1, 128, 8, 8)
+    assert rows["layer1.0.relu"].calls == 2  # a reused ReLU
+    assert [info.name for info in table if info.default] == ["layer4"]
+    assert "<- default CAM layer" in str(table)
+
+
+def test_default_layer_picks_the_shortest_name_of_the_last_spatial_output():
+    torch.manual_seed(0)
+    mobilenet = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    assert gradlens.default_layer(mobilenet, torch.randn(2, 3, 64, 64)) == "features"
+
+
+def test_default_layer_fails_clearly_without_spatial_outputs():
+    with pytest.raises(LayerNotFoundError, match="pass layer="):
+        gradlens.default_layer(SharedNet(), torch.randn(2, 4))
+
+
+
+def test_default_layer_of_a_vit_is_its_patch_embedding():
+    # by the rule (last 4-D output): name a transformer block explicitly instead
+    assert gradlens.default_layer(small_vit(), torch.randn(1, 3, 32, 32)) == "conv_proj"
