@@ -59,7 +59,8 @@ def extract(
     recorder = Recorder(
         model, layers, stop_early=stop_early, reduce=reduce, select=select, device=device, dtype=dtype
     )
-    with torch.no_grad(), recorder:
+    # records are copied out of inference mode as ordinary tensors by the Recorder
+    with torch.inference_mode(), recorder:
         recorder.forward(*args, **kwargs)
     if every_call:
         return {name: [c.activation for c in recorder.calls(name)] for name in recorder.names}

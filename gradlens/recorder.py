@@ -399,7 +399,11 @@ class Recorder:
         dtype = self.dtype if (self.dtype is not None and value.is_floating_point()) else None
         if self.device is not None or dtype is not None:
             value = value.to(device=self.device, dtype=dtype)
-        if copy_if_shared and _shares_storage(value, tensor):
+        if value.is_inference():
+            # records are ordinary tensors, usable by autograd after the block
+            with torch.inference_mode(False):
+                value = value.clone()
+        elif copy_if_shared and _shares_storage(value, tensor):
             value = value.clone()
         return value
 

@@ -1,0 +1,32 @@
+"""Shared helpers for the benchmark scripts: interleaved median timing and a table printer."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def interleaved_medians(cases: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median wall time (s) of each case, running the cases round-robin so that load drift
+    on a shared machine hits every case alike."""
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def print_table(medians: dict[str, float], baseline: str, title: str) -> None:
+    """Print name, median ms and ratio to ``baseline``."""
+    base = medians[baseline]
+    width = max(len(n) for n in medians)
+    print(f"\n{title}")
+    print(f"{'case':<{width}}  {'median ms':>10}  {'ratio':>6}")
+    for name, t in medians.items():
+        print(f"{name:<{width}}  {t * 1e3:>10.1f}  {t / base:>5.2f}x")
