@@ -25,12 +25,19 @@ from torch import nn
 
 from .errors import LayerNotFoundError
 
-__all__ = ["LayerSpec", "Layers", "select_layers", "close_names"]
+__all__ = ["LayerSpec", "Layers", "select_layers", "close_names", "named_modules"]
 
 LayerSpec = Union[str, type[nn.Module], nn.Module, Callable[[str, nn.Module], bool]]
 Layers = Union[LayerSpec, Sequence[LayerSpec]]
 
 _GLOB_CHARS = set("*?[")
+
+
+def named_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """``{name: module}`` including the root (``""``); a ``torch.compile``d model is named as
+    the original model (``"layer4"``, not ``"_orig_mod.layer4"``)."""
+    original = getattr(model, "_orig_mod", None)
+    return dict((original if isinstance(original, nn.Module) else model).named_modules())
 
 
 def select_layers(model: nn.Module, layers: Layers) -> dict[str, nn.Module]:
@@ -49,7 +56,7 @@ def select_layers(model: nn.Module, layers: Layers) -> dict[str, nn.Module]:
             names, or the module types present), or the selection is empty.
         TypeError: a spec is of an unsupported kind.
     """
-    named = dict(model.named_modules())
+    named = named_modules(model)
     specs = list(layers) if isinstance(layers, (list, tuple)) else [layers]
     if not specs:
         raise LayerNotFoundError(

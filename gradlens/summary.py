@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ._inputs import Inputs, as_args, prepare
 from .errors import LayerNotFoundError
 from .recorder import Recorder
+from .selection import named_modules
 
 __all__ = ["LayerInfo", "LayerTable", "layers", "default_layer"]
 
@@ -119,7 +120,7 @@ def layers(
     Returns:
         A :class:`LayerTable` (a list of :class:`LayerInfo`; ``print`` it for a table).
     """
-    named = [(n, m) for n, m in model.named_modules() if n]
+    named = [(n, m) for n, m in named_modules(model).items() if n]
     if example_input is None:
         return LayerTable(LayerInfo(n, type(m).__name__) for n, m in named)
     recorder = _probe(model, example_input, forward_kwargs)

@@ -145,3 +145,20 @@ def test_extractor_on_mobilenet():
     model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
     output, features = gradlens.Extractor(model, ["features.2", "features.12"])(torch.randn(1, 3, 64, 64))
     assert output.shape == (1, 10) and features["features.12"].shape == (1, 576, 2, 2)
+
+
+def test_compiled_models_are_addressed_by_their_original_names():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    model(x)
+    compiled = torch.compile(model)
+    with gradlens.record(compiled, "0") as rec:
+        out = compiled(x)
+        rec.grad(out[:, 1])
+    with gradlens.record(model, "0") as reference:
+        out = model(x)
+        reference.grad(out[:, 1])
+    torch.testing.assert_close(rec["0"], reference["0"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rec.gradients["0"], reference.gradients["0"], atol=1e-5, rtol=1e-5)
+    assert not model[0]._forward_hooks
