@@ -18,8 +18,9 @@ import torch
 import torchvision
 
 sys.path.insert(0, os.path.dirname(__file__))
-import gradlens  # noqa: E402
 from _timing import interleaved_medians, print_table  # noqa: E402
+
+import gradlens  # noqa: E402
 
 STAGES = ["layer1", "layer2", "layer3", "layer4"]
 

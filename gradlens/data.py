@@ -415,7 +415,7 @@ def train(
                 loss.backward()
                 optimiser.step()
                 schedule.step()
-                total_loss += float(loss) * len(y)
+                total_loss += float(loss.detach()) * len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
                 bar.update()

@@ -59,7 +59,7 @@ def test_model_output_unchanged_by_recording_in_place_model():
     inplace, _ = residual_pair()
     x = torch.randn(2, 3, 8, 8)
     expected = inplace(x)
-    with gradlens.record(inplace, ["block1.bn2", "block2.relu"]) as rec:
+    with gradlens.record(inplace, ["block1.bn2", "block2.relu"]):
         out = inplace(x)
         out.sum().backward()
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
