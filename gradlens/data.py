@@ -25,11 +25,13 @@ Image recipe (``size=64``):
   colour has the class channel in [0.75, 1] and the other two in [0, 0.3];
 * pixel noise: uniform in +-``noise`` on every pixel, then clipped to [0, 1]. With the
   default ``noise=0.04`` every object pixel keeps its class channel the largest by at
-  least 0.33.
+  least 0.37, while elsewhere no channel exceeds both others by more than 0.18.
 
 The trained :class:`TinyCNN` reaches >= 95 % held-out accuracy (see :data:`FULL_RECIPE`)
-and its last conv block (``model.features[-1]``, named ``"features.3"``) keeps a 16 x 16
-map at 64 x 64 input, so Grad-CAM on it lands on the object.
+and its last conv block (``model.features[-1]``, named ``"features.3"``) keeps an 8 x 8
+map at 64 x 64 input whose units see 37 x 37 pixels -- a whole object -- so Grad-CAM on it
+lands on the object (its maximum is on the object for about 3 in 4 test images, within
+4 px for about 9 in 10).
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ _DISTRACTOR_COLOURS = np.array(
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class ShapesData:
     """A batch of synthetic shapes images with their ground truth.
 
@@ -165,7 +167,7 @@ def make_shapes(
 
     Raises:
         ValueError: ``n < 0``, ``size < 16``, an unknown or repeated shape or colour, or a
-            ``scale`` range outside (0, 1].
+            ``scale`` range outside (0, 1] or smaller than 2 pixels.
     """
     shape_ids = _indices(shapes, SHAPES, "shape")
     colour_ids = _indices(colours, COLOURS, "colour")
@@ -173,8 +175,10 @@ def make_shapes(
         raise ValueError(f"n must be >= 0, got {n}")
     if size < 16:
         raise ValueError(f"size must be at least 16, got {size}")
-    if not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {scale}")
+    if not 0 < scale[0] <= scale[1] <= 1 or scale[0] * size < 2:
+        raise ValueError(
+            f"scale must satisfy 0 < low <= high <= 1 with low * size >= 2 pixels, got {scale}"
+        )
     rng = np.random.default_rng(seed)
     num_classes = len(shape_ids) * len(colour_ids)
     labels = rng.permutation(np.arange(n) % num_classes)
@@ -213,7 +217,9 @@ def _indices(names: Sequence[str], known: tuple[str, ...], what: str) -> list[in
     return [known.index(name) for name in names]
 
 
-def _shape_masks(shape: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: np.ndarray, size: int) -> np.ndarray:
+def _shape_masks(
+    shape: np.ndarray, cx: np.ndarray, cy: np.ndarray, r: np.ndarray, size: int
+) -> np.ndarray:
     """``(n, size, size)`` masks of shapes with centre ``(cx, cy)`` and half-side ``r``."""
     grid = np.arange(size, dtype=np.float32)
     dx = grid[None, None, :] - cx[:, None, None]
@@ -241,7 +247,10 @@ def _draw(
     # Texture: 6 x 6 random values per channel, bilinearly upsampled (as two matrix products).
     up = F.interpolate(torch.eye(6)[None], size=size, mode="linear", align_corners=False)[0].T
     up = up.numpy().astype(f32)  # (size, 6)
-    coarse = rng.uniform(-1, 1, (n, 4, 6, 6)).astype(f32) * np.array([0.15, 0.05, 0.05, 0.05], f32)[:, None, None]
+    coarse = (
+        rng.uniform(-1, 1, (n, 4, 6, 6)).astype(f32)
+        * np.array([0.15, 0.05, 0.05, 0.05], f32)[:, None, None]
+    )
     smooth = up @ coarse @ up.T  # (n, 4, size, size)
     grey = rng.uniform(0.3, 0.6, (n, 1, 1, 1)).astype(f32)
     images = (grey + smooth[:, :1]) + smooth[:, 1:]
@@ -294,17 +303,18 @@ class TinyCNN(nn.Module):
     ======================  =====================================  ============
     ``features.0``          conv 3x3 stride 2, BN, ReLU            16 x 32 x 32
     ``features.1``          conv 3x3, BN, ReLU, max-pool 2         32 x 16 x 16
-    ``features.2``          conv 3x3, BN, ReLU                     64 x 16 x 16
-    ``features.3``          conv 3x3, BN, ReLU                     64 x 16 x 16
+    ``features.2``          conv 3x3, BN, ReLU, max-pool 2         64 x 8 x 8
+    ``features.3``          conv 3x3, BN, ReLU                     64 x 8 x 8
     ``pool``                global average pooling                 64 x 1 x 1
     ``classifier``          linear                                 num_classes
     ======================  =====================================  ============
 
     Each block is an ``nn.Sequential`` of ``conv`` (index 0), ``bn`` (1), ``relu`` (2)
-    and, in block 1, ``pool`` (3), so ``features.3.0`` is the last convolution. The
+    and, in blocks 1 and 2, ``pool`` (3), so ``features.3.0`` is the last convolution. The
     natural CAM layer is the last block, ``model.features[-1]``, whose name is
-    ``model.cam_layer_name`` (``"features.3"``); ReLUs are not in-place, so full backward
-    hooks work on every module.
+    ``model.cam_layer_name`` (``"features.3"``): an 8 x 8 map (``H / 8`` x ``W / 8``) with a
+    37 px receptive field. ReLUs are not in-place, so full backward hooks work on every
+    module.
 
     Args:
         num_classes: size of the output.
@@ -331,7 +341,7 @@ class TinyCNN(nn.Module):
         self.features = nn.Sequential(
             block(in_channels, w, stride=2),
             block(w, 2 * w, pool=True),
-            block(2 * w, 4 * w),
+            block(2 * w, 4 * w, pool=True),
             block(4 * w, 4 * w),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -363,12 +373,16 @@ def train(
     data: ShapesData | tuple[Tensor, Tensor],
     *,
     epochs: int = 6,
-    batch_size: int = 64,
-    lr: float = 3e-3,
+    batch_size: int = 32,
+    lr: float = 5e-3,
     seed: int = 0,
     progress: bool = True,
 ) -> nn.Module:
-    """Train ``model`` with Adam and cross-entropy, the learning rate following a cosine decay.
+    """Train ``model`` with Adam and cross-entropy under a one-cycle learning-rate schedule.
+
+    The schedule (:class:`torch.optim.lr_scheduler.OneCycleLR`) warms the learning rate up
+    to ``lr`` over the first 20 % of the steps, then anneals it to nearly zero (cosine);
+    the warm-up is what lets the :class:`TinyCNN` learn the shapes in a couple hundred steps.
 
     Training runs on the device of the model's parameters. The batch order is drawn from
     a private generator seeded with ``seed``; the global RNG is not touched.
@@ -378,7 +392,7 @@ def train(
         data: a :class:`ShapesData` or an ``(images (N, C, H, W), labels (N,))`` pair.
         epochs: passes over the data.
         batch_size: samples per step (the last, smaller batch of an epoch is kept).
-        lr: the initial (peak) learning rate.
+        lr: the peak learning rate.
         seed: seed of the shuffling.
         progress: show a tqdm bar with the running loss and accuracy.
 
@@ -398,7 +412,9 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     steps_per_epoch = -(-len(labels) // batch_size)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.2
+    )
     model.train()
     bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc="train", unit="step")
     with bar:
@@ -460,11 +476,11 @@ class Recipe:
     lr: float
 
 
-FULL_RECIPE = Recipe(n_train=4000, n_test=1000, epochs=6, batch_size=64, lr=3e-3)
-"""The full benchmark: >= 95 % held-out accuracy in about a minute on 2 CPU cores."""
+FULL_RECIPE = Recipe(n_train=4000, n_test=1000, epochs=5, batch_size=32, lr=5e-3)
+"""The full benchmark: 625 steps, about 25 s of CPU time (one core), ~100 % held-out accuracy."""
 
-QUICK_RECIPE = Recipe(n_train=1500, n_test=500, epochs=4, batch_size=64, lr=4e-3)
-"""A quick version for demos and smoke tests: >= 85 % in about 10 s on 2 CPU cores."""
+QUICK_RECIPE = Recipe(n_train=1600, n_test=500, epochs=4, batch_size=32, lr=5e-3)
+"""For demos and tests: 200 steps, about 8 s of CPU time (one core), >= 99 % held out."""
 
 
 def train_demo_model(

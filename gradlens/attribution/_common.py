@@ -1,0 +1,190 @@
+"""Helpers shared by the attribution methods: inputs, tiling, results, clean evaluation.
+
+Layout convention: when the methods evaluate the model on ``k`` modified copies of a batch of
+``B`` samples (noisy copies, interpolation steps, occluded copies) the copies are stacked
+*copy-major*: row ``j * B + b`` is copy ``j`` of sample ``b`` -- the layout of
+``x.repeat(k, ...)``, for which :func:`gradlens._explain.repeat_target` tiles the targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+from .._explain import repeat_target
+from ..errors import TargetError
+from ..recorder import Recorder
+from ..selection import Layers, select_layers
+from ..targets import OutputSpec, Target, scores
+
+Attribution = Union[Tensor, tuple[Tensor | None, ...]]
+"""A tensor shaped like the input, or for a tuple input a tuple of them (``None`` for
+inputs that are not floating point)."""
+
+
+def float_positions(args: Sequence[Any]) -> list[int]:
+    """Indices of the floating-point tensors among the positional inputs."""
+    return [i for i, a in enumerate(args) if isinstance(a, Tensor) and a.is_floating_point()]
+
+
+def require_float_inputs(args: Sequence[Any], method: str) -> list[int]:
+    """:func:`float_positions`, raising when there is none to attribute to."""
+    positions = float_positions(args)
+    if not positions:
+        raise TypeError(
+            f"{method} attributes to floating-point inputs, and the model input holds none "
+            f"({', '.join(type(a).__name__ if not isinstance(a, Tensor) else str(a.dtype) for a in args)}); "
+            "for token ids attribute to the embedding layer "
+            "(gradlens.attribution.layer_integrated_gradients or layer_gradient_x_activation)"
+        )
+    return positions
+
+
+def as_result(x: Any, per_input: Mapping[int, Tensor]) -> Attribution:
+    """A tensor for a single-tensor input, else a tuple aligned with the inputs (``None``
+    for inputs without an attribution)."""
+    if not isinstance(x, tuple):
+        return per_input[0]
+    return tuple(per_input.get(i) for i in range(len(x)))
+
+
+def targets_first_to_dim1(gradient: Tensor, multi: bool) -> Tensor:
+    """Move the leading target dim ``K`` of a ``(K, B, ...)`` gradient to dim 1."""
+    return gradient.movedim(0, 1) if multi else gradient
+
+
+def gradient_or_zeros(gradient: Tensor | None, like: Tensor, scores: Tensor) -> Tensor:
+    """A gradient as the Recorder returns it (``(K, *like.shape)`` for ``(B, K)`` scores), or
+    zeros of that shape where the scores do not depend on the input (``None``)."""
+    if gradient is not None:
+        return gradient
+    return like.new_zeros((scores.shape[1], *like.shape) if scores.ndim == 2 else like.shape)
+
+
+def tile(value: Any, times: int) -> Any:
+    """``value.repeat(times, 1, ...)`` for tensors with a batch dim, ``value`` otherwise."""
+    if isinstance(value, Tensor) and value.ndim > 0 and times != 1:
+        return value.repeat(times, *([1] * (value.ndim - 1)))
+    return value
+
+
+def tile_kwargs(kwargs: Mapping[str, Any], batch: int, times: int) -> dict[str, Any]:
+    """Keyword inputs for ``times`` stacked copies of the batch: tensors whose dim 0 is the
+    batch size (an attention mask) are tiled, everything else is passed unchanged."""
+    return {
+        key: tile(value, times) if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch else value
+        for key, value in kwargs.items()
+    }
+
+
+def check_target(target: Target, batch: int) -> Target:
+    """Check the batch dimension of a per-sample target before inputs are tiled.
+
+    Methods that evaluate stacked copies of the batch tile the target, so a target of the
+    wrong length would otherwise be reported against the stacked batch size. Class
+    ranges are checked later, by :func:`gradlens.targets.scores`.
+
+    Returns:
+        The target, with sequences turned into an int64 tensor.
+
+    Raises:
+        TargetError: ragged lists, or a first dimension that is not ``batch``.
+    """
+    if target is None or isinstance(target, (int, Tensor)) or callable(target):
+        if isinstance(target, Tensor) and target.ndim > 0 and target.shape[0] != batch:
+            raise TargetError(
+                f"target has shape {tuple(target.shape)}; expected ({batch},) for one class "
+                f"per sample or ({batch}, K) for K classes per sample"
+            )
+        return target
+    try:
+        as_tensor = torch.as_tensor(target, dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError):
+        raise TargetError(
+            f"could not read target {target!r} as class indices: use None, an int, a "
+            f"sequence of {batch} ints, {batch} lists of K ints, a tensor or a callable"
+        ) from None
+    return check_target(as_tensor, batch)
+
+
+def evaluate(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any],
+    target: Target,
+    batch: int,
+    output: OutputSpec,
+    *,
+    copies: int = 1,
+) -> tuple[Tensor, Target]:
+    """Target scores of ``copies`` stacked copies of a batch, from one inference forward.
+
+    ``args``/``kwargs`` hold ``copies * batch`` samples (copy-major); ``target`` refers to
+    one copy. ``None`` is fixed to the top class of each sample of the *first* copy (the
+    clean input), and that class is scored in every copy. Buffers changed by a
+    train-mode forward are restored.
+
+    Returns:
+        ``(scores, target)``: scores of shape ``(copies * batch,)`` or ``(copies * batch, K)``
+        (ordinary tensors), and the target with ``None`` replaced by the classes.
+    """
+    rows = copies * batch
+    with torch.inference_mode(False), Recorder(model):  # an empty Recorder restores buffers
+        with torch.inference_mode():
+            out = model(*args, **kwargs)
+            if target is None:
+                _, classes = scores(out, None, rows, output)
+                target = None if classes is None else classes[:batch].clone()
+            values, _ = scores(out, repeat_target(target, batch, copies), rows, output)
+    if isinstance(target, Tensor) and target.is_inference():
+        target = target.clone()
+    return values.clone(), target
+
+
+def single_layer(model: nn.Module, layer: Layers) -> str:
+    """The name of the one module ``layer`` selects.
+
+    Raises:
+        LayerNotFoundError: it selects nothing.
+        ValueError: it selects several modules.
+    """
+    selected = list(select_layers(model, layer))
+    if len(selected) != 1:
+        raise ValueError(
+            f"layer must select exactly one module; {layer!r} selects {len(selected)}: "
+            f"{', '.join(map(repr, selected[:5]))}{', ...' if len(selected) > 5 else ''}"
+        )
+    return selected[0]
+
+
+def steps_per_chunk(batch_size: int | None, batch: int, total: int) -> int:
+    """How many stacked copies of a batch of ``batch`` samples fit ``batch_size`` rows
+    (at least one; all ``total`` when ``batch_size`` is ``None``)."""
+    if batch_size is None:
+        return total
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive number of model inputs per forward, got {batch_size}")
+    return max(1, min(total, batch_size // batch))
+
+
+def broadcast_to_input(value: Any, like: Tensor, name: str) -> Tensor:
+    """A number, or a tensor shaped like one sample, one-sample batch or the whole batch,
+    as a tensor of ``like``'s shape, dtype and device."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.full_like(like, value)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a number, a tensor or a callable, got {type(value).__name__}")
+    value = value.to(device=like.device, dtype=like.dtype)
+    if value.shape == like.shape[1:]:
+        value = value.unsqueeze(0)
+    try:
+        return value.expand_as(like)
+    except RuntimeError:
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} does not fit the input of shape "
+            f"{tuple(like.shape)}: give one sample {tuple(like.shape[1:])}, "
+            f"(1, *sample) or the whole batch {tuple(like.shape)}"
+        ) from None
