@@ -272,17 +272,23 @@ def memory_case(name: str, batch: int, size: int) -> float:
     return grown
 
 
-def bench_memory(batch: int, size: int) -> dict[str, float]:
-    grown = {}
+def bench_memory(batch: int, size: int, runs: int) -> dict[str, float]:
+    """Median over ``runs`` fresh processes of each case's peak RSS growth (MB): a single
+    process varies by 10-20 MB with how the allocator's per-thread arenas happen to grow."""
+    grown: dict[str, float] = {}
     for name in MEMORY_CASES:
         command = [sys.executable, os.path.abspath(__file__), "--memory-case", name, "--batch", str(batch), "--size", str(size)]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            print(f"{name}: failed\n{done.stderr[-2000:]}")
-            continue
-        grown[name] = float(done.stdout.strip().splitlines()[-1])
+        values = []
+        for _ in range(runs):
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                print(f"{name}: failed\n{done.stderr[-2000:]}")
+                break
+            values.append(float(done.stdout.strip().splitlines()[-1]))
+        if values:
+            grown[name] = statistics.median(values)
     base = grown.get("inference forward")
-    print(f"\nPeak RSS growth, ResNet-50 batch {batch}, {size}x{size} (fresh process per case)")
+    print(f"\nPeak RSS growth, ResNet-50 batch {batch}, {size}x{size} (median of {runs} fresh processes per case)")
     width = max(len(n) for n in grown)
     print(f"{'case':<{width}}  {'MB':>8}  {'ratio':>6}")
     for name, mb in grown.items():
@@ -313,7 +319,7 @@ def main() -> None:
     if args.only in (None, "gradcam"):
         bench_gradcam(batch, size, repeats)
     if args.only == "memory" or (args.only is None and not args.skip_memory):
-        bench_memory(batch, size)
+        bench_memory(batch, size, runs=3 if args.quick else 5)
     if args.only == "scorecam" or (args.only is None and not args.skip_scorecam):
         bench_scorecam(score_size, min(repeats, 3))
     print(f"\n(total {time.perf_counter() - start:.0f} s)")

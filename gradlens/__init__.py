@@ -6,7 +6,31 @@ and the methods built on it.
 
 from __future__ import annotations
 
-from . import errors, targets
+from . import attribution, cam, errors, targets  # noqa: E402  (fill the registry)
+from .attribution import (
+    guided_backprop,
+    guided_gradcam,
+    input_x_gradient,
+    integrated_gradients,
+    layer_gradient_x_activation,
+    layer_integrated_gradients,
+    occlusion,
+    saliency,
+    smoothgrad,
+    vargrad,
+)
+from .cam import (
+    ablationcam,
+    eigencam,
+    eigengradcam,
+    gradcam,
+    gradcampp,
+    hirescam,
+    layercam,
+    scorecam,
+    xgradcam,
+)
+from .dataset import Manifest, attribute_dataset, extract_dataset, load_features, merge_shards
 from .errors import (
     GradientNotAvailableError,
     GradlensError,
@@ -19,12 +43,40 @@ from .errors import (
 )
 from .extract import Extractor, extract
 from .recorder import Call, Recorder, record
+from .registry import METHODS
 from .selection import select_layers
 from .summary import LayerInfo, default_layer, layers
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "METHODS",
+    "Manifest",
+    "ablationcam",
+    "attribute_dataset",
+    "attribution",
+    "cam",
+    "eigencam",
+    "eigengradcam",
+    "extract_dataset",
+    "gradcam",
+    "gradcampp",
+    "guided_backprop",
+    "guided_gradcam",
+    "hirescam",
+    "input_x_gradient",
+    "integrated_gradients",
+    "layer_gradient_x_activation",
+    "layer_integrated_gradients",
+    "layercam",
+    "load_features",
+    "merge_shards",
+    "occlusion",
+    "saliency",
+    "scorecam",
+    "smoothgrad",
+    "vargrad",
+    "xgradcam",
     "Call",
     "Extractor",
     "GradientNotAvailableError",

@@ -166,7 +166,8 @@ def _class_tensor(target: Target, batch_size: int, num_classes: int, device: tor
         if isinstance(target, Tensor):
             if target.is_floating_point() or target.is_complex():
                 raise TargetError(f"a target tensor must hold integer class indices, got {target.dtype}")
-            classes = target.detach().to("cpu", torch.long)
+            with torch.inference_mode(False):  # an ordinary copy, also of an inference tensor
+                classes = target.detach().to("cpu", torch.long, copy=True)
             if classes.ndim == 0:
                 classes = classes.expand(batch_size)
         else:

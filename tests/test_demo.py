@@ -1,0 +1,27 @@
+"""`gradlens demo --quick`: trains, runs every registered method, writes the figure and the table."""
+
+from __future__ import annotations
+
+import csv
+
+import torch
+
+import gradlens
+from gradlens.cli import main
+
+
+def test_demo_quick_writes_its_outputs_and_grad_cam_points_at_the_objects(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = {row["method"]: row for row in csv.DictReader(f)}
+    assert set(rows) == set(gradlens.METHODS)
+    assert float(rows["gradcam"]["pointing_game"]) >= 0.9
+    # the fully randomised model's Grad-CAM no longer matches the trained one
+    assert float(rows["gradcam"]["sanity_spearman"]) < 0.5
+    assert "gradcam" in capsys.readouterr().out
