@@ -145,7 +145,8 @@ def top_classes(
     if target is not None:
         return target
     n = batch_size(x)
-    with torch.inference_mode():
+    # a Recorder without layers only restores the buffers a train-mode forward changes
+    with torch.inference_mode(), Recorder(model):
         args, kwargs = as_args(x), dict(forward_kwargs or {})
         out = model(*args, **kwargs)
         _, classes = scores(out, None, n, output)

@@ -69,9 +69,10 @@ def _signature(t: Tensor) -> tuple[Any, ...]:
 
 
 def _probe(model: nn.Module, x: Inputs, forward_kwargs: Mapping[str, Any] | None) -> Recorder:
-    args, kwargs = prepare(x, forward_kwargs)
     recorder = Recorder(model, lambda name, module: name != "", reduce=_signature)
-    with torch.no_grad(), recorder:
+    # outside inference mode: the signature needs version counters, which inference tensors lack
+    with torch.inference_mode(False), torch.no_grad(), recorder:
+        args, kwargs = prepare(x, forward_kwargs)
         recorder.forward(*args, **kwargs)
     return recorder
 

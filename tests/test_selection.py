@@ -91,3 +91,8 @@ def test_default_layer_fails_clearly_without_spatial_outputs():
 def test_default_layer_of_a_vit_is_its_patch_embedding():
     # by the rule (last 4-D output): name a transformer block explicitly instead
     assert gradlens.default_layer(small_vit(), torch.randn(1, 3, 32, 32)) == "conv_proj"
+
+
+def test_default_layer_works_inside_inference_mode(resnet18):
+    with torch.inference_mode():
+        assert gradlens.default_layer(resnet18, torch.randn(1, 3, 64, 64)) == "layer4"

@@ -93,3 +93,10 @@ def test_helper_targets():
     mask = torch.tensor([[True, False], [False, True]])
     assert targets.segmentation(1, mask)(seg).tolist() == [4.0 + 7.0, 16.0 + 19.0]
     assert targets.regression(0)(LOGITS).tolist() == [0.0, 5.0]
+
+
+def test_class_tensors_made_under_inference_mode_are_accepted():
+    with torch.inference_mode():
+        classes = torch.tensor([1, 2])
+    scores, _ = targets.scores(LOGITS.clone().requires_grad_(True), classes, 2)
+    assert scores.requires_grad and scores.tolist() == [3.0, 2.0]
