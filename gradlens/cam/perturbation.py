@@ -135,7 +135,7 @@ def scorecam(
     *,
     score: str = "probability",
     masks: str = "official",
-    batch_size: int = 32,
+    batch_size: int = 16,
     skip_constant: bool = True,
     channels_last: bool = True,
     upsample: bool = True,
@@ -193,8 +193,8 @@ def scorecam(
             on batches of any size.
         score: ``"probability"`` or ``"channel_softmax"`` (see above).
         masks: ``"official"``, ``"align_corners"`` or ``"normalize_first"`` (see above).
-        batch_size: masked inputs per forward pass (32: on CPU larger batches were no faster
-            per image on ResNets, and smaller ones no slower).
+        batch_size: masked inputs per forward pass (16: on CPU, ResNets ran no faster per
+            image in larger batches, which no longer fit the caches).
         skip_constant: share (or skip) the forwards of constant channels.
         channels_last: pass masked images in channels-last memory format.
 
