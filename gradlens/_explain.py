@@ -17,11 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from ._inputs import Inputs, as_args, batch_size, prepare
+from .errors import TargetError
 from .recorder import Recorder
 from .selection import Layers
 from .targets import OutputSpec, Target, scores
 
-__all__ = ["Differentiated", "differentiate", "top_classes", "repeat_target"]
+__all__ = ["Differentiated", "differentiate", "top_classes", "check_target", "repeat_target"]
 
 
 @dataclass
@@ -153,12 +154,44 @@ def top_classes(
     return None if classes is None else classes.clone()
 
 
+def check_target(target: Target, batch: int) -> Target:
+    """Check the batch dimension of a per-sample target before inputs are tiled.
+
+    Methods that evaluate stacked copies of the batch tile the target, so a target of the
+    wrong length would otherwise be reported against the stacked batch size. Class
+    ranges are checked later, by :func:`gradlens.targets.scores`.
+
+    Returns:
+        The target, with sequences turned into an int64 tensor.
+
+    Raises:
+        TargetError: ragged lists, or a first dimension that is not ``batch``.
+    """
+    if target is None or isinstance(target, (int, Tensor)) or callable(target):
+        if isinstance(target, Tensor) and target.ndim > 0 and target.shape[0] != batch:
+            raise TargetError(
+                f"target has shape {tuple(target.shape)}; expected ({batch},) for one class "
+                f"per sample or ({batch}, K) for K classes per sample"
+            )
+        return target
+    try:
+        as_tensor = torch.as_tensor(target, dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError):
+        raise TargetError(
+            f"could not read target {target!r} as class indices: use None, an int, a "
+            f"sequence of {batch} ints, {batch} lists of K ints, a tensor or a callable"
+        ) from None
+    return check_target(as_tensor, batch)
+
+
 def repeat_target(target: Target, batch: int, times: int) -> Target:
     """The target for an input repeated ``times`` times along dim 0 (``x.repeat(times, ...)``):
-    per-sample targets are tiled; ints, ``None`` and callables are unchanged."""
+    per-sample targets (checked against ``batch`` first) are tiled; ints, ``None`` and
+    callables are unchanged."""
+    target = check_target(target, batch)
     if target is None or isinstance(target, int) or callable(target):
         return target
-    t = target if isinstance(target, Tensor) else torch.as_tensor(target)
+    t = target
     if t.ndim == 0:
         return int(t)
     return t.repeat(times, *([1] * (t.ndim - 1)))

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor, nn
 
 from .._explain import repeat_target
-from ..errors import TargetError
 from ..recorder import Recorder
 from ..selection import Layers, select_layers
 from ..targets import OutputSpec, Target, scores
@@ -78,36 +77,6 @@ def tile_kwargs(kwargs: Mapping[str, Any], batch: int, times: int) -> dict[str, 
         key: tile(value, times) if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch else value
         for key, value in kwargs.items()
     }
-
-
-def check_target(target: Target, batch: int) -> Target:
-    """Check the batch dimension of a per-sample target before inputs are tiled.
-
-    Methods that evaluate stacked copies of the batch tile the target, so a target of the
-    wrong length would otherwise be reported against the stacked batch size. Class
-    ranges are checked later, by :func:`gradlens.targets.scores`.
-
-    Returns:
-        The target, with sequences turned into an int64 tensor.
-
-    Raises:
-        TargetError: ragged lists, or a first dimension that is not ``batch``.
-    """
-    if target is None or isinstance(target, (int, Tensor)) or callable(target):
-        if isinstance(target, Tensor) and target.ndim > 0 and target.shape[0] != batch:
-            raise TargetError(
-                f"target has shape {tuple(target.shape)}; expected ({batch},) for one class "
-                f"per sample or ({batch}, K) for K classes per sample"
-            )
-        return target
-    try:
-        as_tensor = torch.as_tensor(target, dtype=torch.long)
-    except (TypeError, ValueError, RuntimeError):
-        raise TargetError(
-            f"could not read target {target!r} as class indices: use None, an int, a "
-            f"sequence of {batch} ints, {batch} lists of K ints, a tensor or a callable"
-        ) from None
-    return check_target(as_tensor, batch)
 
 
 def evaluate(

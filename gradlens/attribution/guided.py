@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._inputs import Inputs, prepare
+from .._explain import check_target
+from .._inputs import Inputs
 from .._inputs import batch_size as count_samples
 from ..cam import gradcam
 from ..errors import LayerNotFoundError
@@ -18,7 +19,7 @@ from ..registry import register
 from ..selection import Layers
 from ..summary import default_layer
 from ..targets import OutputSpec, Target
-from ._common import Attribution, as_result, check_target, single_layer
+from ._common import Attribution, as_result, single_layer
 from .gradient import input_gradients
 
 __all__ = ["guided_backprop", "guided_gradcam"]
@@ -154,7 +155,7 @@ def guided_gradcam(
     )
     if target is None and guided_pass.classes is not None:
         target = guided_pass.classes
-    name = single_layer(model, layer if layer is not None else _default_layer(model, x, forward_kwargs))
+    name = single_layer(model, layer if layer is not None else default_layer(model, x, forward_kwargs=forward_kwargs))
     cam = gradcam(
         model, x, name, target, upsample=False, normalize=False, reshape=reshape, output=output,
         forward_kwargs=forward_kwargs,
@@ -169,10 +170,3 @@ def guided_gradcam(
         resized = resized.reshape(*cam.shape[: 2 if multi else 1], 1, *size)
         attributions[i] = grad * resized
     return as_result(x, attributions)
-
-
-def _default_layer(model: nn.Module, x: Inputs, forward_kwargs: Mapping[str, Any] | None) -> str:
-    # default_layer's probe cannot run inside inference_mode (nor on inference tensors)
-    with torch.inference_mode(False):
-        args, kwargs = prepare(x, forward_kwargs)
-        return default_layer(model, args if isinstance(x, tuple) else args[0], forward_kwargs=kwargs)

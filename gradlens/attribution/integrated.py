@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._explain import differentiate, repeat_target
+from .._explain import check_target, differentiate, repeat_target
 from .._inputs import Inputs, prepare
 from .._inputs import batch_size as count_samples
 from ..extract import extract
@@ -31,7 +31,6 @@ from ._common import (
     Attribution,
     as_result,
     broadcast_to_input,
-    check_target,
     evaluate,
     gradient_or_zeros,
     require_float_inputs,

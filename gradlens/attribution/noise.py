@@ -22,7 +22,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from .._explain import repeat_target
+from .._explain import check_target, repeat_target
 from .._inputs import Inputs, prepare
 from .._inputs import batch_size as count_samples
 from ..registry import ATTRIBUTION_METHODS, register
@@ -30,7 +30,6 @@ from ..targets import OutputSpec, Target
 from ._common import (
     Attribution,
     as_result,
-    check_target,
     evaluate,
     require_float_inputs,
     steps_per_chunk,

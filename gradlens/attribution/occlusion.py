@@ -10,7 +10,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from .._explain import repeat_target
+from .._explain import check_target, repeat_target
 from .._inputs import Inputs, prepare
 from .._inputs import batch_size as count_samples
 from ..recorder import Recorder
@@ -20,7 +20,6 @@ from ._common import (
     Attribution,
     as_result,
     broadcast_to_input,
-    check_target,
     evaluate,
     require_float_inputs,
     steps_per_chunk,
