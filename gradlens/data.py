@@ -30,8 +30,8 @@ Image recipe (``size=64``):
 The trained :class:`TinyCNN` reaches >= 95 % held-out accuracy (see :data:`FULL_RECIPE`)
 and its last conv block (``model.features[-1]``, named ``"features.3"``) keeps an 8 x 8
 map at 64 x 64 input whose units see 37 x 37 pixels -- a whole object -- so Grad-CAM on it
-lands on the object (its maximum is on the object for about 3 in 4 test images, within
-4 px for about 9 in 10).
+lands on the object: its maximum is within 4 px of the object's mask for 92-99 % of
+held-out images (measured over seeds 0-5 with :data:`QUICK_RECIPE`).
 """
 
 from __future__ import annotations
@@ -476,11 +476,17 @@ class Recipe:
     lr: float
 
 
-FULL_RECIPE = Recipe(n_train=4000, n_test=1000, epochs=5, batch_size=32, lr=5e-3)
-"""The full benchmark: 625 steps, about 25 s of CPU time (one core), ~100 % held-out accuracy."""
+FULL_RECIPE = Recipe(n_train=4000, n_test=1000, epochs=5, batch_size=32, lr=1e-2)
+"""The full benchmark: 625 steps, about 15 s on two cores, ~100 % held-out accuracy.
 
-QUICK_RECIPE = Recipe(n_train=1600, n_test=500, epochs=4, batch_size=32, lr=5e-3)
-"""For demos and tests: 200 steps, about 8 s of CPU time (one core), >= 99 % held out."""
+Both recipes use a peak learning rate of ``1e-2``: with ``5e-3`` the model classifies as
+well, but for some seeds it learns to recognise large squares by their outside edges and
+Grad-CAM's maximum lands just outside them (pointing game 0.84-0.87 on 500 held-out
+images for seed 0, 0.97-0.98 for seeds 1 and 2; with ``1e-2``: 0.95-0.996)."""
+
+QUICK_RECIPE = Recipe(n_train=2400, n_test=500, epochs=4, batch_size=32, lr=1e-2)
+"""For demos and tests: 300 steps, about 8 s on two cores, >= 99 % held out; Grad-CAM's
+pointing game on the 500 held-out images measured 0.92-0.99 over seeds 0-5."""
 
 
 def train_demo_model(
@@ -504,6 +510,9 @@ def train_demo_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = TinyCNN(num_classes=len(train_data.class_names))
+    # oneDNN runs these small convolutions about 1.3x faster (training) to 1.8x faster
+    # (inference) channels-last on CPU; inputs may stay in either layout.
+    model = model.to(memory_format=torch.channels_last)
     train(
         model,
         train_data,
