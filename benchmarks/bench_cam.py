@@ -11,8 +11,8 @@ figure least disturbed by other processes sharing the machine).
 
 2. Score-CAM on ResNet-18 (batch 1, 224x224, layer4): gradlens at its defaults against
    pytorch-grad-cam and torchcam at theirs, and each gradlens lever taken away in turn
-   (inference_mode -> no_grad, batch 16 -> 32 or 64, constant-channel skipping off,
-   channels-last masked inputs off).
+   (inference_mode -> no_grad, batch 16 -> 32, constant-channel skipping off,
+   channels-last masked inputs off, BatchNorm folding off).
 3. Peak memory: growth of the peak RSS (``VmHWM``, reset before the measured call; else
    ``ru_maxrss``) in a fresh subprocess per case: inference forward, gradlens.gradcam, Captum LayerGradCam, a
    forward with the whole-network tape.
@@ -202,9 +202,9 @@ def bench_scorecam(size: int, repeats: int) -> dict[str, float]:
         pass
     cases["gradlens, no_grad instead of inference_mode"] = no_grad_lever
     cases["gradlens, batch_size=32"] = lambda: C.scorecam(model, x, "layer4", batch_size=32)
-    cases["gradlens, batch_size=64"] = lambda: C.scorecam(model, x, "layer4", batch_size=64)
     cases["gradlens, skip_constant=False"] = lambda: C.scorecam(model, x, "layer4", skip_constant=False)
     cases["gradlens, channels_last=False"] = lambda: C.scorecam(model, x, "layer4", channels_last=False)
+    cases["gradlens, fold_batchnorm=False"] = lambda: C.scorecam(model, x, "layer4", fold_batchnorm=False)
     print(
         f"\nResNet-18, batch 1, {size}x{size}, layer4 (512 channels, {zero} constant), "
         f"{torch.get_num_threads()} threads, {repeats} repeats, no warm-up (each run is 500+ forwards)"

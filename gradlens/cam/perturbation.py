@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._folding import folded_copy
 from .._inputs import Inputs, prepare
 from .._inputs import batch_size as count_samples
 from ..recorder import Recorder
@@ -138,6 +139,7 @@ def scorecam(
     batch_size: int = 16,
     skip_constant: bool = True,
     channels_last: bool = True,
+    fold_batchnorm: bool = True,
     upsample: bool = True,
     normalize: bool = True,
     reshape: Reshape = None,
@@ -184,8 +186,14 @@ def scorecam(
     no result. With ``channels_last`` (default) the masked inputs are passed in
     channels-last memory format, for which CPU convolutions run markedly faster (about
     1.4x on ResNets); should the model fail on such an input (a ``.view()`` of a
-    convolution's output), gradlens passes ordinary contiguous inputs instead. Only
-    floating-point rounding can differ.
+    convolution's output), gradlens passes ordinary contiguous inputs instead. With
+    ``fold_batchnorm`` (default), a model in eval mode whose BatchNorms follow
+    convolutions runs the masked forwards as a temporary copy with each BatchNorm folded
+    into its convolution (about 1.15-1.2x faster on ResNets on CPU; the copy holds a
+    second set of weights while the call runs). The copy is used only when
+    :func:`torch.fx.symbolic_trace` can trace the model, no module carries forward hooks,
+    and the copy's target scores on the clean input match the model's; otherwise the
+    model itself runs. Only floating-point rounding can differ.
 
     Args:
         model, x, layer, target, upsample, normalize, reshape, output, forward_kwargs,
@@ -197,6 +205,7 @@ def scorecam(
             image in larger batches, which no longer fit the caches).
         skip_constant: share (or skip) the forwards of constant channels.
         channels_last: pass masked images in channels-last memory format.
+        fold_batchnorm: run the masked forwards on a BatchNorm-folded copy when possible.
 
     Returns:
         float32 maps ``(B, H, W)``, ``(B, K, H, W)`` for ``K`` targets per sample, on the
@@ -217,17 +226,41 @@ def scorecam(
     size = image_size(x)
     if size is None:
         _image_position(clean.args)  # raises
+    runner = _folded_runner(model, clean, output) if fold_batchnorm else model
     raw = {}
     for name in names:
         A = to_nchw(clean.activations[name], batch=clean.batch, image_size=size, reshape=reshape, layer=name).float()
-        channel_scores = _masked_scores(model, clean, A, size, score, masks, batch_size, skip_constant, channels_last, output)
+        channel_scores = _masked_scores(
+            model, runner, clean, A, size, score, masks, batch_size, skip_constant, channels_last, output
+        )
         weights = torch.softmax(channel_scores, dim=1) if score == "channel_softmax" else channel_scores
         raw[name] = _channel_maps(weights, A, clean.multi)
     return finish(raw, x, upsample=upsample, normalize=normalize, per_layer=per_layer)
 
 
+def _folded_runner(model: nn.Module, clean: _CleanPass, output: OutputSpec) -> nn.Module:
+    """A BatchNorm-folded copy of ``model`` if one exists and gives the clean pass's target
+    scores (relative tolerance 1e-3), else ``model``."""
+    folded = folded_copy(model)
+    if folded is None:
+        return model
+    try:
+        with torch.inference_mode():
+            out = folded(*clean.args, **clean.kwargs)
+            rows = torch.arange(clean.batch)
+            value = _row_scores(out, clean.row_target(rows), clean.batch, output, "raw").float().cpu()
+    except Exception:  # the traced copy cannot take these inputs
+        return model
+    reference = clean.scores.cpu()
+    tolerance = 1e-4 * (1.0 + float(reference.abs().max())) if reference.numel() else 0.0
+    if value.shape != reference.shape or not torch.allclose(value, reference, rtol=1e-3, atol=tolerance):
+        return model
+    return folded
+
+
 def _masked_scores(
     model: nn.Module,
+    runner: nn.Module,
     clean: _CleanPass,
     A: Tensor,
     size: tuple[int, int],
@@ -238,13 +271,14 @@ def _masked_scores(
     channels_last: bool,
     output: OutputSpec,
 ) -> Tensor:
-    """The target's score for every ``x_b * M_k``: ``(B, C)`` or ``(B, C, K)``."""
+    """The target's score for every ``x_b * M_k``: ``(B, C)`` or ``(B, C, K)``, evaluated
+    by ``runner`` (``model`` or its folded copy)."""
     batch, channels = A.shape[:2]
     rows_b, rows_k, shared_by = _plan_rows(A, score, skip_constant)
     k_dim = (clean.scores.shape[1],) if clean.multi else ()
     result = torch.zeros(batch, channels, *k_dim)
     image = clean.args[_image_position(clean.args)]
-    forward = _MaskedForward(model, clean, channels_last)
+    forward = _MaskedForward(runner, clean, channels_last)
     with torch.inference_mode(), Recorder(model):  # the Recorder restores train-mode buffers
         for index in _chunks(torch.arange(rows_b.numel()), chunk):
             b, k = rows_b[index], rows_k[index]
