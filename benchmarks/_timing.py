@@ -7,9 +7,11 @@ import time
 from collections.abc import Callable
 
 
-def interleaved_medians(cases: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
-    """Median wall time (s) of each case, running the cases round-robin so that load drift
-    on a shared machine hits every case alike."""
+def interleaved_times(
+    cases: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Wall times (s) of ``repeats`` runs of each case, the cases run round-robin so that
+    load drift on a shared machine hits every case alike."""
     for _ in range(warmup):
         for fn in cases.values():
             fn()
@@ -19,7 +21,12 @@ def interleaved_medians(cases: dict[str, Callable[[], object]], repeats: int = 5
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def interleaved_medians(cases: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median wall time (s) of each case (see :func:`interleaved_times`)."""
+    return {name: statistics.median(ts) for name, ts in interleaved_times(cases, repeats, warmup).items()}
 
 
 def print_table(medians: dict[str, float], baseline: str, title: str) -> None:

@@ -46,20 +46,15 @@ import gradlens  # noqa: E402
 import gradlens.cam as C  # noqa: E402
 import gradlens.cam.perturbation as perturbation  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import interleaved_times  # noqa: E402
+
 
 def measure(cases: dict, repeats: int, warmup: int = 1) -> dict[str, tuple[float, float]]:
-    """Median and minimum wall time (s) of each case, the cases run round-robin so that
-    load drift on a shared machine hits every case alike. The minimum is shown beside the
-    median because it is the least disturbed by other processes competing for the cores."""
-    for _ in range(warmup):
-        for fn in cases.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+    """Median and minimum wall time (s) of each case, run round-robin. The minimum is shown
+    beside the median because it is the least disturbed by other processes competing for
+    the cores."""
+    times = interleaved_times(cases, repeats, warmup)
     return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
 
 
