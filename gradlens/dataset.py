@@ -76,6 +76,7 @@ from torch.utils.data import (
 
 from ._inputs import Inputs
 from ._inputs import batch_size as _input_batch_size
+from .errors import ManifestMismatchError
 from .extract import extract
 from .selection import Layers, select_layers
 from .targets import OutputSpec, Target
@@ -249,10 +250,11 @@ def extract_dataset(
 
     Raises:
         LayerNotFoundError: a layer spec selects nothing.
+        ManifestMismatchError: ``out`` holds the results of another call (another model,
+            other layers or options) and ``overwrite`` is not set (a ``ValueError``).
         ValueError: a shuffling or otherwise unordered loader, a missing or wrong
-            ``n_samples``, a bad ``dtype`` or ``shard``, an output whose dim 0 is not the
-            batch, or ``out`` holding the results of another call (another model, other
-            layers or options) without ``overwrite=True``.
+            ``n_samples``, a bad ``dtype`` or ``shard``, or an output whose dim 0 is not the
+            batch.
         FileExistsError: ``out`` holds a ``<layer>.npy`` not written by gradlens.
     """
     names = list(select_layers(model, layers))
@@ -389,8 +391,10 @@ def merge_shards(shards: Sequence[PathLike], out: PathLike, *, overwrite: bool =
         The merged :class:`Manifest`.
 
     Raises:
-        ValueError: a shard is incomplete, the shards come from different calls (model,
-            layers, options), or they do not cover the dataset exactly once.
+        ManifestMismatchError: the shards come from different calls (model, layers,
+            options).
+        ValueError: a shard is incomplete, or the shards do not cover the dataset exactly
+            once.
     """
     manifests = [load_features(s)[1] for s in shards]
     if not manifests:
@@ -399,7 +403,7 @@ def merge_shards(shards: Sequence[PathLike], out: PathLike, *, overwrite: bool =
     for path, m in zip(shards, manifests):
         other = dataclasses.replace(m, n_samples=first.n_samples, row_offset=first.row_offset, shapes=first.shapes)
         if diffs := first.differences(other):
-            raise ValueError(f"{path} was written by another call than {shards[0]}: " + "; ".join(diffs))
+            raise ManifestMismatchError(f"{path} was written by another call than {shards[0]}: " + "; ".join(diffs))
     order = sorted(range(len(shards)), key=lambda i: manifests[i].row_offset)
     ranges = [(manifests[i].row_offset, manifests[i].row_offset + manifests[i].n_samples) for i in order]
     if _merge(ranges) != [(0, first.dataset_size)] or sum(b - a for a, b in ranges) != first.dataset_size:
@@ -571,7 +575,7 @@ def _prepare_out(out: Path, wanted: Manifest, overwrite: bool) -> _State:
     if existing is not None and not overwrite:
         diffs = existing.differences(wanted)
         if diffs:
-            raise ValueError(
+            raise ManifestMismatchError(
                 f"{out} holds results of another call ({'; '.join(diffs)}); pass "
                 "overwrite=True to replace them, or choose another output directory"
             )

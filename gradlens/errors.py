@@ -11,6 +11,7 @@ __all__ = [
     "OutputSelectionError",
     "InPlaceBackwardHookError",
     "RecorderStateError",
+    "ManifestMismatchError",
 ]
 
 
@@ -55,3 +56,8 @@ class InPlaceBackwardHookError(GradlensError, RuntimeError):
 
 class RecorderStateError(GradlensError, RuntimeError):
     """A Recorder was used in the wrong state (entered twice, read before entering)."""
+
+
+class ManifestMismatchError(GradlensError, ValueError):
+    """A dataset output directory holds results of another call (another model, other
+    layers or options), so they cannot be resumed or merged with this one."""

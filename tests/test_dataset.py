@@ -27,6 +27,7 @@ from torch.utils.data import (
 import gradlens
 from gradlens._explain import differentiate
 from gradlens.dataset import attribute_dataset, extract_dataset, load_features
+from gradlens.errors import ManifestMismatchError
 from gradlens.registry import METHODS
 
 from .conftest import assert_same_state, model_state
@@ -279,7 +280,7 @@ def test_rerunning_a_completed_extraction_runs_no_forward_pass(model, tmp_path):
 def test_another_model_is_refused_unless_overwrite(model, tmp_path):
     extract_dataset(model, loader(), ["conv1"], tmp_path, progress=False)
     other = make_model(seed=1)
-    with pytest.raises(ValueError, match="fingerprint.*overwrite=True"):
+    with pytest.raises(ManifestMismatchError, match="fingerprint.*overwrite=True"):
         extract_dataset(other, loader(), ["conv1"], tmp_path, progress=False)
     extract_dataset(other, loader(), ["conv1"], tmp_path, overwrite=True, progress=False)
     assert other.forward_calls == 10
@@ -290,7 +291,7 @@ def test_another_model_is_refused_unless_overwrite(model, tmp_path):
 
 def test_other_layers_are_refused_unless_overwrite(model, tmp_path):
     extract_dataset(model, loader(), ["conv1"], tmp_path, progress=False)
-    with pytest.raises(ValueError, match=r"layers: \['conv1'\] here, \['conv2'\] requested"):
+    with pytest.raises(ManifestMismatchError, match=r"layers: \['conv1'\] here, \['conv2'\] requested"):
         extract_dataset(model, loader(), ["conv2"], tmp_path, progress=False)
     extract_dataset(model, loader(), ["conv2"], tmp_path, overwrite=True, progress=False)
     assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["conv2.npy"]  # the old file is gone

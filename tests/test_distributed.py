@@ -21,6 +21,7 @@ from gradlens.dataset import (
     merge_shards,
     shard_range,
 )
+from gradlens.errors import ManifestMismatchError
 
 from .test_dataset import BATCH, N, activation_x_gradient, loader, make_model
 
@@ -167,7 +168,7 @@ def test_merge_refuses_shards_of_different_models(tmp_path):
     extract_dataset(
         make_model(1), loader(), ["fc"], tmp_path / "shard1", shard=(1, 2), progress=False
     )
-    with pytest.raises(ValueError, match="fingerprint"):
+    with pytest.raises(ManifestMismatchError, match="fingerprint"):
         merge_shards([tmp_path / "shard0", tmp_path / "shard1"], tmp_path / "merged")
 
 
