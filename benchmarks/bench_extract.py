@@ -11,6 +11,7 @@ more than 0.03 above torchvision's graph-truncated extractor.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 
@@ -63,7 +64,9 @@ def main() -> None:
     try:
         import torchextractor
 
-        te_all = torchextractor.Extractor(model, STAGES)
+        # torchextractor hooks the model it is given for good: give it a copy, so that its
+        # hooks (which keep every stage's output alive) do not run in the other cases
+        te_all = torchextractor.Extractor(copy.deepcopy(model), STAGES)
 
         def run_te() -> object:
             with torch.inference_mode():
