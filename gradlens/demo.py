@@ -5,7 +5,8 @@ On a fresh machine, with nothing downloaded: generate the synthetic shapes
 :data:`gradlens.METHODS` and score it with the pointing game (against the object's mask),
 deletion and insertion AUC, and the model-parameter randomisation sanity check
 (:mod:`gradlens.metrics`) against the fully randomised model: every layer re-initialised
-in one step, the state the cascade ends in, which is all the table reports. Writes ``demo.png``, ``metrics.csv`` and prints the table.
+in one step, the state the cascade ends in, which is all the table reports. Writes
+``demo.png``, ``metrics.csv`` and prints the table.
 """
 
 from __future__ import annotations
