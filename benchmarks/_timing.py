@@ -24,9 +24,14 @@ def interleaved_times(
     return times
 
 
-def interleaved_medians(cases: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+def interleaved_medians(
+    cases: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
+) -> dict[str, float]:
     """Median wall time (s) of each case (see :func:`interleaved_times`)."""
-    return {name: statistics.median(ts) for name, ts in interleaved_times(cases, repeats, warmup).items()}
+    return {
+        name: statistics.median(ts)
+        for name, ts in interleaved_times(cases, repeats, warmup).items()
+    }
 
 
 def print_table(medians: dict[str, float], baseline: str, title: str) -> None:

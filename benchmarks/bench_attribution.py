@@ -50,14 +50,18 @@ def measure(variants: dict[str, Callable[[], object]], repeats: int) -> Times:
             run()
             wall[name].append(time.perf_counter() - start_wall)
             cpu[name].append(time.process_time() - start_cpu)
-    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in variants}
+    return {
+        name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in variants
+    }
 
 
 def max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max())
 
 
-def bench_integrated_gradients(model, size: int, steps: int, captum_batch: int, sweep: list[int], repeats: int):
+def bench_integrated_gradients(
+    model, size: int, steps: int, captum_batch: int, sweep: list[int], repeats: int
+):
     from captum.attr import IntegratedGradients
 
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -71,7 +75,10 @@ def bench_integrated_gradients(model, size: int, steps: int, captum_batch: int, 
         return lambda: integrated_gradients(model, x, target, steps=steps, batch_size=batch_size)
 
     check = max_difference(ours(captum_batch)(), theirs())
-    variants = {"captum": theirs, **{f"gradlens@{b}": ours(b) for b in sorted({captum_batch, *sweep})}}
+    variants = {
+        "captum": theirs,
+        **{f"gradlens@{b}": ours(b) for b in sorted({captum_batch, *sweep})},
+    }
     return f"IG (B=2, {steps} steps, {size}px)", captum_batch, measure(variants, repeats), check
 
 
@@ -88,11 +95,18 @@ def bench_smoothgrad(model, size: int, samples: int, captum_k: int, sweep: list[
     def theirs():
         torch.manual_seed(0)
         return tunnel.attribute(
-            x, target=target, nt_type="smoothgrad", nt_samples=samples, stdevs=stdevs, nt_samples_batch_size=captum_k
+            x,
+            target=target,
+            nt_type="smoothgrad",
+            nt_samples=samples,
+            stdevs=stdevs,
+            nt_samples_batch_size=captum_k,
         )
 
     def ours(batch_size: int):
-        return lambda: smoothgrad(model, x, target, n=samples, sigma=sigma, batch_size=batch_size, seed=0)
+        return lambda: smoothgrad(
+            model, x, target, n=samples, sigma=sigma, batch_size=batch_size, seed=0
+        )
 
     same = captum_k * 2
     check = max_difference(ours(same)(), theirs())
@@ -109,18 +123,28 @@ def bench_occlusion(model, size: int, perturbations: int, sweep: list[int], repe
 
     def theirs():
         return captum.attribute(
-            x, target=target, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8),
+            x,
+            target=target,
+            sliding_window_shapes=(3, 16, 16),
+            strides=(3, 8, 8),
             perturbations_per_eval=perturbations,
         )
 
     def ours(batch_size: int):
-        return lambda: occlusion(model, x, target, window=(3, 16, 16), stride=(3, 8, 8), batch_size=batch_size)
+        return lambda: occlusion(
+            model, x, target, window=(3, 16, 16), stride=(3, 8, 8), batch_size=batch_size
+        )
 
     same = perturbations * 1
     check = max_difference(ours(same)(), theirs())
     variants = {"captum": theirs, **{f"gradlens@{b}": ours(b) for b in sorted({same, *sweep})}}
     positions = ((size - 16 + 7) // 8 + 1) ** 2
-    return f"Occlusion (B=1, w16 s8, {size}px, {positions} win)", same, measure(variants, repeats), check
+    return (
+        f"Occlusion (B=1, w16 s8, {size}px, {positions} win)",
+        same,
+        measure(variants, repeats),
+        check,
+    )
 
 
 def report(rows, clock: int, title: str) -> None:
@@ -142,18 +166,30 @@ def report(rows, clock: int, title: str) -> None:
         )
     print("  sweep (gradlens batch size: median s):")
     for label, _, times, _ in rows:
-        sweep = ", ".join(f"{n.split('@')[1]}: {t[clock]:.3f}" for n, t in times.items() if n != "captum")
+        sweep = ", ".join(
+            f"{n.split('@')[1]}: {t[clock]:.3f}" for n, t in times.items() if n != "captum"
+        )
         print(f"    {label}: {sweep}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64px images, one round (a smoke run)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per variant (default 3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--size", type=int, default=None, help="image size for IG and SmoothGrad (default 224)")
-    parser.add_argument("--occlusion-size", type=int, default=None, help="image size for occlusion (default 224)")
-    parser.add_argument("--only", choices=["ig", "smoothgrad", "occlusion"], action="append", help="run only these")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed rounds per variant (default 3)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--size", type=int, default=None, help="image size for IG and SmoothGrad (default 224)"
+    )
+    parser.add_argument(
+        "--occlusion-size", type=int, default=None, help="image size for occlusion (default 224)"
+    )
+    parser.add_argument(
+        "--only", choices=["ig", "smoothgrad", "occlusion"], action="append", help="run only these"
+    )
     args = parser.parse_args()
     size = args.size or (64 if args.quick else 224)
     occlusion_size = args.occlusion_size or (64 if args.quick else 224)

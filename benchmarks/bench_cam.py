@@ -64,7 +64,9 @@ def print_table(medians: dict[str, tuple[float, float]], baseline: str, title: s
     print(f"\n{title}")
     print(f"{'case':<{width}}  {'median ms':>10}  {'ratio':>6}  {'min ms':>9}  {'ratio':>6}")
     for name, (med, low) in medians.items():
-        print(f"{name:<{width}}  {med * 1e3:>10.1f}  {med / base_median:>5.2f}x  {low * 1e3:>9.1f}  {low / base_min:>5.2f}x")
+        print(
+            f"{name:<{width}}  {med * 1e3:>10.1f}  {med / base_median:>5.2f}x  {low * 1e3:>9.1f}  {low / base_min:>5.2f}x"
+        )
 
 
 MEMORY_CASES = ["inference forward", "gradlens.gradcam", "Captum LayerGradCam", "full-tape forward"]
@@ -132,11 +134,19 @@ def bench_gradcam(batch: int, size: int, repeats: int) -> dict[str, float]:
     cases = gradcam_cases(model, x)
     ten = torch.randint(0, 1000, (batch, 10), generator=torch.Generator().manual_seed(2))
     cases["gradlens.gradcam, 10 targets"] = lambda: C.gradcam(model, x, "layer4", ten)
-    print(f"\nResNet-50, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, {repeats} repeats")
+    print(
+        f"\nResNet-50, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, {repeats} repeats"
+    )
     medians = measure(cases, repeats=repeats)
-    print_table(medians, "plain inference_mode forward", "Grad-CAM (ratio to the plain inference_mode forward)")
+    print_table(
+        medians,
+        "plain inference_mode forward",
+        "Grad-CAM (ratio to the plain inference_mode forward)",
+    )
     ten, one = medians["gradlens.gradcam, 10 targets"], medians["gradlens.gradcam"]
-    print(f"10 targets / 1 target (gradlens): median {ten[0] / one[0]:.2f}x, min {ten[1] / one[1]:.2f}x  (target <= 2x)")
+    print(
+        f"10 targets / 1 target (gradlens): median {ten[0] / one[0]:.2f}x, min {ten[1] / one[1]:.2f}x  (target <= 2x)"
+    )
     return medians
 
 
@@ -197,15 +207,23 @@ def bench_scorecam(size: int, repeats: int) -> dict[str, float]:
         pass
     cases["gradlens, no_grad instead of inference_mode"] = no_grad_lever
     cases["gradlens, batch_size=32"] = lambda: C.scorecam(model, x, "layer4", batch_size=32)
-    cases["gradlens, skip_constant=False"] = lambda: C.scorecam(model, x, "layer4", skip_constant=False)
-    cases["gradlens, channels_last=False"] = lambda: C.scorecam(model, x, "layer4", channels_last=False)
-    cases["gradlens, fold_batchnorm=False"] = lambda: C.scorecam(model, x, "layer4", fold_batchnorm=False)
+    cases["gradlens, skip_constant=False"] = lambda: C.scorecam(
+        model, x, "layer4", skip_constant=False
+    )
+    cases["gradlens, channels_last=False"] = lambda: C.scorecam(
+        model, x, "layer4", channels_last=False
+    )
+    cases["gradlens, fold_batchnorm=False"] = lambda: C.scorecam(
+        model, x, "layer4", fold_batchnorm=False
+    )
     print(
         f"\nResNet-18, batch 1, {size}x{size}, layer4 (512 channels, {zero} constant), "
         f"{torch.get_num_threads()} threads, {repeats} repeats, no warm-up (each run is 500+ forwards)"
     )
     medians = measure(cases, repeats=repeats, warmup=0)
-    print_table(medians, "gradlens.scorecam (defaults)", "Score-CAM (ratio to gradlens at its defaults)")
+    print_table(
+        medians, "gradlens.scorecam (defaults)", "Score-CAM (ratio to gradlens at its defaults)"
+    )
     peers = [v for k, v in medians.items() if k.startswith(("pytorch-grad-cam", "torchcam"))]
     if peers:
         ours = medians["gradlens.scorecam (defaults)"]
@@ -285,7 +303,16 @@ def bench_memory(batch: int, size: int, runs: int) -> dict[str, float]:
     process varies by 10-20 MB with how the allocator's per-thread arenas happen to grow."""
     grown: dict[str, float] = {}
     for name in MEMORY_CASES:
-        command = [sys.executable, os.path.abspath(__file__), "--memory-case", name, "--batch", str(batch), "--size", str(size)]
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--memory-case",
+            name,
+            "--batch",
+            str(batch),
+            "--size",
+            str(size),
+        ]
         values = []
         for _ in range(runs):
             done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -296,7 +323,9 @@ def bench_memory(batch: int, size: int, runs: int) -> dict[str, float]:
         if values:
             grown[name] = statistics.median(values)
     base = grown.get("inference forward")
-    print(f"\nPeak RSS growth, ResNet-50 batch {batch}, {size}x{size} (median of {runs} fresh processes per case)")
+    print(
+        f"\nPeak RSS growth, ResNet-50 batch {batch}, {size}x{size} (median of {runs} fresh processes per case)"
+    )
     width = max(len(n) for n in grown)
     print(f"{'case':<{width}}  {'MB':>8}  {'ratio':>6}")
     for name, mb in grown.items():
@@ -306,10 +335,14 @@ def bench_memory(batch: int, size: int, runs: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller inputs, 3 repeats")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--only", choices=["gradcam", "memory", "scorecam"], default=None, help="run one section")
+    parser.add_argument(
+        "--only", choices=["gradcam", "memory", "scorecam"], default=None, help="run one section"
+    )
     parser.add_argument("--skip-scorecam", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)

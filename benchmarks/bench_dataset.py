@@ -141,18 +141,33 @@ def memory_child(samples: int) -> None:
 
 def memory(samples: int) -> dict[str, float]:
     done = subprocess.run(
-        [sys.executable, __file__, "--memory-child", str(samples), "--threads", str(torch.get_num_threads())],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            __file__,
+            "--memory-child",
+            str(samples),
+            "--threads",
+            str(torch.get_num_threads()),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--samples", type=int, default=2048)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: steady figures on a shared machine; 0: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: steady figures on a shared machine; 0: torch's default)",
+    )
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -161,9 +176,13 @@ def main() -> None:
         memory_child(args.memory_child)
         return
 
-    print(f"gradlens {gradlens.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"\n1. Throughput: resnet18 (random init), {args.samples} images 3x64x64, layers {' + '.join(LAYERS)}, "
-          f"batch 64, median of {args.repeats}")
+    print(
+        f"gradlens {gradlens.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"\n1. Throughput: resnet18 (random init), {args.samples} images 3x64x64, layers {' + '.join(LAYERS)}, "
+        f"batch 64, median of {args.repeats}"
+    )
     times = throughput(args.samples, args.repeats)
     base = "hand-written loop"
     stats = {
@@ -174,19 +193,29 @@ def main() -> None:
         }
         for name, t in times.items()
     }
-    print(f"{'':<20}{'median s':>9}{'samples/s':>10}{'ratio':>7}{'best s':>8}{'ratio':>7}{'CPU s':>7}{'ratio':>7}")
+    print(
+        f"{'':<20}{'median s':>9}{'samples/s':>10}{'ratio':>7}{'best s':>8}{'ratio':>7}{'CPU s':>7}{'ratio':>7}"
+    )
     for name, st in stats.items():
         ratios = {k: stats[base][k] / st[k] for k in st}
-        print(f"{name:<20}{st['median']:>9.2f}{args.samples / st['median']:>10.1f}{ratios['median']:>7.3f}"
-              f"{st['best']:>8.2f}{ratios['best']:>7.3f}{st['cpu']:>7.2f}{ratios['cpu']:>7.3f}")
+        print(
+            f"{name:<20}{st['median']:>9.2f}{args.samples / st['median']:>10.1f}{ratios['median']:>7.3f}"
+            f"{st['best']:>8.2f}{ratios['best']:>7.3f}{st['cpu']:>7.2f}{ratios['cpu']:>7.3f}"
+        )
     ratio = stats[base]["median"] / stats["extract_dataset"]["median"]
-    print(f"target: extract_dataset >= 0.95 x the hand-written loop (median samples/s) -> {ratio:.3f}")
+    print(
+        f"target: extract_dataset >= 0.95 x the hand-written loop (median samples/s) -> {ratio:.3f}"
+    )
 
     print("\n2. Peak anonymous memory (RssAnon) of extract_dataset, each size in a fresh process")
     results = {n: memory(n) for n in (512, 4096)}
-    print(f"{'samples':>8}{'before (MiB)':>14}{'peak (MiB)':>12}{'written (MiB)':>15}{'seconds':>9}")
+    print(
+        f"{'samples':>8}{'before (MiB)':>14}{'peak (MiB)':>12}{'written (MiB)':>15}{'seconds':>9}"
+    )
     for n, r in results.items():
-        print(f"{n:>8}{r['before'] / 1024:>14.1f}{r['peak'] / 1024:>12.1f}{r['written'] / 2**20:>15.1f}{r['seconds']:>9.1f}")
+        print(
+            f"{n:>8}{r['before'] / 1024:>14.1f}{r['peak'] / 1024:>12.1f}{r['written'] / 2**20:>15.1f}{r['seconds']:>9.1f}"
+        )
     ratio = results[4096]["peak"] / results[512]["peak"]
     print(f"target: peak(4096) <= 1.10 x peak(512) -> {ratio:.3f}")
 

@@ -27,7 +27,9 @@ STAGES = ["layer1", "layer2", "layer3", "layer4"]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="batch 4 at 128x128, 3 repeats")
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args()
@@ -76,15 +78,21 @@ def main() -> None:
     except ImportError:
         te_all = None
 
-    print(f"ResNet-50, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, {repeats} repeats")
+    print(
+        f"ResNet-50, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, {repeats} repeats"
+    )
     medians = interleaved_medians(cases, repeats=repeats)
     print_table(medians, "plain inference_mode forward", "feature extraction")
     base = medians["plain inference_mode forward"]
     if "torchvision feature_extractor layer2" in medians:
         ours = medians["gradlens.extract layer2"] / base
         theirs = medians["torchvision feature_extractor layer2"] / base
-        print(f"\nlayer2 alone: gradlens {ours:.2f}x vs torchvision {theirs:.2f}x (difference {ours - theirs:+.2f}; target <= +0.03)")
-    print(f"layer1..4: gradlens {medians['gradlens.extract layer1..4'] / base:.2f}x (target <= 1.02x)")
+        print(
+            f"\nlayer2 alone: gradlens {ours:.2f}x vs torchvision {theirs:.2f}x (difference {ours - theirs:+.2f}; target <= +0.03)"
+        )
+    print(
+        f"layer1..4: gradlens {medians['gradlens.extract layer1..4'] / base:.2f}x (target <= 1.02x)"
+    )
     if te_all is not None:
         for handle in getattr(te_all, "handles", []) or []:
             handle.remove()

@@ -23,9 +23,19 @@ from typing import Any
 from griffe import Extension, Object
 
 SECTIONS = {
-    "args", "arguments", "params", "parameters", "keyword args", "keyword arguments",
-    "other args", "other arguments", "other params", "other parameters",
-    "attributes", "raises", "exceptions",
+    "args",
+    "arguments",
+    "params",
+    "parameters",
+    "keyword args",
+    "keyword arguments",
+    "other args",
+    "other arguments",
+    "other params",
+    "other parameters",
+    "attributes",
+    "raises",
+    "exceptions",
 }
 NAMES = r"\*{0,2}[A-Za-z_][\w.]*"
 GROUP = re.compile(rf"^(?P<names>{NAMES}(?:\s*,\s*{NAMES})+)\s*:(?P<rest>.*)$")
@@ -35,7 +45,9 @@ ROLE = re.compile(r":(?:py:)?(?:class|func|meth|mod|data|attr|exc|obj|const):`(~
 
 def plain_roles(text: str) -> str:
     """``:class:`~a.b.C``` -> ```C```, ``:func:`a.f``` -> ```a.f```."""
-    return ROLE.sub(lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", text)
+    return ROLE.sub(
+        lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", text
+    )
 
 
 def split_grouped_entries(text: str) -> str:
@@ -77,7 +89,11 @@ def split_grouped_entries(text: str) -> str:
             i += 1
             continue
         k = j + 1
-        while k < len(lines) and lines[k].strip() and len(lines[k]) - len(lines[k].lstrip()) > entry_indent:
+        while (
+            k < len(lines)
+            and lines[k].strip()
+            and len(lines[k]) - len(lines[k].lstrip()) > entry_indent
+        ):
             k += 1
         continuation = lines[j + 1 : k]
         for name in re.split(r"\s*,\s*", match.group("names")):

@@ -54,6 +54,8 @@ def save_figure(fig, path: Path, *, dpi: int = 80, colours: int = 128) -> Path:
     fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
     buffer.seek(0)
-    image = Image.open(buffer).convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT)
+    image = (
+        Image.open(buffer).convert("RGB").quantize(colors=colours, method=Image.Quantize.MEDIANCUT)
+    )
     image.save(path, optimize=True)
     return path

@@ -18,8 +18,10 @@ FIGURES = HERE.parent / "docs" / "figures"
 def main(names: list[str]) -> None:
     sys.path.insert(0, str(HERE))
     torch.set_num_threads(1)  # small models: one thread is faster on a busy 2-core machine
-    scripts = [HERE / f"{n}.py" for n in names] if names else sorted(
-        p for p in HERE.glob("*.py") if not p.name.startswith("_")
+    scripts = (
+        [HERE / f"{n}.py" for n in names]
+        if names
+        else sorted(p for p in HERE.glob("*.py") if not p.name.startswith("_"))
     )
     for script in scripts:
         print(f"== {script.name}", flush=True)

@@ -35,8 +35,8 @@ from gradlens.metrics import gaussian_blur
 def every_method(model: nn.Module, images: Tensor, n: int, steps: int) -> dict[str, Tensor]:
     # --8<-- [start:methods]
     results = {
-        "saliency": saliency(model, images),                   # |d score / d x|, (B, 3, H, W)
-        "input x grad": input_x_gradient(model, images),       # x * d score / d x
+        "saliency": saliency(model, images),  # |d score / d x|, (B, 3, H, W)
+        "input x grad": input_x_gradient(model, images),  # x * d score / d x
         "smoothgrad": smoothgrad(model, images, n=n, sigma=0.15, seed=0),
         "vargrad": vargrad(model, images, n=n, sigma=0.15, seed=0),
         "int. gradients": integrated_gradients(model, images, steps=steps),
@@ -50,8 +50,8 @@ def every_method(model: nn.Module, images: Tensor, n: int, steps: int) -> dict[s
 
 def options(model: nn.Module, images: Tensor) -> dict[str, object]:
     # --8<-- [start:options]
-    signed = saliency(model, images, abs=False)                    # keep the sign
-    three_classes = saliency(model, images, target=[[0, 4, 8]] * len(images))   # (B, 3, 3, H, W)
+    signed = saliency(model, images, abs=False)  # keep the sign
+    three_classes = saliency(model, images, target=[[0, 4, 8]] * len(images))  # (B, 3, 3, H, W)
     smooth_ig = smoothgrad(model, images, method=integrated_gradients, n=4, steps=8, seed=0)
     by_name = smoothgrad(model, images, method="input_x_gradient", n=4, seed=0)
     # --8<-- [end:options]
@@ -65,9 +65,9 @@ def options(model: nn.Module, images: Tensor) -> dict[str, object]:
 
 def baselines(model: nn.Module, images: Tensor, steps: int) -> dict[str, float]:
     # --8<-- [start:baselines]
-    black = integrated_gradients(model, images, steps=steps)                      # zeros
-    grey = integrated_gradients(model, images, baselines=0.5, steps=steps)        # a number
-    blurred = integrated_gradients(                                               # a function of x
+    black = integrated_gradients(model, images, steps=steps)  # zeros
+    grey = integrated_gradients(model, images, baselines=0.5, steps=steps)  # a number
+    blurred = integrated_gradients(  # a function of x
         model, images, baselines=lambda x: gaussian_blur(x, sigma=5.0), steps=steps
     )
     attributions, delta = integrated_gradients(model, images, steps=steps, return_delta=True)
@@ -86,12 +86,17 @@ def completeness(model: nn.Module, images: Tensor, steps_list: list[int]) -> lis
     with torch.inference_mode():
         logits = model(images)
         classes = logits.argmax(1)
-        gap = logits.gather(1, classes[:, None])[:, 0] - model(torch.zeros_like(images)).gather(1, classes[:, None])[:, 0]
+        gap = (
+            logits.gather(1, classes[:, None])[:, 0]
+            - model(torch.zeros_like(images)).gather(1, classes[:, None])[:, 0]
+        )
     lines = [f"{'rule':<18}" + "".join(f"{s:>10}" for s in steps_list)]
     for rule in RULES:
         row = []
         for steps in steps_list:
-            _, delta = integrated_gradients(model, images, classes, steps=steps, method=rule, return_delta=True)
+            _, delta = integrated_gradients(
+                model, images, classes, steps=steps, method=rule, return_delta=True
+            )
             row.append(float((delta.abs() / gap.abs()).mean()))
         lines.append(f"{rule:<18}" + "".join(f"{r:>10.1e}" for r in row))
     return lines
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     shown = test[: 2 if args.quick else 5]
     n, steps = (4, 8) if args.quick else (50, 50)
     results = every_method(model, shown.images, n, steps)
+
     # --8<-- [start:figure]
     def per_pixel(a: Tensor, signed: bool) -> Tensor:
         """One value per pixel, clipped at the 99th percentile of |value| so that a few
@@ -118,10 +124,17 @@ def main(argv: list[str] | None = None) -> list[Path]:
     # --8<-- [end:figure]
     save_figure(fig, args.out / "attributions.png")
 
-    lines = [f"TinyCNN held-out accuracy: {accuracy:.3f}", f"options: {options(model, shown.images[:2])}"]
-    lines += [f"mean |sum of IG attributions| per baseline: {baselines(model, shown.images[:2], steps)}"]
+    lines = [
+        f"TinyCNN held-out accuracy: {accuracy:.3f}",
+        f"options: {options(model, shown.images[:2])}",
+    ]
+    lines += [
+        f"mean |sum of IG attributions| per baseline: {baselines(model, shown.images[:2], steps)}"
+    ]
     lines += ["Integrated Gradients, |delta| / |f(x) - f(0)|, by rule and steps:"]
-    lines += completeness(model, test.images[: 2 if args.quick else 16], [4, 8] if args.quick else [4, 16, 64])
+    lines += completeness(
+        model, test.images[: 2 if args.quick else 16], [4, 8] if args.quick else [4, 16, 64]
+    )
     report = args.out / "attributions.txt"
     report.write_text("\n".join(lines) + "\n")
     print(report.read_text())

@@ -71,7 +71,9 @@ def run(argv: list[str]) -> tuple[int, str]:
             del os.environ["COLUMNS"]
         else:
             os.environ["COLUMNS"] = columns
-    progress = [line for line in err.getvalue().splitlines() if "samples/s" not in line]  # tqdm bars
+    progress = [
+        line for line in err.getvalue().splitlines() if "samples/s" not in line
+    ]  # tqdm bars
     return status, out.getvalue() + "\n".join(progress)
 
 
@@ -93,9 +95,19 @@ def main(argv: list[str] | None = None) -> list[Path]:
                 for command in commands:
                     status, output = run(command)
                     assert status == (2 if section == "errors" else 0), (command, output)
-                    log += [f"$ gradlens {shlex.join(command)}", abridged(output), f"(exit status {status})", ""]
+                    log += [
+                        f"$ gradlens {shlex.join(command)}",
+                        abridged(output),
+                        f"(exit status {status})",
+                        "",
+                    ]
                 if section == "extract":
-                    log += ["$ ls features", *sorted(p.name for p in Path("features").iterdir() if not p.name.startswith("."))]
+                    log += [
+                        "$ ls features",
+                        *sorted(
+                            p.name for p in Path("features").iterdir() if not p.name.startswith(".")
+                        ),
+                    ]
                 if section == "cam":
                     log += ["$ ls maps", *sorted(p.name for p in Path("maps").iterdir())]
                 path = args.out / f"cli_{section}.txt"
@@ -105,7 +117,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
             os.chdir(here)
     help_file = args.out / "cli_help.txt"
     help_file.write_text(
-        "$ gradlens --help\n" + run(["--help"])[1] + "\n$ gradlens cam --help\n" + run(["cam", "--help"])[1]
+        "$ gradlens --help\n"
+        + run(["--help"])[1]
+        + "\n$ gradlens cam --help\n"
+        + run(["cam", "--help"])[1]
     )
     for path in outputs:
         print(path.read_text())

@@ -41,8 +41,8 @@ def early_stop(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     # --8<-- [start:early-stop]
     ran = {"fc": 0}
     handle = model.fc.register_forward_hook(lambda *_: ran.__setitem__("fc", ran["fc"] + 1))
-    gradlens.extract(model, x, "layer2")                    # stops after layer2: fc never runs
-    stopped = ran["fc"]                                     # 0
+    gradlens.extract(model, x, "layer2")  # stops after layer2: fc never runs
+    stopped = ran["fc"]  # 0
     gradlens.extract(model, x, "layer2", stop_early=False)  # runs the whole network
     handle.remove()
     # --8<-- [end:early-stop]
@@ -62,6 +62,8 @@ class Looped(nn.Module):
         for _ in range(3):
             x = torch.tanh(self.block(x))
         return self.head(x)
+
+
 # --8<-- [end:shared]
 
 
@@ -69,18 +71,20 @@ def shared_module() -> dict[str, int]:
     torch.manual_seed(0)
     # --8<-- [start:shared-use]
     looped, v = Looped(), torch.randn(4, 8)
-    first_only = gradlens.extract(looped, v, "block", every_call=True)                 # 1 call
+    first_only = gradlens.extract(looped, v, "block", every_call=True)  # 1 call
     every_call = gradlens.extract(looped, v, "block", every_call=True, stop_early=False)  # 3 calls
     # --8<-- [end:shared-use]
-    return {"calls kept, stop_early=True": len(first_only["block"]),
-            "calls kept, stop_early=False": len(every_call["block"])}
+    return {
+        "calls kept, stop_early=True": len(first_only["block"]),
+        "calls kept, stop_early=False": len(every_call["block"]),
+    }
 
 
 def extractor_module(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
     # --8<-- [start:extractor]
     extractor = gradlens.Extractor(model, ["layer1", "layer4"])
     logits, features = extractor(x)
-    assert not model.layer4._forward_hooks       # hooks exist only during each call
+    assert not model.layer4._forward_hooks  # hooks exist only during each call
 
     # features stay on the autograd graph: a loss on them trains the model
     features["layer4"].pow(2).mean().backward()
@@ -103,10 +107,12 @@ def _onnx_export(model: nn.Module, x: torch.Tensor, out: Path) -> float:
     torch.onnx.export(extractor, (x,), str(path), output_names=["logits", "layer1", "layer4"])
 
     session = onnxruntime.InferenceSession(str(path))
-    onnx_logits, onnx_layer1, onnx_layer4 = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    onnx_logits, onnx_layer1, onnx_layer4 = session.run(
+        None, {session.get_inputs()[0].name: x.numpy()}
+    )
     with torch.no_grad():
         logits, features = extractor(x)
-    error = (torch.from_numpy(onnx_layer4) - features["layer4"]).abs().max()   # < 1e-4
+    error = (torch.from_numpy(onnx_layer4) - features["layer4"]).abs().max()  # < 1e-4
     # --8<-- [end:onnx]
     assert error < 1e-4
     return float(error)
@@ -167,10 +173,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
     lines += [f"shared module: {shared_module()}"]
     lines += [f"Extractor features: {extractor_module(model, x)}"]
     lines += [f"ONNX vs PyTorch, max |difference| of layer4: {onnx_export(model, x[:1]):.2e}"]
-    lines += [f"TorchScript trace vs eager, max |difference| of layer2: {torchscript(model, x):.2e}"]
+    lines += [
+        f"TorchScript trace vs eager, max |difference| of layer2: {torchscript(model, x):.2e}"
+    ]
     guard = torch._dynamo.config.skip_nnmodule_hook_guards
     try:
-        lines += [f"torch.compile vs eager (TinyCNN), max |difference|: {compiled_model(torch.randn(2, 3, 64, 64))}"]
+        lines += [
+            f"torch.compile vs eager (TinyCNN), max |difference|: {compiled_model(torch.randn(2, 3, 64, 64))}"
+        ]
     finally:
         torch._dynamo.config.skip_nnmodule_hook_guards = guard
     report = args.out / "extraction.txt"

@@ -25,9 +25,9 @@ from gradlens.data import train_demo_model
 
 def first_gradcam(out: Path, train_demo_model=train_demo_model) -> tuple:
     # --8<-- [start:first-gradcam]
-    model, test, accuracy = train_demo_model(quick=True)     # a tiny CNN on synthetic shapes
-    images = test.images[:4]                                  # (4, 3, 64, 64)
-    maps = gradcam(model, images)                             # (4, 64, 64), in [0, 1]
+    model, test, accuracy = train_demo_model(quick=True)  # a tiny CNN on synthetic shapes
+    images = test.images[:4]  # (4, 3, 64, 64)
+    maps = gradcam(model, images)  # (4, 64, 64), in [0, 1]
     fig = gradlens.viz.show(images, {"Grad-CAM": maps}, boxes=test.boxes[:4], ncols=4)
     fig.savefig(out / "first_gradcam.png")
     # --8<-- [end:first-gradcam]
@@ -36,13 +36,13 @@ def first_gradcam(out: Path, train_demo_model=train_demo_model) -> tuple:
 
 def first_record(model: torch.nn.Module, images: torch.Tensor) -> dict[str, tuple[int, ...]]:
     # --8<-- [start:first-record]
-    print(gradlens.layers(model, images))                     # names, types, output shapes
+    print(gradlens.layers(model, images))  # names, types, output shapes
 
     with gradlens.record(model, ["features.2", "features.3"]) as rec:
         logits = model(images)
-        rec.grad(logits[:, 0])                                # d logit 0 / d activation, per image
-    activation = rec["features.3"]                            # (4, 64, 8, 8)
-    gradient = rec.gradients["features.3"]                    # same shape
+        rec.grad(logits[:, 0])  # d logit 0 / d activation, per image
+    activation = rec["features.3"]  # (4, 64, 8, 8)
+    gradient = rec.gradients["features.3"]  # same shape
 
     features = gradlens.extract(model, images, "features.1")  # no autograd tape; stops early
     # --8<-- [end:first-record]
@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     trainer = (lambda quick: shapes_model(True)) if args.quick else train_demo_model
     maps, model, test = first_gradcam(args.out, trainer)
     # keep the committed figure small (the snippet shows the plain savefig)
-    fig = gradlens.viz.show(test.images[:4], {"Grad-CAM": maps}, boxes=test.boxes[:4], ncols=4, panel_size=1.6)
+    fig = gradlens.viz.show(
+        test.images[:4], {"Grad-CAM": maps}, boxes=test.boxes[:4], ncols=4, panel_size=1.6
+    )
     save_figure(fig, args.out / "first_gradcam.png")
     shapes = first_record(model, test.images[:4])
     report = args.out / "getting_started.txt"

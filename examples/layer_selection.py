@@ -19,9 +19,9 @@ import gradlens
 
 def listing(model: nn.Module, x: torch.Tensor) -> str:
     # --8<-- [start:layers]
-    table = gradlens.layers(model, x[:1])   # one forward without tape on one sample
-    print(table)                             # name, type, output shape; marks the default CAM layer
-    names = table.names()                    # ['conv1', 'bn1', ..., 'fc']
+    table = gradlens.layers(model, x[:1])  # one forward without tape on one sample
+    print(table)  # name, type, output shape; marks the default CAM layer
+    names = table.names()  # ['conv1', 'bn1', ..., 'fc']
     # --8<-- [end:layers]
     assert names[0] == "conv1"
     rows = str(table).splitlines()
@@ -31,13 +31,13 @@ def listing(model: nn.Module, x: torch.Tensor) -> str:
 def selections(model: nn.Module) -> dict[str, list[str]]:
     # --8<-- [start:select]
     select = gradlens.select_layers
-    by_name = select(model, ["layer3.1.conv2", "layer4"])        # exact dotted names
-    by_glob = select(model, "layer*.*.conv2")                     # * stays within one segment
-    any_depth = select(model, "**.relu")                          # ** spans any number of segments
-    by_type = select(model, nn.BatchNorm2d)                       # every module of a type
-    by_object = select(model, model.layer4[1])                    # a module of the model
+    by_name = select(model, ["layer3.1.conv2", "layer4"])  # exact dotted names
+    by_glob = select(model, "layer*.*.conv2")  # * stays within one segment
+    any_depth = select(model, "**.relu")  # ** spans any number of segments
+    by_type = select(model, nn.BatchNorm2d)  # every module of a type
+    by_object = select(model, model.layer4[1])  # a module of the model
     by_filter = select(model, lambda name, m: isinstance(m, nn.Conv2d) and m.stride == (2, 2))
-    mixed = select(model, ["layer4", nn.Linear])                  # a list mixes kinds
+    mixed = select(model, ["layer4", nn.Linear])  # a list mixes kinds
     # --8<-- [end:select]
     return {
         "['layer3.1.conv2', 'layer4']": list(by_name),
@@ -53,8 +53,8 @@ def selections(model: nn.Module) -> dict[str, list[str]]:
 def not_found(model: nn.Module) -> str:
     # --8<-- [start:not-found]
     try:
-        gradlens.record(model, "layer4.2.conv1")     # resnet18's layer4 has blocks 0 and 1
-    except gradlens.LayerNotFoundError as error:     # also a KeyError and a ValueError
+        gradlens.record(model, "layer4.2.conv1")  # resnet18's layer4 has blocks 0 and 1
+    except gradlens.LayerNotFoundError as error:  # also a KeyError and a ValueError
         message = str(error)
     # ResNet has no layer named 'layer4.2.conv1'; did you mean 'layer4.1.conv1', ...?
     # --8<-- [end:not-found]
@@ -63,7 +63,7 @@ def not_found(model: nn.Module) -> str:
 
 def default(model: nn.Module, x: torch.Tensor) -> str:
     # --8<-- [start:default]
-    layer = gradlens.default_layer(model, x)    # 'layer4': the last 4-D output with H*W > 1
+    layer = gradlens.default_layer(model, x)  # 'layer4': the last 4-D output with H*W > 1
     # --8<-- [end:default]
     return layer
 
@@ -77,7 +77,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     lines = [f"gradlens.layers(resnet18, x) at {size} x {size}, abridged:", listing(model, x), ""]
     lines += [f"{spec}: {names}" for spec, names in selections(model).items()]
-    lines += ["", f"LayerNotFoundError: {not_found(model)}", f"default_layer: {default(model, x)!r}"]
+    lines += [
+        "",
+        f"LayerNotFoundError: {not_found(model)}",
+        f"default_layer: {default(model, x)!r}",
+    ]
     report = args.out / "layer_selection.txt"
     report.write_text("\n".join(lines) + "\n")
     print(report.read_text())

@@ -34,7 +34,10 @@ def largest(a, b) -> float:
 
 
 def correlation(a, b) -> float:
-    a, b = torch.as_tensor(np.asarray(a)).flatten().double(), torch.as_tensor(np.asarray(b)).flatten().double()
+    a, b = (
+        torch.as_tensor(np.asarray(a)).flatten().double(),
+        torch.as_tensor(np.asarray(b)).flatten().double(),
+    )
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
@@ -51,14 +54,16 @@ def torchextractor_pairs(model: nn.Module, x: Tensor) -> dict[str, float]:
     # --8<-- [end:tx-theirs]
     del extractor
     # --8<-- [start:tx-ours]
-    names = gradlens.layers(model).names()                 # or print(gradlens.layers(model, x))
+    names = gradlens.layers(model).names()  # or print(gradlens.layers(model, x))
     extractor = gradlens.Extractor(model, ["layer1", "layer4"])
-    output, features_gl = extractor(x)                     # hooks only during the call
+    output, features_gl = extractor(x)  # hooks only during the call
 
-    features_gl = gradlens.extract(model, x, ["layer1", "layer4"])   # no tape, stops after layer4
+    features_gl = gradlens.extract(model, x, ["layer1", "layer4"])  # no tape, stops after layer4
     # --8<-- [end:tx-ours]
     assert "layer4.1.conv2" in names
-    return {name: largest(features[name].detach(), features_gl[name]) for name in ["layer1", "layer4"]}
+    return {
+        name: largest(features[name].detach(), features_gl[name]) for name in ["layer1", "layer4"]
+    }
 
 
 # -- pytorch-grad-cam -----------------------------------------------------------------------------
@@ -76,8 +81,8 @@ def grad_cam_pairs(model: nn.Module, x: Tensor, image: np.ndarray, quick: bool) 
     # --8<-- [end:pgc-theirs]
     model.zero_grad(set_to_none=True)  # pytorch-grad-cam's backward filled every param.grad
     # --8<-- [start:pgc-ours]
-    maps = gradcam(model, x, "layer4.1", target=281)       # (B, H, W) in [0, 1], a tensor
-    visualization = gradlens.viz.overlay(image, maps[0])   # (H, W, 3) uint8
+    maps = gradcam(model, x, "layer4.1", target=281)  # (B, H, W) in [0, 1], a tensor
+    visualization = gradlens.viz.overlay(image, maps[0])  # (H, W, 3) uint8
     # --8<-- [end:pgc-ours]
     assert visualization.shape == (*image.shape[:2], 3)
     results = {"GradCAM": correlation(grayscale_cam, maps)}
@@ -90,9 +95,15 @@ def all_cams(model: nn.Module, x: Tensor, quick: bool) -> dict[str, float]:
     import pytorch_grad_cam as pgc
 
     theirs = {
-        "gradcam": pgc.GradCAM, "gradcampp": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM,
-        "layercam": pgc.LayerCAM, "hirescam": pgc.HiResCAM, "eigencam": pgc.EigenCAM,
-        "eigengradcam": pgc.EigenGradCAM, "scorecam": pgc.ScoreCAM, "ablationcam": pgc.AblationCAM,
+        "gradcam": pgc.GradCAM,
+        "gradcampp": pgc.GradCAMPlusPlus,
+        "xgradcam": pgc.XGradCAM,
+        "layercam": pgc.LayerCAM,
+        "hirescam": pgc.HiResCAM,
+        "eigencam": pgc.EigenCAM,
+        "eigengradcam": pgc.EigenGradCAM,
+        "scorecam": pgc.ScoreCAM,
+        "ablationcam": pgc.AblationCAM,
     }
     # --8<-- [end:pgc-all]
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -107,7 +118,9 @@ def all_cams(model: nn.Module, x: Tensor, quick: bool) -> dict[str, float]:
             reference = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)] * len(x))
         model.zero_grad(set_to_none=True)
         # pytorch-grad-cam's Score-CAM: softmax over channels, masks upsampled with align_corners=True
-        options = {"score": "channel_softmax", "masks": "align_corners"} if name == "scorecam" else {}
+        options = (
+            {"score": "channel_softmax", "masks": "align_corners"} if name == "scorecam" else {}
+        )
         ours = METHODS[name](model, x, "layer4.1", target=281, **options)
         results[name] = correlation(reference, ours)
     return results
@@ -116,9 +129,17 @@ def all_cams(model: nn.Module, x: Tensor, quick: bool) -> dict[str, float]:
 def vit_reshape() -> float:
     torch.manual_seed(0)
     vit = torchvision.models.VisionTransformer(
-        image_size=64, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+        image_size=64,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=10,
     ).eval()
-    torch.nn.init.normal_(vit.heads.head.weight, std=0.5)   # torchvision initialises the head to zeros
+    torch.nn.init.normal_(
+        vit.heads.head.weight, std=0.5
+    )  # torchvision initialises the head to zeros
     x = torch.rand(2, 3, 64, 64)
     # --8<-- [start:pgc-vit-theirs]
     from pytorch_grad_cam import GradCAM
@@ -127,12 +148,15 @@ def vit_reshape() -> float:
         result = tensor[:, 1:, :].reshape(tensor.size(0), height, width, tensor.size(2))
         return result.transpose(2, 3).transpose(1, 2)
 
-    with GradCAM(model=vit, target_layers=[vit.encoder.layers[-1].ln_1],
-                 reshape_transform=reshape_transform) as cam:
+    with GradCAM(
+        model=vit, target_layers=[vit.encoder.layers[-1].ln_1], reshape_transform=reshape_transform
+    ) as cam:
         grayscale_cam = cam(input_tensor=x, targets=None)
     # --8<-- [end:pgc-vit-theirs]
     # --8<-- [start:pgc-vit-ours]
-    maps = gradcam(vit, x, "encoder.layers.encoder_layer_1.ln_1")   # class token + 8 x 8 grid: automatic
+    maps = gradcam(
+        vit, x, "encoder.layers.encoder_layer_1.ln_1"
+    )  # class token + 8 x 8 grid: automatic
     # --8<-- [end:pgc-vit-ours]
     return correlation(grayscale_cam, maps)
 
@@ -145,8 +169,10 @@ def captum_pairs(model: nn.Module, x: Tensor) -> dict[str, float]:
     # --8<-- [start:captum-gradcam]
     from captum.attr import LayerGradCam
 
-    theirs = LayerGradCam(model, model.layer4).attribute(x, target=3, relu_attributions=True)  # (B, 1, h, w)
-    ours = gradcam(model, x, "layer4", target=3, upsample=False, normalize=False)            # (B, h, w)
+    theirs = LayerGradCam(model, model.layer4).attribute(
+        x, target=3, relu_attributions=True
+    )  # (B, 1, h, w)
+    ours = gradcam(model, x, "layer4", target=3, upsample=False, normalize=False)  # (B, h, w)
     # --8<-- [end:captum-gradcam]
     results["LayerGradCam"] = largest(theirs[:, 0].detach(), ours)
 
@@ -154,8 +180,14 @@ def captum_pairs(model: nn.Module, x: Tensor) -> dict[str, float]:
     from captum.attr import IntegratedGradients
 
     ig = IntegratedGradients(model)
-    theirs, delta = ig.attribute(x, baselines=torch.zeros_like(x), target=3, n_steps=50,
-                                 method="gausslegendre", return_convergence_delta=True)
+    theirs, delta = ig.attribute(
+        x,
+        baselines=torch.zeros_like(x),
+        target=3,
+        n_steps=50,
+        method="gausslegendre",
+        return_convergence_delta=True,
+    )
     ours, our_delta = integrated_gradients(model, x, target=3, steps=50, return_delta=True)
     # --8<-- [end:captum-ig]
     results["IntegratedGradients"] = largest(theirs.detach(), ours)
@@ -164,13 +196,17 @@ def captum_pairs(model: nn.Module, x: Tensor) -> dict[str, float]:
     from captum.attr import GuidedBackprop, Occlusion, Saliency
 
     pairs = {
-        "Saliency": (Saliency(model).attribute(x, target=3),
-                     saliency(model, x, target=3)),
-        "GuidedBackprop": (GuidedBackprop(model).attribute(x, target=3),
-                           guided_backprop(model, x, target=3)),
-        "Occlusion": (Occlusion(model).attribute(x, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8),
-                                                 target=3, baselines=0),
-                      occlusion(model, x, target=3, window=(16, 16), stride=(8, 8), baseline=0)),
+        "Saliency": (Saliency(model).attribute(x, target=3), saliency(model, x, target=3)),
+        "GuidedBackprop": (
+            GuidedBackprop(model).attribute(x, target=3),
+            guided_backprop(model, x, target=3),
+        ),
+        "Occlusion": (
+            Occlusion(model).attribute(
+                x, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8), target=3, baselines=0
+            ),
+            occlusion(model, x, target=3, window=(16, 16), stride=(8, 8), baseline=0),
+        ),
     }
     # --8<-- [end:captum-simple]
     results.update({name: largest(a.detach(), b) for name, (a, b) in pairs.items()})
@@ -178,11 +214,12 @@ def captum_pairs(model: nn.Module, x: Tensor) -> dict[str, float]:
     # --8<-- [start:captum-noise]
     from captum.attr import NoiseTunnel
 
-    sigma = 0.15                                           # gradlens: a fraction of each sample's range
-    stdevs = sigma * float(x.max() - x.min())              # Captum: one absolute value
+    sigma = 0.15  # gradlens: a fraction of each sample's range
+    stdevs = sigma * float(x.max() - x.min())  # Captum: one absolute value
     torch.manual_seed(0)
-    theirs = NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=8,
-                                                    nt_samples_batch_size=4, stdevs=stdevs, target=3)
+    theirs = NoiseTunnel(Saliency(model)).attribute(
+        x, nt_type="smoothgrad", nt_samples=8, nt_samples_batch_size=4, stdevs=stdevs, target=3
+    )
     torch.manual_seed(0)
     ours = smoothgrad(model, x, target=3, n=8, sigma=sigma, batch_size=4 * len(x))
     # --8<-- [end:captum-noise]
@@ -200,7 +237,7 @@ def captum_text() -> float:
 
     lig = LayerIntegratedGradients(model, model[0])
     theirs = lig.attribute(ids, baselines=torch.zeros_like(ids), target=1)
-    ours = layer_integrated_gradients(model, ids, "0", target=1)   # baseline: token id 0
+    ours = layer_integrated_gradients(model, ids, "0", target=1)  # baseline: token id 0
     # --8<-- [end:captum-lig]
     return largest(theirs.detach(), ours)
 
@@ -211,14 +248,18 @@ def main(argv: list[str] | None = None) -> list[Path]:
     model = torchvision.models.resnet18().eval()
     size = 64 if args.quick else 224
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-    x[:, 0, 0, :2] = torch.tensor([0.0, 1.0])              # every sample spans exactly [0, 1]
-    image = x[0].permute(1, 2, 0).numpy()                  # an RGB image in [0, 1], (H, W, 3)
+    x[:, 0, 0, :2] = torch.tensor([0.0, 1.0])  # every sample spans exactly [0, 1]
+    image = x[0].permute(1, 2, 0).numpy()  # an RGB image in [0, 1], (H, W, 3)
 
     lines = ["torchextractor vs gradlens, max |difference| of features:"]
     lines += [f"  {k}: {v:.1e}" for k, v in torchextractor_pairs(model, x).items()]
     lines += ["pytorch-grad-cam vs gradlens (layer4[-1] = 'layer4.1'), correlation of the maps:"]
     for name, value in grad_cam_pairs(model, x, image, args.quick).items():
-        note = "  (pytorch-grad-cam leaves the SVD's sign arbitrary)" if name.startswith("eigen") else ""
+        note = (
+            "  (pytorch-grad-cam leaves the SVD's sign arbitrary)"
+            if name.startswith("eigen")
+            else ""
+        )
         lines.append(f"  {name}: {value:.4f}{note}")
     lines += [f"  ViT with reshape_transform: {vit_reshape():.4f}"]
     lines += ["Captum vs gradlens, max |difference|:"]

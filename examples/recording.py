@@ -31,12 +31,14 @@ class StashingResNet(nn.Module):
         r = self.resnet
         x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
         x = r.layer4(r.layer3(r.layer2(r.layer1(x))))
-        self.activations = x                   # kept on the model, graph and all
-        x.register_hook(self.save_gradient)    # fails under torch.no_grad()
+        self.activations = x  # kept on the model, graph and all
+        x.register_hook(self.save_gradient)  # fails under torch.no_grad()
         return r.fc(torch.flatten(r.avgpool(x), 1))
 
     def save_gradient(self, grad: torch.Tensor) -> None:
         self.gradients = grad
+
+
 # --8<-- [end:stash]
 
 
@@ -44,7 +46,7 @@ def stash_on_self(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
     # --8<-- [start:stash-use]
     stashing = StashingResNet(model)
     logits = stashing(x)
-    logits[:, 3].sum().backward()          # also fills every parameter's .grad
+    logits[:, 3].sum().backward()  # also fills every parameter's .grad
     activations, gradients = stashing.activations, stashing.gradients
     # --8<-- [end:stash-use]
     model.zero_grad(set_to_none=True)
@@ -56,7 +58,7 @@ def hand_written_hooks(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
     kept = {}
 
     def forward_hook(module, inputs, output):
-        kept["activation"] = output        # a reference: later in-place ops change it
+        kept["activation"] = output  # a reference: later in-place ops change it
         output.register_hook(lambda grad: kept.__setitem__("gradient", grad))
 
     handle = model.layer4.register_forward_hook(forward_hook)
@@ -64,7 +66,7 @@ def hand_written_hooks(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
         logits = model(x)
         logits[:, 3].sum().backward()
     finally:
-        handle.remove()                    # forget this and the hook stays on the model
+        handle.remove()  # forget this and the hook stays on the model
     # --8<-- [end:hooks]
     model.zero_grad(set_to_none=True)
     return kept["activation"].detach(), kept["gradient"]
@@ -72,16 +74,17 @@ def hand_written_hooks(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
 
 def hooks_left_behind(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     """Hooks on ``layer4`` after an error in the block: hand-written vs gradlens."""
+
     # --8<-- [start:left-behind]
     def forward_hook(module, inputs, output):
         pass
 
     try:
         model.layer4.register_forward_hook(forward_hook)
-        model(x[:, :1])                    # wrong input: conv1 raises
+        model(x[:, :1])  # wrong input: conv1 raises
     except RuntimeError:
         pass
-    by_hand = len(model.layer4._forward_hooks)      # 1: the hook is still there
+    by_hand = len(model.layer4._forward_hooks)  # 1: the hook is still there
 
     try:
         with gradlens.record(model, "layer4"):
@@ -89,7 +92,7 @@ def hooks_left_behind(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     except RuntimeError:
         pass
     # --8<-- [end:left-behind]
-    model.layer4._forward_hooks.clear()    # clean up after the demonstration
+    model.layer4._forward_hooks.clear()  # clean up after the demonstration
     return by_hand, len(model.layer4._forward_hooks)
 
 
@@ -99,8 +102,8 @@ def extractor_wrapper(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, 
 
     extractor = tx.Extractor(model, ["layer4"])
     logits, features = extractor(x)
-    gradient, = torch.autograd.grad(logits[:, 3].sum(), features["layer4"])
-    hooks_while_alive = len(model.layer4._forward_hooks)     # 1 until `extractor` is deleted
+    (gradient,) = torch.autograd.grad(logits[:, 3].sum(), features["layer4"])
+    hooks_while_alive = len(model.layer4._forward_hooks)  # 1 until `extractor` is deleted
     # --8<-- [end:torchextractor]
     del extractor
     return features["layer4"].detach(), gradient, hooks_while_alive
@@ -110,7 +113,7 @@ def with_gradlens(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
     # --8<-- [start:gradlens]
     with gradlens.record(model, "layer4") as rec:
         logits = model(x)
-        rec.grad(logits[:, 3])             # d logit / d layer4, per sample; no param.grad
+        rec.grad(logits[:, 3])  # d logit / d layer4, per sample; no param.grad
     activations, gradients = rec["layer4"], rec.gradients["layer4"]
     # --8<-- [end:gradlens]
     return activations, gradients
@@ -119,12 +122,12 @@ def with_gradlens(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torc
 def inplace_overwrite(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     """The value a naive hook keeps for ``layer4.1.bn2``, whose output is modified in place."""
     # --8<-- [start:inplace]
-    layer = model.layer4[1].bn2            # BasicBlock: out = bn2(...); out += identity; relu_(out)
+    layer = model.layer4[1].bn2  # BasicBlock: out = bn2(...); out += identity; relu_(out)
     kept = {}
 
     def naive_hook(module, inputs, output):
-        kept["naive"] = output                         # what hand-written hooks keep
-        kept["true"] = output.detach().clone()         # the value bn2 actually produced
+        kept["naive"] = output  # what hand-written hooks keep
+        kept["true"] = output.detach().clone()  # the value bn2 actually produced
 
     handle = layer.register_forward_hook(naive_hook)
     with torch.no_grad():
@@ -134,8 +137,8 @@ def inplace_overwrite(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
     with torch.no_grad(), gradlens.record(model, "layer4.1.bn2") as rec:
         model(x)
 
-    naive_min = kept["naive"].min()        # 0.0: relu_ ran on it after the hook
-    true_min = kept["true"].min()          # negative, as a BatchNorm output is
+    naive_min = kept["naive"].min()  # 0.0: relu_ ran on it after the hook
+    true_min = kept["true"].min()  # negative, as a BatchNorm output is
     assert torch.equal(rec["layer4.1.bn2"], kept["true"])
     # --8<-- [end:inplace]
 
@@ -149,7 +152,9 @@ def inplace_overwrite(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
         return torch.relu((gradient.mean((2, 3), keepdim=True) * activation).sum(1)).flatten(1)
 
     naive_map, true_map = gradcam(kept["naive"]), gradcam(rec["layer4.1.bn2"])
-    correlation = torch.stack([torch.corrcoef(torch.stack(pair))[0, 1] for pair in zip(naive_map, true_map)])
+    correlation = torch.stack(
+        [torch.corrcoef(torch.stack(pair))[0, 1] for pair in zip(naive_map, true_map)]
+    )
     return {
         "naive_min": float(naive_min),
         "true_min": float(true_min),
@@ -161,7 +166,7 @@ def full_backward_hook_error(model: nn.Module, x: torch.Tensor) -> tuple[str, st
     # --8<-- [start:backward-hook]
     handle = model.layer4[1].bn2.register_full_backward_hook(lambda module, grad_in, grad_out: None)
     try:
-        model(x)[:, 3].sum().backward()    # out += identity modifies bn2's output in place
+        model(x)[:, 3].sum().backward()  # out += identity modifies bn2's output in place
     except RuntimeError as error:
         torch_message = str(error).splitlines()[0]
     finally:
@@ -183,22 +188,22 @@ def summary(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
     v = torch.randn(3, 4)
     # --8<-- [start:summary]
     with gradlens.record(model, ["layer3", "layer4"]) as rec:
-        logits = model(x)                  # or rec.forward(x)
-        rec.grad(logits[:, 3])             # or logits[:, 3].sum().backward()
-    rec["layer4"]                          # activation of the last call, (B, 512, h, w)
-    rec.gradients["layer4"]                # d logits[b, 3] / d layer4, same shape
+        logits = model(x)  # or rec.forward(x)
+        rec.grad(logits[:, 3])  # or logits[:, 3].sum().backward()
+    rec["layer4"]  # activation of the last call, (B, 512, h, w)
+    rec.gradients["layer4"]  # d logits[b, 3] / d layer4, same shape
 
     with gradlens.record(model, "layer4") as rec_k:
         logits = model(x)
-        rec_k.grad(logits[:, [3, 5, 7]])   # (B, K) scores: one batched backward
-    rec_k.gradients["layer4"]              # (K, B, 512, h, w)
+        rec_k.grad(logits[:, [3, 5, 7]])  # (B, K) scores: one batched backward
+    rec_k.gradients["layer4"]  # (K, B, 512, h, w)
 
     with gradlens.record(looped, "0") as rec_loop:
         h = v
-        for _ in range(3):                 # one module, three calls
+        for _ in range(3):  # one module, three calls
             h = looped(h)
         rec_loop.grad(h.sum(1))
-    calls = rec_loop.calls("0")            # every call in order, each with its gradient
+    calls = rec_loop.calls("0")  # every call in order, each with its gradient
     # --8<-- [end:summary]
     assert len(calls) == 3 and all(c.gradient is not None for c in calls)
     return {
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> list:
     args = parse_args(__doc__.splitlines()[0], argv)
     # --8<-- [start:setup]
     torch.manual_seed(0)
-    model = torchvision.models.resnet18().eval()      # random init: no download needed
+    model = torchvision.models.resnet18().eval()  # random init: no download needed
     x = torch.randn(2, 3, 224, 224)
     # --8<-- [end:setup]
     if args.quick:

@@ -23,10 +23,12 @@ from gradlens.cam import gradcam
 
 def class_targets(model: nn.Module, images: Tensor) -> dict[str, tuple[int, ...]]:
     # --8<-- [start:classes]
-    top = gradcam(model, images)                               # target=None: each image's top class
-    red_circle = gradcam(model, images, target=0)              # class 0 for every image
-    per_image = gradcam(model, images, target=[0, 4, 8, 2])    # one class per image (a list or tensor)
-    three_each = gradcam(model, images, target=[[0, 1, 2]] * 4)   # (B, K): K maps per image,
+    top = gradcam(model, images)  # target=None: each image's top class
+    red_circle = gradcam(model, images, target=0)  # class 0 for every image
+    per_image = gradcam(
+        model, images, target=[0, 4, 8, 2]
+    )  # one class per image (a list or tensor)
+    three_each = gradcam(model, images, target=[[0, 1, 2]] * 4)  # (B, K): K maps per image,
     #                                                            one forward, one batched backward
     # --8<-- [end:classes]
     return {
@@ -39,10 +41,15 @@ def class_targets(model: nn.Module, images: Tensor) -> dict[str, tuple[int, ...]
 
 def helper_targets(model: nn.Module, images: Tensor) -> dict[str, tuple[int, ...]]:
     # --8<-- [start:helpers]
-    probability = gradcam(model, images, target=targets.probability(3))   # softmax(logits)[:, 3]
-    margin = saliency(model, images, target=lambda logits: logits[:, 3] - logits[:, 5])  # any (B,) score
+    probability = gradcam(model, images, target=targets.probability(3))  # softmax(logits)[:, 3]
+    margin = saliency(
+        model, images, target=lambda logits: logits[:, 3] - logits[:, 5]
+    )  # any (B,) score
     # --8<-- [end:helpers]
-    return {"targets.probability(3)": tuple(probability.shape), "lambda logits: ...": tuple(margin.shape)}
+    return {
+        "targets.probability(3)": tuple(probability.shape),
+        "lambda logits: ...": tuple(margin.shape),
+    }
 
 
 # --8<-- [start:segmentation-model]
@@ -51,11 +58,15 @@ class TinySegmenter(nn.Module):
 
     def __init__(self, classes: int = 4) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU()
+        )
         self.classifier = nn.Conv2d(16, classes, 1)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         return {"out": self.classifier(self.body(x))}
+
+
 # --8<-- [end:segmentation-model]
 
 
@@ -64,8 +75,10 @@ def segmentation_target(images: Tensor) -> tuple[int, ...]:
     segmenter = TinySegmenter().eval()
     # --8<-- [start:segmentation]
     region = torch.zeros(64, 64, dtype=torch.bool)
-    region[16:48, 16:48] = True                                # the pixels whose class-2 logits we explain
-    maps = gradcam(segmenter, images, "body", target=targets.segmentation(2, region, output_spec="out"))
+    region[16:48, 16:48] = True  # the pixels whose class-2 logits we explain
+    maps = gradcam(
+        segmenter, images, "body", target=targets.segmentation(2, region, output_spec="out")
+    )
     # --8<-- [end:segmentation]
     return tuple(maps.shape)
 
@@ -73,9 +86,9 @@ def segmentation_target(images: Tensor) -> tuple[int, ...]:
 def regression_target() -> tuple[int, ...]:
     torch.manual_seed(0)
     # --8<-- [start:regression]
-    regressor = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3)).eval()   # 3 outputs
+    regressor = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 3)).eval()  # 3 outputs
     rows = torch.randn(8, 10)
-    attributions = saliency(regressor, rows, target=targets.regression(1), abs=False)    # output 1
+    attributions = saliency(regressor, rows, target=targets.regression(1), abs=False)  # output 1
     # --8<-- [end:regression]
     return tuple(attributions.shape)
 
@@ -83,7 +96,11 @@ def regression_target() -> tuple[int, ...]:
 def errors(model: nn.Module, images: Tensor) -> list[str]:
     messages = []
     # --8<-- [start:errors]
-    for bad in (9, [0, 1], lambda logits: logits.sum()):   # out of range; 2 targets for 4 images; a scalar
+    for bad in (
+        9,
+        [0, 1],
+        lambda logits: logits.sum(),
+    ):  # out of range; 2 targets for 4 images; a scalar
         try:
             gradcam(model, images, target=bad)
         except gradlens.TargetError as error:
@@ -98,7 +115,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     images = test.images[:4]
     lines = [f"{k}: {v}" for k, v in class_targets(model, images).items()]
     lines += [f"{k}: {v}" for k, v in helper_targets(model, images).items()]
-    lines += [f"segmentation target: {segmentation_target(images)}", f"regression target: {regression_target()}"]
+    lines += [
+        f"segmentation target: {segmentation_target(images)}",
+        f"regression target: {regression_target()}",
+    ]
     lines += ["", "TargetError messages:", *errors(model, images)]
     report = args.out / "targets.txt"
     report.write_text("\n".join(lines) + "\n")

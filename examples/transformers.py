@@ -30,32 +30,49 @@ def vision_transformer(x: Tensor) -> dict[str, Tensor]:
     torch.manual_seed(0)
     # --8<-- [start:vit]
     vit = torchvision.models.VisionTransformer(
-        image_size=64, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+        image_size=64,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=10,
     ).eval()
-    torch.nn.init.normal_(vit.heads.head.weight, std=0.5)   # torchvision initialises the head to zeros
+    torch.nn.init.normal_(
+        vit.heads.head.weight, std=0.5
+    )  # torchvision initialises the head to zeros
     # the last encoder block's first LayerNorm returns (B, 1 + 8 * 8, 32) tokens: a class
     # token and an 8 x 8 grid, read as (B, 32, 8, 8) automatically
-    maps = gradcam(vit, x, "encoder.layers.encoder_layer_1.ln_1")          # (B, 64, 64)
+    maps = gradcam(vit, x, "encoder.layers.encoder_layer_1.ln_1")  # (B, 64, 64)
+
     # --8<-- [end:vit]
     # --8<-- [start:reshape]
-    def patch_tokens(tokens: Tensor) -> Tensor:          # (B, 1 + h*w, C) -> (B, C, h, w)
-        grid = tokens[:, 1:]                              # drop the class token (or several)
+    def patch_tokens(tokens: Tensor) -> Tensor:  # (B, 1 + h*w, C) -> (B, C, h, w)
+        grid = tokens[:, 1:]  # drop the class token (or several)
         return grid.transpose(1, 2).reshape(len(tokens), -1, 8, 8)
 
     explicit = gradcam(vit, x, "encoder.layers.encoder_layer_1.ln_1", reshape=patch_tokens)
     # --8<-- [end:reshape]
     assert torch.allclose(maps, explicit, atol=1e-6)
-    return {"ViT Grad-CAM": maps, "ViT Score-CAM": scorecam(vit, x, "encoder.layers.encoder_layer_1.ln_1")}
+    return {
+        "ViT Grad-CAM": maps,
+        "ViT Score-CAM": scorecam(vit, x, "encoder.layers.encoder_layer_1.ln_1"),
+    }
 
 
 def swin_transformer(x: Tensor) -> dict[str, Tensor]:
     torch.manual_seed(0)
     # --8<-- [start:swin]
     swin = SwinTransformer(
-        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4], num_classes=10
+        patch_size=[4, 4],
+        embed_dim=16,
+        depths=[2, 2],
+        num_heads=[2, 2],
+        window_size=[4, 4],
+        num_classes=10,
     ).eval()
     # Swin's stages return channels-last (B, H, W, C) maps: recognised automatically
-    maps = gradcam(swin, x, "features.3")                  # (B, 8, 8, 32) read as NHWC
+    maps = gradcam(swin, x, "features.3")  # (B, 8, 8, 32) read as NHWC
     same = gradcam(swin, x, "features.3", reshape="nhwc")  # or say so explicitly
     # --8<-- [end:swin]
     assert torch.allclose(maps, same)
@@ -69,7 +86,9 @@ class TextClassifier(nn.Module):
     def __init__(self, vocabulary: int = 100, dim: int = 32, classes: int = 2) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocabulary, dim, padding_idx=0)
-        self.encoder = nn.TransformerEncoderLayer(dim, nhead=2, dim_feedforward=64, batch_first=True)
+        self.encoder = nn.TransformerEncoderLayer(
+            dim, nhead=2, dim_feedforward=64, batch_first=True
+        )
         self.head = nn.Linear(dim, classes)
 
     def forward(self, ids: Tensor, attention_mask: Tensor) -> dict[str, Tensor]:
@@ -77,6 +96,8 @@ class TextClassifier(nn.Module):
         weights = attention_mask[..., None].float()
         pooled = (hidden * weights).sum(1) / weights.sum(1)
         return {"logits": self.head(pooled)}
+
+
 # --8<-- [end:text-model]
 
 
@@ -85,24 +106,35 @@ def text_model() -> dict[str, object]:
     model = TextClassifier().eval()
     ids = torch.tensor([[5, 17, 42, 8, 0, 0], [23, 4, 99, 61, 12, 7]])
     # --8<-- [start:text]
-    mask = ids != 0                                        # padding is token id 0
+    mask = ids != 0  # padding is token id 0
     attributions, delta = layer_integrated_gradients(
-        model, ids, "embedding", target=1,
-        baselines=torch.zeros_like(ids),                   # all-padding input (the default)
-        forward_kwargs={"attention_mask": mask}, output="logits",
-        steps=200, return_delta=True,
-    )                                                      # (B, T, 32), like the embedding's output
-    per_token = attributions.sum(-1)                       # (B, T): one number per token
+        model,
+        ids,
+        "embedding",
+        target=1,
+        baselines=torch.zeros_like(ids),  # all-padding input (the default)
+        forward_kwargs={"attention_mask": mask},
+        output="logits",
+        steps=200,
+        return_delta=True,
+    )  # (B, T, 32), like the embedding's output
+    per_token = attributions.sum(-1)  # (B, T): one number per token
 
-    quick = layer_gradient_x_activation(                   # one forward and backward
+    quick = layer_gradient_x_activation(  # one forward and backward
         model, ids, "embedding", target=1, forward_kwargs={"attention_mask": mask}, output="logits"
     ).sum(-1)
     # --8<-- [end:text]
     deltas = {}
     for steps in (16, 50, 200):
         _, d = layer_integrated_gradients(
-            model, ids, "embedding", target=1, forward_kwargs={"attention_mask": mask}, output="logits",
-            steps=steps, return_delta=True,
+            model,
+            ids,
+            "embedding",
+            target=1,
+            forward_kwargs={"attention_mask": mask},
+            output="logits",
+            steps=steps,
+            return_delta=True,
         )
         deltas[steps] = [f"{float(v):+.1e}" for v in d]
     with torch.inference_mode():
@@ -118,7 +150,7 @@ def text_model() -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(__doc__.splitlines()[0], argv)
-    x = make_shapes(2, seed=1).images                      # (2, 3, 64, 64) synthetic images
+    x = make_shapes(2, seed=1).images  # (2, 3, 64, 64) synthetic images
     maps = {**vision_transformer(x), **swin_transformer(x)}
     save_figure(gradlens.viz.show(x, maps, panel_size=1.4), args.out / "transformers.png")
     torch.manual_seed(0)

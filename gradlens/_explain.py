@@ -90,11 +90,15 @@ def differentiate(
         for extra in hooks:
             stack.enter_context(extra)
         recorder = stack.enter_context(
-            Recorder(model, layers, select=select, tape_from_layers=layers is not None and not wrt_inputs)
+            Recorder(
+                model, layers, select=select, tape_from_layers=layers is not None and not wrt_inputs
+            )
         )
         if wrt_inputs:
             args = tuple(
-                a.detach().clone().requires_grad_(True) if isinstance(a, Tensor) and a.is_floating_point() else a
+                a.detach().clone().requires_grad_(True)
+                if isinstance(a, Tensor) and a.is_floating_point()
+                else a
                 for a in args
             )
             for i, a in enumerate(args):
@@ -110,7 +114,9 @@ def differentiate(
         input_grads: tuple[Tensor | None, ...] = ()
         if wrt_inputs:
             input_grads = tuple(
-                recorder.calls(f"__input{i}__")[-1].gradient if isinstance(a, Tensor) and a.requires_grad else None
+                recorder.calls(f"__input{i}__")[-1].gradient
+                if isinstance(a, Tensor) and a.requires_grad
+                else None
                 for i, a in enumerate(args)
             )
     return Differentiated(
@@ -119,7 +125,9 @@ def differentiate(
         classes=classes,
         activations=activations,
         gradients=gradients,
-        inputs=tuple(a.detach() if isinstance(a, Tensor) else a for a in args) if wrt_inputs else (),
+        inputs=tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+        if wrt_inputs
+        else (),
         input_gradients=input_grads,
     )
 

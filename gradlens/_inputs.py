@@ -25,7 +25,9 @@ def usable(value: Any) -> Any:
     return value
 
 
-def prepare(x: Inputs, forward_kwargs: Mapping[str, Any] | None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def prepare(
+    x: Inputs, forward_kwargs: Mapping[str, Any] | None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """``(args, kwargs)`` ready for ``model(*args, **kwargs)``, without inference tensors."""
     args = tuple(usable(a) for a in as_args(x))
     kwargs = {k: usable(v) for k, v in (forward_kwargs or {}).items()}

@@ -63,8 +63,13 @@ class Preprocess:
     interpolation: str = "bilinear"
 
     @classmethod
-    def for_size(cls, size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 interpolation: str = "bilinear") -> Preprocess:
+    def for_size(
+        cls,
+        size: int,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        interpolation: str = "bilinear",
+    ) -> Preprocess:
         """The usual evaluation recipe: resize to ``size * 256 / 224``, crop ``size``."""
         return cls(round(size * 256 / 224), size, tuple(mean), tuple(std), interpolation)
 
@@ -74,7 +79,9 @@ class Preprocess:
         from torchvision.transforms import functional as TF
 
         tensor = TF.pil_to_tensor(picture.convert("RGB"))
-        tensor = TF.resize(tensor, [self.resize], InterpolationMode(self.interpolation), antialias=True)
+        tensor = TF.resize(
+            tensor, [self.resize], InterpolationMode(self.interpolation), antialias=True
+        )
         return TF.center_crop(tensor, [self.crop, self.crop]).float() / 255
 
     def normalize(self, image: Tensor) -> Tensor:
@@ -88,8 +95,13 @@ class Preprocess:
         return self.normalize(self.image(picture))
 
 
-def load_model(spec: str, weights: str | None = None, *, num_classes: int | None = None,
-               image_size: int | None = None) -> tuple[nn.Module, Preprocess]:
+def load_model(
+    spec: str,
+    weights: str | None = None,
+    *,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+) -> tuple[nn.Module, Preprocess]:
     """Build a model from a command-line spec, in eval mode, with its preprocessing.
 
     Args:
@@ -115,13 +127,19 @@ def load_model(spec: str, weights: str | None = None, *, num_classes: int | None
         if ":" in spec and not Path(spec).exists():
             model, enum = _user_model(spec), None
             if not random_init and not Path(weights).exists() and not _looks_like_path(weights):
-                raise ValueError(f"--weights {weights!r}: a model of your own takes a state-dict file")
+                raise ValueError(
+                    f"--weights {weights!r}: a model of your own takes a state-dict file"
+                )
         else:
             enum = _weights_enum(spec, weights)
             model = _torchvision_model(spec, enum, num_classes)
     if not random_init and enum is None:
         _load_state_dict(model, Path(weights))
-    preprocess = _preprocess_of(enum, image_size) if enum is not None else Preprocess.for_size(image_size or 224)
+    preprocess = (
+        _preprocess_of(enum, image_size)
+        if enum is not None
+        else Preprocess.for_size(image_size or 224)
+    )
     return model.eval(), preprocess
 
 
@@ -133,8 +151,11 @@ def _preprocess_of(enum: Any, image_size: int | None) -> Preprocess:
     size = image_size or crop
     interpolation = getattr(preset, "interpolation", None)
     return Preprocess(
-        round(size * resize / crop), size, tuple(getattr(preset, "mean", IMAGENET_MEAN)),
-        tuple(getattr(preset, "std", IMAGENET_STD)), getattr(interpolation, "value", "bilinear"),
+        round(size * resize / crop),
+        size,
+        tuple(getattr(preset, "mean", IMAGENET_MEAN)),
+        tuple(getattr(preset, "std", IMAGENET_STD)),
+        getattr(interpolation, "value", "bilinear"),
     )
 
 
@@ -145,7 +166,9 @@ def _first(value: Any, default: Any) -> Any:
 
 
 def _looks_like_path(text: str | None) -> bool:
-    return text is not None and (os.sep in text or "/" in text or Path(text).suffix in {".pt", ".pth", ".bin", ".ckpt"})
+    return text is not None and (
+        os.sep in text or "/" in text or Path(text).suffix in {".pt", ".pth", ".bin", ".ckpt"}
+    )
 
 
 def _user_model(spec: str) -> nn.Module:
@@ -159,10 +182,14 @@ def _user_model(spec: str) -> nn.Module:
     try:
         target = getattr(module, attribute)
     except AttributeError:
-        raise ValueError(f"{module_name!r} has no attribute {attribute!r} (--model {spec})") from None
+        raise ValueError(
+            f"{module_name!r} has no attribute {attribute!r} (--model {spec})"
+        ) from None
     model = target if isinstance(target, nn.Module) else target()
     if not isinstance(model, nn.Module):
-        raise ValueError(f"--model {spec}: {attribute}() returned a {type(model).__name__}, not an nn.Module")
+        raise ValueError(
+            f"--model {spec}: {attribute}() returned a {type(model).__name__}, not an nn.Module"
+        )
     return model
 
 
@@ -180,7 +207,9 @@ def _weights_enum(model_name: str, weights: str | None) -> Any:
         return models.get_model_weights(model_name)[weights]
     except (ValueError, KeyError, AttributeError):
         try:
-            choices = ", ".join(["DEFAULT"] + [w.name for w in models.get_model_weights(model_name)])
+            choices = ", ".join(
+                ["DEFAULT"] + [w.name for w in models.get_model_weights(model_name)]
+            )
         except ValueError:
             choices = "none"
         raise ValueError(
@@ -245,7 +274,9 @@ def _load_state_dict(model: nn.Module, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ValueError(f"the weights in {path} do not fit {type(model).__name__}: {_one_line(exc)}") from None
+        raise ValueError(
+            f"the weights in {path} do not fit {type(model).__name__}: {_one_line(exc)}"
+        ) from None
 
 
 def _load_image(path: Path) -> Any:
@@ -304,7 +335,9 @@ def _cmd_cam(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise ValueError(f"overlays need gradlens.viz, which cannot be imported: {exc}") from None
     device = _device(args.device)
-    model, preprocess = load_model(args.model, args.weights, num_classes=args.num_classes, image_size=args.image_size)
+    model, preprocess = load_model(
+        args.model, args.weights, num_classes=args.num_classes, image_size=args.image_size
+    )
     model.to(device)
     options: dict[str, Any] = {}
     if args.layer is not None:
@@ -344,26 +377,42 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         if started and device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
-        model, preprocess = load_model(args.model, args.weights, num_classes=args.num_classes, image_size=args.image_size)
+        model, preprocess = load_model(
+            args.model, args.weights, num_classes=args.num_classes, image_size=args.image_size
+        )
         model.to(device)
         try:
             dataset = ImageFolder(str(data), transform=preprocess)
         except (FileNotFoundError, RuntimeError) as exc:
-            raise FileNotFoundError(f"{data} is not an image folder (one sub-folder per class): {_one_line(exc)}") from None
+            raise FileNotFoundError(
+                f"{data} is not an image folder (one sub-folder per class): {_one_line(exc)}"
+            ) from None
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=args.batch_size, num_workers=args.workers, shuffle=False,
+            dataset,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            shuffle=False,
             pin_memory=device.type == "cuda",
         )
         manifest = extract_dataset(
-            model, loader, args.layers, args.out, reduce=_POOLS[args.pool], dtype=args.dtype,
-            shard=shard, overwrite=args.overwrite, progress=True,
+            model,
+            loader,
+            args.layers,
+            args.out,
+            reduce=_POOLS[args.pool],
+            dtype=args.dtype,
+            shard=shard,
+            overwrite=args.overwrite,
+            progress=True,
         )
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         if rank == 0:
             _write_labels(Path(args.out), dataset, manifest.row_offset, manifest.n_samples)
             for name in manifest.layers:
                 shape = "x".join(map(str, manifest.shapes[name]))
-                print(f"{name}: {shape} {manifest.dtype} -> {Path(args.out) / manifest.files[name]}")
+                print(
+                    f"{name}: {shape} {manifest.dtype} -> {Path(args.out) / manifest.files[name]}"
+                )
     finally:
         if started:
             torch.distributed.destroy_process_group()
@@ -418,7 +467,9 @@ def _heatmap(raw: Tensor, size: Sequence[int]) -> Tensor:
     if heat.ndim != 2:
         raise ValueError(f"cannot draw a map of shape {tuple(raw.shape)} over an image")
     if tuple(heat.shape) != tuple(size):
-        heat = torch.nn.functional.interpolate(heat[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
+        heat = torch.nn.functional.interpolate(
+            heat[None, None], size=tuple(size), mode="bilinear", align_corners=False
+        )[0, 0]
     low, high = heat.min(), heat.max()
     return (heat - low) / (high - low) if high > low else torch.zeros_like(heat)
 
@@ -444,7 +495,11 @@ def _max_pool(t: Tensor) -> Tensor:
     return t.amax(tuple(range(2, t.ndim))) if t.ndim > 2 else t
 
 
-_POOLS: dict[str, Callable[[Tensor], Tensor] | None] = {"none": None, "avg": _avg_pool, "max": _max_pool}
+_POOLS: dict[str, Callable[[Tensor], Tensor] | None] = {
+    "none": None,
+    "avg": _avg_pool,
+    "max": _max_pool,
+}
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -453,7 +508,9 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard {text!r}: write it as K/N, e.g. 0/4 for the first of four") from None
+        raise ValueError(
+            f"--shard {text!r}: write it as K/N, e.g. 0/4 for the first of four"
+        ) from None
     if not 0 <= index < count:
         raise ValueError(f"--shard {text!r}: K must be in 0..N-1")
     return index, count
@@ -528,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="gradlens", description="Gradient-aware interpretability for PyTorch models.",
+        prog="gradlens",
+        description="Gradient-aware interpretability for PyTorch models.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run 'gradlens COMMAND --help' for a command's options and examples.",
     )
@@ -537,48 +595,100 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, help_text: str, examples: str) -> argparse.ArgumentParser:
         return commands.add_parser(
-            name, help=help_text, description=help_text, epilog=examples,
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=examples,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
     layers = command("layers", "list a model's layers with their output shapes", LAYERS_EXAMPLES)
     layers.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    layers.add_argument("--input-size", type=int, nargs="+", default=[3, 224, 224], metavar="N",
-                        help="the shape of one input sample (default: 3 224 224)")
+    layers.add_argument(
+        "--input-size",
+        type=int,
+        nargs="+",
+        default=[3, 224, 224],
+        metavar="N",
+        help="the shape of one input sample (default: 3 224 224)",
+    )
     layers.add_argument("--weights", default=None, help=WEIGHTS_HELP)
-    layers.add_argument("--num-classes", type=int, default=None, help="outputs of a torchvision classifier")
+    layers.add_argument(
+        "--num-classes", type=int, default=None, help="outputs of a torchvision classifier"
+    )
     layers.set_defaults(run=_cmd_layers)
 
-    cam = command("cam", "compute maps for images and save overlays (PNG) and raw maps (.npy)", CAM_EXAMPLES)
+    cam = command(
+        "cam", "compute maps for images and save overlays (PNG) and raw maps (.npy)", CAM_EXAMPLES
+    )
     cam.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     _model_arguments(cam)
-    cam.add_argument("--layer", default=None, help="the layer to explain (default: the method's choice)")
-    cam.add_argument("--method", default="gradcam", help="a method of gradlens.METHODS (default: gradcam)")
-    cam.add_argument("--target", type=int, default=None, help="the class to explain (default: the top class)")
+    cam.add_argument(
+        "--layer", default=None, help="the layer to explain (default: the method's choice)"
+    )
+    cam.add_argument(
+        "--method", default="gradcam", help="a method of gradlens.METHODS (default: gradcam)"
+    )
+    cam.add_argument(
+        "--target", type=int, default=None, help="the class to explain (default: the top class)"
+    )
     cam.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    cam.add_argument("--alpha", type=float, default=0.5, help="opacity of the map in the overlay (default: 0.5)")
-    cam.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    cam.add_argument(
+        "--alpha", type=float, default=0.5, help="opacity of the map in the overlay (default: 0.5)"
+    )
+    cam.add_argument(
+        "--batch-size", type=int, default=16, help="images per forward pass (default: 16)"
+    )
     cam.set_defaults(run=_cmd_cam)
 
-    extract = command("extract", "write a dataset's features of chosen layers to .npy files", EXTRACT_EXAMPLES)
+    extract = command(
+        "extract", "write a dataset's features of chosen layers to .npy files", EXTRACT_EXAMPLES
+    )
     _model_arguments(extract)
-    extract.add_argument("--data", required=True, metavar="FOLDER", help="an ImageFolder: one sub-folder per class")
-    extract.add_argument("--layers", required=True, nargs="+", metavar="LAYER", help="layer names or patterns")
+    extract.add_argument(
+        "--data", required=True, metavar="FOLDER", help="an ImageFolder: one sub-folder per class"
+    )
+    extract.add_argument(
+        "--layers", required=True, nargs="+", metavar="LAYER", help="layer names or patterns"
+    )
     extract.add_argument("--out", required=True, metavar="DIR", help="output directory")
     extract.add_argument("--batch-size", type=int, default=32, help="default: 32")
-    extract.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
-    extract.add_argument("--pool", choices=sorted(_POOLS), default="none",
-                         help="average or max over the spatial dimensions before saving (default: none)")
-    extract.add_argument("--dtype", choices=["float16", "float32", "float64"], default="float32",
-                         help="storage dtype (default: float32)")
-    extract.add_argument("--shard", default=None, metavar="K/N",
-                         help="process only part K of N of the dataset (machines without a shared "
-                              "filesystem; join the parts with gradlens.merge_shards)")
-    extract.add_argument("--overwrite", action="store_true", help="replace a different extraction in DIR")
+    extract.add_argument(
+        "--workers", type=int, default=0, help="DataLoader worker processes (default: 0)"
+    )
+    extract.add_argument(
+        "--pool",
+        choices=sorted(_POOLS),
+        default="none",
+        help="average or max over the spatial dimensions before saving (default: none)",
+    )
+    extract.add_argument(
+        "--dtype",
+        choices=["float16", "float32", "float64"],
+        default="float32",
+        help="storage dtype (default: float32)",
+    )
+    extract.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="process only part K of N of the dataset (machines without a shared "
+        "filesystem; join the parts with gradlens.merge_shards)",
+    )
+    extract.add_argument(
+        "--overwrite", action="store_true", help="replace a different extraction in DIR"
+    )
     extract.set_defaults(run=_cmd_extract)
 
-    demo = command("demo", "train a tiny CNN on synthetic shapes and score every method", DEMO_EXAMPLES)
-    demo.add_argument("--out", default="gradlens-demo", metavar="DIR", help="output directory (default: gradlens-demo)")
+    demo = command(
+        "demo", "train a tiny CNN on synthetic shapes and score every method", DEMO_EXAMPLES
+    )
+    demo.add_argument(
+        "--out",
+        default="gradlens-demo",
+        metavar="DIR",
+        help="output directory (default: gradlens-demo)",
+    )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
     demo.set_defaults(run=_cmd_demo)
@@ -588,11 +698,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--weights", default=None, help=WEIGHTS_HELP)
-    parser.add_argument("--num-classes", type=int, default=None,
-                        help="outputs of a torchvision classifier (e.g. for fine-tuned weights)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="input side in pixels (default: the weights' size, else 224)")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="outputs of a torchvision classifier (e.g. for fine-tuned weights)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input side in pixels (default: the weights' size, else 224)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -149,8 +149,15 @@ class Manifest:
 
     # fields that must agree for a directory to be resumed
     IDENTITY = (
-        "kind", "layers", "dtype", "n_samples", "row_offset", "dataset_size",
-        "model_class", "fingerprint", "options",
+        "kind",
+        "layers",
+        "dtype",
+        "n_samples",
+        "row_offset",
+        "dataset_size",
+        "model_class",
+        "fingerprint",
+        "options",
     )
 
     @property
@@ -177,7 +184,9 @@ class Manifest:
             names = {f.name for f in dataclasses.fields(cls)}
             return cls(**{k: v for k, v in data.items() if k in names})
         except (json.JSONDecodeError, TypeError) as exc:
-            raise ValueError(f"{path} is not a gradlens manifest ({exc}); remove it or pass overwrite=True") from None
+            raise ValueError(
+                f"{path} is not a gradlens manifest ({exc}); remove it or pass overwrite=True"
+            ) from None
 
     def write(self, out: PathLike) -> None:
         """Write ``out/manifest.json`` atomically."""
@@ -263,14 +272,33 @@ def extract_dataset(
 
     def compute(x: Inputs, batch: Any, rows: Interval) -> dict[str, Any]:
         return extract(
-            model, x, names, stop_early=stop_early, forward_kwargs=kwargs, reduce=reduce,
-            select=select, device="cpu", dtype=torch_dtype,
+            model,
+            x,
+            names,
+            stop_early=stop_early,
+            forward_kwargs=kwargs,
+            reduce=reduce,
+            select=select,
+            device="cpu",
+            dtype=torch_dtype,
         )
 
-    options = {"reduce": _describe(reduce), "select": _describe(select), "forward_kwargs": _describe(kwargs)}
+    options = {
+        "reduce": _describe(reduce),
+        "select": _describe(select),
+        "forward_kwargs": _describe(kwargs),
+    }
     job = _Job("features", names, options, np_dtype, compute, model, input_fn or default_input)
-    return _run(job, loader, Path(out), n_samples=n_samples, shard=shard, overwrite=overwrite,
-                progress=progress, flush_every=flush_every)
+    return _run(
+        job,
+        loader,
+        Path(out),
+        n_samples=n_samples,
+        shard=shard,
+        overwrite=overwrite,
+        progress=progress,
+        flush_every=flush_every,
+    )
 
 
 def attribute_dataset(
@@ -329,7 +357,11 @@ def attribute_dataset(
     """
     name, function = _resolve_method(method)
     np_dtype, _ = _storage_dtype(dtype)
-    options = {"method": name, "method_options": _describe(method_options), "target": _describe(target)}
+    options = {
+        "method": name,
+        "method_options": _describe(method_options),
+        "target": _describe(target),
+    }
     pick_target = _TargetPicker(target)
 
     def compute(x: Inputs, batch: Any, rows: Interval) -> dict[str, Any]:
@@ -338,11 +370,21 @@ def attribute_dataset(
 
     job = _Job("attributions", [name], options, np_dtype, compute, model, input_fn or default_input)
     job.check_rows = pick_target.check
-    return _run(job, loader, Path(out), n_samples=n_samples, shard=shard, overwrite=overwrite,
-                progress=progress, flush_every=flush_every)
+    return _run(
+        job,
+        loader,
+        Path(out),
+        n_samples=n_samples,
+        shard=shard,
+        overwrite=overwrite,
+        progress=progress,
+        flush_every=flush_every,
+    )
 
 
-def load_features(out: PathLike, *, allow_partial: bool = False) -> tuple[dict[str, np.memmap], Manifest]:
+def load_features(
+    out: PathLike, *, allow_partial: bool = False
+) -> tuple[dict[str, np.memmap], Manifest]:
     """Memory-map the arrays written by :func:`extract_dataset` / :func:`attribute_dataset`.
 
     Args:
@@ -362,7 +404,9 @@ def load_features(out: PathLike, *, allow_partial: bool = False) -> tuple[dict[s
     out = Path(out)
     manifest = Manifest.read(out)
     if manifest is None:
-        raise FileNotFoundError(f"{out} holds no gradlens {MANIFEST_NAME}: it was not written by extract_dataset")
+        raise FileNotFoundError(
+            f"{out} holds no gradlens {MANIFEST_NAME}: it was not written by extract_dataset"
+        )
     if not manifest.complete:
         done = _merge([tuple(i) for i in manifest.completed] + _read_progress(out))
         manifest.completed = [list(i) for i in done]
@@ -376,7 +420,9 @@ def load_features(out: PathLike, *, allow_partial: bool = False) -> tuple[dict[s
     return arrays, manifest
 
 
-def merge_shards(shards: Sequence[PathLike], out: PathLike, *, overwrite: bool = False, chunk_rows: int = 1024) -> Manifest:
+def merge_shards(
+    shards: Sequence[PathLike], out: PathLike, *, overwrite: bool = False, chunk_rows: int = 1024
+) -> Manifest:
     """Join the directories written with ``shard=(k, K)`` into one covering the whole dataset.
 
     Rows are copied in chunks of ``chunk_rows`` with positioned writes, so memory stays small.
@@ -401,19 +447,32 @@ def merge_shards(shards: Sequence[PathLike], out: PathLike, *, overwrite: bool =
         raise ValueError("merge_shards needs at least one shard directory")
     first = manifests[0]
     for path, m in zip(shards, manifests):
-        other = dataclasses.replace(m, n_samples=first.n_samples, row_offset=first.row_offset, shapes=first.shapes)
+        other = dataclasses.replace(
+            m, n_samples=first.n_samples, row_offset=first.row_offset, shapes=first.shapes
+        )
         if diffs := first.differences(other):
-            raise ManifestMismatchError(f"{path} was written by another call than {shards[0]}: " + "; ".join(diffs))
+            raise ManifestMismatchError(
+                f"{path} was written by another call than {shards[0]}: " + "; ".join(diffs)
+            )
     order = sorted(range(len(shards)), key=lambda i: manifests[i].row_offset)
-    ranges = [(manifests[i].row_offset, manifests[i].row_offset + manifests[i].n_samples) for i in order]
-    if _merge(ranges) != [(0, first.dataset_size)] or sum(b - a for a, b in ranges) != first.dataset_size:
+    ranges = [
+        (manifests[i].row_offset, manifests[i].row_offset + manifests[i].n_samples) for i in order
+    ]
+    if (
+        _merge(ranges) != [(0, first.dataset_size)]
+        or sum(b - a for a, b in ranges) != first.dataset_size
+    ):
         raise ValueError(
             f"the shards cover rows {ranges} of a dataset of {first.dataset_size} samples; they "
             "must cover every row exactly once"
         )
     n = first.dataset_size
     merged = dataclasses.replace(
-        first, n_samples=n, row_offset=0, completed=[], complete=False,
+        first,
+        n_samples=n,
+        row_offset=0,
+        completed=[],
+        complete=False,
         shapes={k: [n, *v[1:]] for k, v in first.shapes.items()},
     )
     out = Path(out)
@@ -470,8 +529,15 @@ class _State:
 
 
 def _run(
-    job: _Job, loader: Iterable[Any], out: Path, *, n_samples: int | None, shard: tuple[int, int] | None,
-    overwrite: bool, progress: bool, flush_every: int,
+    job: _Job,
+    loader: Iterable[Any],
+    out: Path,
+    *,
+    n_samples: int | None,
+    shard: tuple[int, int] | None,
+    overwrite: bool,
+    progress: bool,
+    flush_every: int,
 ) -> Manifest:
     if flush_every < 1:
         raise ValueError(f"flush_every must be >= 1, got {flush_every}")
@@ -485,13 +551,22 @@ def _run(
     if job.model.training:
         warnings.warn(
             "the model is in train mode: dropout and batch statistics make the results depend "
-            "on the batch; call model.eval() for reproducible features", stacklevel=3,
+            "on the batch; call model.eval() for reproducible features",
+            stacklevel=3,
         )
     wanted = Manifest(
-        kind=job.kind, layers=list(job.names), files={k: _file_name(k) for k in job.names}, shapes={},
-        dtype=job.dtype.name, n_samples=n, row_offset=start, dataset_size=source.size,
+        kind=job.kind,
+        layers=list(job.names),
+        files={k: _file_name(k) for k in job.names},
+        shapes={},
+        dtype=job.dtype.name,
+        n_samples=n,
+        row_offset=start,
+        dataset_size=source.size,
         model_class=f"{type(job.model).__module__}.{type(job.model).__qualname__}",
-        fingerprint=fingerprint(job.model), gradlens_version=_version(), options=job.options,
+        fingerprint=fingerprint(job.model),
+        gradlens_version=_version(),
+        options=job.options,
     )
     state: _State = dist.from_rank0(lambda: _prepare_out(out, wanted, overwrite))
     if state.complete:
@@ -504,10 +579,18 @@ def _run(
     manifest = state.manifest
     if manifest is None:
         manifest = _create_everywhere(out, wanted, first, dist)
-    bar = _progress_bar(job.kind, mine[1] - mine[0], sum(b - a for a, b in already), progress and dist.rank == 0, dist)
+    bar = _progress_bar(
+        job.kind,
+        mine[1] - mine[0],
+        sum(b - a for a, b in already),
+        progress and dist.rank == 0,
+        dist,
+    )
     checkpoint = _Checkpoint(out, dist, already)
     with _RowWriter(out, manifest) as writer, bar:
-        for count, (rows, arrays) in enumerate(itertools.chain([] if first is None else [first], results), 1):
+        for count, (rows, arrays) in enumerate(
+            itertools.chain([] if first is None else [first], results), 1
+        ):
             for name in manifest.layers:
                 writer.write(name, rows[0], _check_shape(arrays[name], name, rows, manifest))
             checkpoint.add(rows)
@@ -521,7 +604,9 @@ def _run(
     return dist.from_rank0(lambda: _finish(out, manifest, state.completed + _read_progress(out)))
 
 
-def _results(job: _Job, source: _Source, todo: list[Interval], start: int, n: int) -> Iterator[tuple[Interval, dict[str, np.ndarray]]]:
+def _results(
+    job: _Job, source: _Source, todo: list[Interval], start: int, n: int
+) -> Iterator[tuple[Interval, dict[str, np.ndarray]]]:
     """``((first row, stop row), {name: rows as numpy})`` for the batches to compute; rows are
     file rows (dataset index minus ``start``)."""
     device = _model_device(job.model)
@@ -537,7 +622,9 @@ def _results(job: _Job, source: _Source, todo: list[Interval], start: int, n: in
         yield rows, {name: _to_numpy(arrays.get(name), name, k, job.dtype) for name in job.names}
 
 
-def _create_everywhere(out: Path, wanted: Manifest, first: tuple[Interval, dict[str, np.ndarray]] | None, dist: _Dist) -> Manifest:
+def _create_everywhere(
+    out: Path, wanted: Manifest, first: tuple[Interval, dict[str, np.ndarray]] | None, dist: _Dist
+) -> Manifest:
     """Agree on the feature shapes (from the first batch of any rank), create the files on
     rank 0, and return the manifest on every rank once they exist."""
     mine = None if first is None else {k: list(v.shape[1:]) for k, v in first[1].items()}
@@ -546,7 +633,9 @@ def _create_everywhere(out: Path, wanted: Manifest, first: tuple[Interval, dict[
         raise ValueError("no rank computed any batch: nothing to create")
     if any(s != shapes[0] for s in shapes):
         raise ValueError(f"the ranks computed different feature shapes: {shapes}")
-    manifest = dataclasses.replace(wanted, shapes={k: [wanted.n_samples, *shapes[0][k]] for k in wanted.layers})
+    manifest = dataclasses.replace(
+        wanted, shapes={k: [wanted.n_samples, *shapes[0][k]] for k in wanted.layers}
+    )
     dist.from_rank0(lambda: _create_files(out, manifest))
     return manifest
 
@@ -559,7 +648,9 @@ def _finish(out: Path, manifest: Manifest, completed: list[Interval]) -> Manifes
             f"after the run only rows {done} of {manifest.n_samples} are recorded as written "
             f"in {out}; run the same call again to finish"
         )
-    final = dataclasses.replace(manifest, completed=[[0, manifest.n_samples]], complete=True, gradlens_version=_version())
+    final = dataclasses.replace(
+        manifest, completed=[[0, manifest.n_samples]], complete=True, gradlens_version=_version()
+    )
     final.write(out)
     shutil.rmtree(out / PROGRESS_DIR, ignore_errors=True)
     return final
@@ -582,7 +673,9 @@ def _prepare_out(out: Path, wanted: Manifest, overwrite: bool) -> _State:
         if existing.complete:
             return _State(existing, [(0, existing.n_samples)], complete=True)
         if _files_ok(out, existing):
-            return _State(existing, _merge([tuple(i) for i in existing.completed] + _read_progress(out)))
+            return _State(
+                existing, _merge([tuple(i) for i in existing.completed] + _read_progress(out))
+            )
     if existing is not None:
         for name in existing.files.values():
             (out / name).unlink(missing_ok=True)
@@ -622,7 +715,10 @@ def _create_files(out: Path, manifest: Manifest) -> None:
     manifest.write(out)
     for name in manifest.layers:
         array = np.lib.format.open_memmap(
-            out / manifest.files[name], mode="w+", dtype=np.dtype(manifest.dtype), shape=tuple(manifest.shapes[name])
+            out / manifest.files[name],
+            mode="w+",
+            dtype=np.dtype(manifest.dtype),
+            shape=tuple(manifest.shapes[name]),
         )
         del array  # the file exists at full size (sparse); rows are written with pwrite
 
@@ -635,7 +731,11 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     """``(shape, dtype, offset of the data)`` of a ``.npy`` file."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
         shape, fortran_order, dtype = read(f)
         if fortran_order:
             raise ValueError(f"{path} is in Fortran order")
@@ -651,9 +751,15 @@ class _RowWriter:
             path = out / manifest.files[name]
             shape, dtype, offset = _npy_header(path)
             if list(shape) != manifest.shapes[name]:
-                raise ValueError(f"{path} has shape {shape}, the manifest says {manifest.shapes[name]}")
+                raise ValueError(
+                    f"{path} has shape {shape}, the manifest says {manifest.shapes[name]}"
+                )
             row_bytes = math.prod(shape[1:]) * dtype.itemsize
-            self.files[name] = (os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0)), offset, row_bytes)
+            self.files[name] = (
+                os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0)),
+                offset,
+                row_bytes,
+            )
 
     def write(self, name: str, row: int, rows: np.ndarray) -> None:
         fd, offset, row_bytes = self.files[name]
@@ -739,7 +845,9 @@ def _progress_bar(kind: str, total: int, initial: int, enabled: bool, dist: _Dis
     desc = "extracting" if kind == "features" else "attributing"
     if dist.world > 1:
         desc += f" (rank 0 of {dist.world})"
-    return tqdm(total=total, initial=initial, unit="samples", desc=desc, dynamic_ncols=True, smoothing=0.1)
+    return tqdm(
+        total=total, initial=initial, unit="samples", desc=desc, dynamic_ncols=True, smoothing=0.1
+    )
 
 
 class _NoBar:
@@ -762,7 +870,9 @@ class _Source:
 
     size: int
 
-    def batches(self, todo: list[Interval], start: int, input_fn: Callable[[Any], Inputs]) -> Iterator[tuple[int, Any, Inputs]]:
+    def batches(
+        self, todo: list[Interval], start: int, input_fn: Callable[[Any], Inputs]
+    ) -> Iterator[tuple[int, Any, Inputs]]:
         raise NotImplementedError
 
 
@@ -774,7 +884,9 @@ class _LoaderSource(_Source):
         self.loader = loader
         self.size = len(loader.dataset)
 
-    def batches(self, todo: list[Interval], start: int, input_fn: Callable[[Any], Inputs]) -> Iterator[tuple[int, Any, Inputs]]:
+    def batches(
+        self, todo: list[Interval], start: int, input_fn: Callable[[Any], Inputs]
+    ) -> Iterator[tuple[int, Any, Inputs]]:
         for a, b in todo:
             if (a + start, b + start) == (0, self.size):
                 loader = self.loader
@@ -796,7 +908,9 @@ class _IterableSource(_Source):
         self.iterable = iterable
         self.size = size
 
-    def batches(self, todo: list[Interval], start: int, input_fn: Callable[[Any], Inputs]) -> Iterator[tuple[int, Any, Inputs]]:
+    def batches(
+        self, todo: list[Interval], start: int, input_fn: Callable[[Any], Inputs]
+    ) -> Iterator[tuple[int, Any, Inputs]]:
         row = 0
         for batch in self.iterable:
             if row >= self.size:
@@ -810,7 +924,9 @@ class _IterableSource(_Source):
             raise ValueError(f"the iterable yielded {row} samples, but n_samples={self.size}")
 
 
-def _source(loader: Iterable[Any], n_samples: int | None, dist: _Dist, shard: tuple[int, int] | None) -> _Source:
+def _source(
+    loader: Iterable[Any], n_samples: int | None, dist: _Dist, shard: tuple[int, int] | None
+) -> _Source:
     if isinstance(loader, DataLoader) and not isinstance(loader.dataset, IterableDataset):
         _check_ordered(loader)
         size = _length(loader.dataset)
@@ -851,7 +967,9 @@ def _check_ordered(loader: DataLoader) -> None:
             "between torch.distributed ranks itself"
         )
     if batches.drop_last:
-        raise ValueError("the DataLoader drops its last batch (drop_last=True): those rows would never be written")
+        raise ValueError(
+            "the DataLoader drops its last batch (drop_last=True): those rows would never be written"
+        )
 
 
 def _length(dataset: Any) -> int | None:
@@ -864,13 +982,21 @@ def _length(dataset: Any) -> int | None:
 def _subset_loader(loader: DataLoader, indices: range) -> DataLoader:
     """A DataLoader like ``loader`` over ``Subset(loader.dataset, indices)``."""
     options: dict[str, Any] = dict(
-        batch_size=loader.batch_sampler.batch_size, num_workers=loader.num_workers, collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory, timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
-        generator=loader.generator, persistent_workers=loader.persistent_workers,
+        batch_size=loader.batch_sampler.batch_size,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+        persistent_workers=loader.persistent_workers,
         pin_memory_device=loader.pin_memory_device,
     )
     if loader.num_workers > 0:
-        options.update(prefetch_factor=loader.prefetch_factor, multiprocessing_context=loader.multiprocessing_context)
+        options.update(
+            prefetch_factor=loader.prefetch_factor,
+            multiprocessing_context=loader.multiprocessing_context,
+        )
     if hasattr(loader, "in_order"):
         options["in_order"] = loader.in_order
     return DataLoader(Subset(loader.dataset, indices), **options)
@@ -942,7 +1068,9 @@ def fingerprint(model: nn.Module) -> str:
             digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
             flat = tensor.detach().reshape(-1)
             if flat.numel():
-                index = torch.linspace(0, flat.numel() - 1, min(flat.numel(), 64), device="cpu").long()
+                index = torch.linspace(
+                    0, flat.numel() - 1, min(flat.numel(), 64), device="cpu"
+                ).long()
                 sample = flat[index.to(flat.device)].cpu().contiguous()
                 digest.update(sample.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:32]
@@ -958,7 +1086,9 @@ def _storage_dtype(dtype: np.dtype | torch.dtype | str | None) -> tuple[np.dtype
     except TypeError:
         np_dtype = None
     if np_dtype not in _STORAGE_DTYPES:
-        raise ValueError(f"dtype must be float16, float32 or float64 (numpy has no bfloat16), got {dtype!r}")
+        raise ValueError(
+            f"dtype must be float16, float32 or float64 (numpy has no bfloat16), got {dtype!r}"
+        )
     return np_dtype, _STORAGE_DTYPES[np_dtype]
 
 
@@ -1071,7 +1201,9 @@ class _TargetPicker:
             isinstance(target, Sequence) and not isinstance(target, str)
         )
         if isinstance(target, str) and target != "label":
-            raise ValueError(f'target={target!r}: the only string target is "label" (the labels in the batch)')
+            raise ValueError(
+                f'target={target!r}: the only string target is "label" (the labels in the batch)'
+            )
 
     def check(self, dataset_size: int) -> None:
         if self.per_sample and len(self.target) != dataset_size:
@@ -1128,6 +1260,8 @@ def _subtract(span: Interval, done: list[Interval]) -> list[Interval]:
 
 
 def _intersect(span: Interval, intervals: list[Interval]) -> list[Interval]:
-    return [(max(a, span[0]), min(b, span[1])) for a, b in _merge(intervals) if min(b, span[1]) > max(a, span[0])]
-
-
+    return [
+        (max(a, span[0]), min(b, span[1]))
+        for a, b in _merge(intervals)
+        if min(b, span[1]) > max(a, span[0])
+    ]

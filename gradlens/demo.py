@@ -26,7 +26,14 @@ from .registry import CAM_METHODS, METHODS
 
 __all__ = ["DemoRow", "DemoResult", "run_demo"]
 
-COLUMNS = ["method", "pointing_game", "deletion_auc", "insertion_auc", "sanity_spearman", "ms_per_image"]
+COLUMNS = [
+    "method",
+    "pointing_game",
+    "deletion_auc",
+    "insertion_auc",
+    "sanity_spearman",
+    "ms_per_image",
+]
 
 
 @dataclass
@@ -139,7 +146,9 @@ def run_demo(
 
 
 def _print_table(rows: list[DemoRow]) -> None:
-    header = f"{'method':<22}{'pointing':>9}{'deletion':>9}{'insertion':>10}{'sanity':>8}{'ms/img':>9}"
+    header = (
+        f"{'method':<22}{'pointing':>9}{'deletion':>9}{'insertion':>10}{'sanity':>8}{'ms/img':>9}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:

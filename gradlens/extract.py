@@ -57,7 +57,13 @@ def extract(
     """
     args, kwargs = prepare(x, forward_kwargs)
     recorder = Recorder(
-        model, layers, stop_early=stop_early, reduce=reduce, select=select, device=device, dtype=dtype
+        model,
+        layers,
+        stop_early=stop_early,
+        reduce=reduce,
+        select=select,
+        device=device,
+        dtype=dtype,
     )
     # records are copied out of inference mode as ordinary tensors by the Recorder
     with torch.inference_mode(), recorder:
@@ -86,7 +92,9 @@ class Extractor(nn.Module):
         logits, features = extractor(images)
     """
 
-    def __init__(self, model: nn.Module, layers: Layers, capture: Callable[[Tensor], Any] | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, layers: Layers, capture: Callable[[Tensor], Any] | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.capture = capture

@@ -179,7 +179,9 @@ class Recorder:
 
     def __enter__(self) -> Recorder:
         if self._active:
-            raise RecorderStateError("this Recorder is already active; a Recorder cannot be entered twice")
+            raise RecorderStateError(
+                "this Recorder is already active; a Recorder cannot be entered twice"
+            )
         if self.backward_hooks:
             inplace = [n for n, m in self.modules.items() if getattr(m, "inplace", False)]
             if inplace:
@@ -202,7 +204,9 @@ class Recorder:
                     self._handles.append(module.register_forward_pre_hook(self._input_hook(name)))
                 self._handles.append(module.register_forward_hook(self._forward_hook(name)))
                 if self.backward_hooks:
-                    self._handles.append(module.register_full_backward_hook(self._backward_hook(name)))
+                    self._handles.append(
+                        module.register_full_backward_hook(self._backward_hook(name))
+                    )
             if self.tape_from_layers:
                 self._handles.append(self.model.register_forward_pre_hook(self._tape_off))
                 self._handles.append(self.model.register_forward_hook(self._tape_restore))
@@ -292,7 +296,10 @@ class Recorder:
         # inputs are copied before the module runs: it may modify them in place
         def hook(module: nn.Module, args: Any) -> None:
             self._pending_inputs[name].append(
-                tuple(self._stored(a, copy_if_shared=True) if isinstance(a, Tensor) else a for a in args)
+                tuple(
+                    self._stored(a, copy_if_shared=True) if isinstance(a, Tensor) else a
+                    for a in args
+                )
             )
 
         return hook
@@ -378,7 +385,8 @@ class Recorder:
                 if g is not None:
                     call._set_gradient(pos, self._stored(g, copy_if_shared=False))
             call.input_gradient = tuple(
-                self._stored(g, copy_if_shared=False) if isinstance(g, Tensor) else g for g in grad_input
+                self._stored(g, copy_if_shared=False) if isinstance(g, Tensor) else g
+                for g in grad_input
             )
 
         return hook
@@ -517,7 +525,9 @@ class Recorder:
 
     def _require_active(self, what: str) -> None:
         if not self._active:
-            raise RecorderStateError(f"Recorder.{what}() needs an active Recorder: use it inside 'with'")
+            raise RecorderStateError(
+                f"Recorder.{what}() needs an active Recorder: use it inside 'with'"
+            )
 
     def __repr__(self) -> str:
         state = "active" if self._active else "inactive"
@@ -541,7 +551,9 @@ class _RecordView(Mapping[str, Any]):
                 "on this layer and the forward ran with grad enabled)"
             )
         if value is None and self._attr == "inputs":
-            raise GradientNotAvailableError(f"inputs of {name!r} were not recorded: pass inputs=True")
+            raise GradientNotAvailableError(
+                f"inputs of {name!r} were not recorded: pass inputs=True"
+            )
         return value
 
     def __iter__(self) -> Iterator[str]:
@@ -568,7 +580,9 @@ def record(model: nn.Module, layers: Layers | None = None, **options: Any) -> Re
 def _autograd_grad(score: Tensor, tensors: list[Tensor], retain_graph: bool) -> list[Tensor | None]:
     if score.ndim < 2:
         total = score.sum() if score.ndim == 1 else score
-        return list(torch.autograd.grad(total, tensors, retain_graph=retain_graph, allow_unused=True))
+        return list(
+            torch.autograd.grad(total, tensors, retain_graph=retain_graph, allow_unused=True)
+        )
     k = score.shape[1]
     # grad_outputs[k] selects score[:, k] for every sample: one vmapped backward for all K.
     eye = torch.eye(k, dtype=score.dtype, device=score.device)
@@ -576,13 +590,23 @@ def _autograd_grad(score: Tensor, tensors: list[Tensor], retain_graph: bool) -> 
     try:
         return list(
             torch.autograd.grad(
-                score, tensors, grad_outputs, retain_graph=retain_graph, allow_unused=True, is_grads_batched=True
+                score,
+                tensors,
+                grad_outputs,
+                retain_graph=retain_graph,
+                allow_unused=True,
+                is_grads_batched=True,
             )
         )
     except RuntimeError:
         # Some operations have no batching rule for their backward; fall back to K passes.
         per_k = [
-            torch.autograd.grad(score[:, i].sum(), tensors, retain_graph=True if i < k - 1 else retain_graph, allow_unused=True)
+            torch.autograd.grad(
+                score[:, i].sum(),
+                tensors,
+                retain_graph=True if i < k - 1 else retain_graph,
+                allow_unused=True,
+            )
             for i in range(k)
         ]
         return [
@@ -623,7 +647,9 @@ def _flatten(obj: Any) -> tuple[list[Any], Callable[[list[Any]], Any]]:
     return [obj], lambda leaves: leaves[0]
 
 
-def _flatten_children(children: list[Any], build: Callable[[list[Any]], Any]) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+def _flatten_children(
+    children: list[Any], build: Callable[[list[Any]], Any]
+) -> tuple[list[Any], Callable[[list[Any]], Any]]:
     parts = [_flatten(c) for c in children]
     sizes = [len(leaves) for leaves, _ in parts]
     leaves = [leaf for part, _ in parts for leaf in part]
@@ -649,7 +675,9 @@ def _same_sequence(template: tuple | list, items: list[Any]) -> Any:
         return tuple(items)
 
 
-def _partial_rebuild(rebuild: Callable[[list[Any]], Any], leaves: list[Any], positions: list[int]) -> Callable[[list[Any]], Any]:
+def _partial_rebuild(
+    rebuild: Callable[[list[Any]], Any], leaves: list[Any], positions: list[int]
+) -> Callable[[list[Any]], Any]:
     """A rebuilder that places values at ``positions`` of a tensor-free list of leaves."""
 
     def rebuild_some(values: list[Any]) -> Any:

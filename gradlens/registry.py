@@ -1,18 +1,32 @@
 """The method registry: ``gradlens.METHODS`` maps a name to ``f(model, x, target=None, **options)``.
 
 CAM methods and gradient attributions register themselves here when their modules are
-imported (``import gradlens`` imports them all). The demo, the command line and
-dataset-scale attribution iterate over this registry.
+imported (``import gradlens`` imports them all). The demo, the command line, dataset-scale
+attribution and the noise methods look methods up with :func:`get`, the one place where a
+name becomes a method; :data:`INFO` carries what callers need to know about each one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
-__all__ = ["METHODS", "CAM_METHODS", "ATTRIBUTION_METHODS", "register"]
+__all__ = [
+    "METHODS",
+    "CAM_METHODS",
+    "ATTRIBUTION_METHODS",
+    "INFO",
+    "MethodInfo",
+    "Kind",
+    "register",
+    "get",
+    "info",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
+Kind = Literal["cam", "attribution"]
 
 METHODS: dict[str, Callable[..., Any]] = {}
 """Every registered method, name -> function."""
@@ -23,15 +37,103 @@ CAM_METHODS: dict[str, Callable[..., Any]] = {}
 ATTRIBUTION_METHODS: dict[str, Callable[..., Any]] = {}
 """Methods returning input-space attributions shaped like the input."""
 
+_FAMILIES: dict[str, dict[str, Callable[..., Any]]] = {
+    "cam": CAM_METHODS,
+    "attribution": ATTRIBUTION_METHODS,
+}
 
-def register(name: str, kind: str) -> Callable[[F], F]:
-    """Decorator adding a method to :data:`METHODS` and to its family (``"cam"`` or ``"attribution"``)."""
-    family = {"cam": CAM_METHODS, "attribution": ATTRIBUTION_METHODS}[kind]
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What callers need to know about a registered method.
+
+    Attributes:
+        name: the registered name.
+        kind: its family, ``"cam"`` or ``"attribution"``.
+        needs_layer: it takes a ``layer`` argument (the CAMs, Guided Grad-CAM).
+        multi_target: it accepts ``K`` targets per sample (a ``(B, K)`` target).
+        quick_options: options that make it fast enough for smoke runs (fewer samples,
+            steps or window positions), used by the demo's quick mode and the tests.
+    """
+
+    name: str
+    kind: Kind
+    needs_layer: bool = False
+    multi_target: bool = True
+    quick_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+INFO: dict[str, MethodInfo] = {}
+"""name -> :class:`MethodInfo` for every registered method."""
+
+
+def register(
+    name: str,
+    kind: Kind,
+    *,
+    needs_layer: bool | None = None,
+    multi_target: bool = True,
+    quick_options: Mapping[str, Any] | None = None,
+) -> Callable[[F], F]:
+    """Decorator adding a method to :data:`METHODS`, to its family and to :data:`INFO`.
+
+    Args:
+        name: the name users pass (``gradlens cam --method NAME``, ``attribute_dataset``).
+        kind: ``"cam"`` or ``"attribution"``.
+        needs_layer: it takes a ``layer`` argument; defaults to ``True`` for CAMs.
+        multi_target: it accepts ``(B, K)`` targets.
+        quick_options: options for a fast smoke run (see :class:`MethodInfo`).
+
+    Raises:
+        ValueError: the name is taken, or ``kind`` is not a known family.
+    """
+    if kind not in _FAMILIES:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, _FAMILIES))}, got {kind!r}")
+    family = _FAMILIES[kind]
+    entry = MethodInfo(
+        name=name,
+        kind=kind,
+        needs_layer=kind == "cam" if needs_layer is None else needs_layer,
+        multi_target=multi_target,
+        quick_options=dict(quick_options or {}),
+    )
 
     def add(function: F) -> F:
         if name in METHODS:
             raise ValueError(f"a method named {name!r} is already registered")
         METHODS[name] = family[name] = function
+        INFO[name] = entry
         return function
 
     return add
+
+
+def get(method: str | Callable[..., Any], kind: Kind | None = None) -> Callable[..., Any]:
+    """The registered method called ``method``; a callable is returned as it is.
+
+    Args:
+        method: a registered name, or a function with the method signature.
+        kind: look only in this family (``"attribution"`` for the noise methods).
+
+    Raises:
+        ValueError: no method of that name (in that family); the message lists close
+            names and every registered name.
+    """
+    if callable(method):
+        return method
+    methods = METHODS if kind is None else _FAMILIES[kind]
+    if isinstance(method, str) and method in methods:
+        return methods[method]
+    what = "method" if kind is None else f"{kind} method"
+    hints = difflib.get_close_matches(str(method), list(methods), n=3)
+    raise ValueError(
+        f"unknown {what} {method!r}"
+        + (f"; did you mean {', '.join(map(repr, hints))}?" if hints else "")
+        + f" Registered: {', '.join(sorted(methods)) or 'none'}"
+    )
+
+
+def info(method: str) -> MethodInfo:
+    """The :class:`MethodInfo` of a registered method (raises like :func:`get`)."""
+    get(method)
+    return INFO[method]

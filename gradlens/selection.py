@@ -136,7 +136,9 @@ def close_names(name: str, candidates: Sequence[str], n: int = 5) -> list[str]:
     if not hits:
         # a wrong index in a nested name ("layer9.1") is better served by its siblings
         stem = name.rsplit(".", 1)[0]
-        hits = [c for c in candidates if c.startswith(stem + ".") and c.count(".") == name.count(".")][:n]
+        hits = [
+            c for c in candidates if c.startswith(stem + ".") and c.count(".") == name.count(".")
+        ][:n]
     return hits
 
 

@@ -44,10 +44,13 @@ class LayerTable(list):
         rows = [("name", "type", "output shape", "")]
         for info in self:
             shape = "" if info.output_shape is None else _format_shape(info.output_shape)
-            rows.append((info.name, info.type, shape, "<- default CAM layer" if info.default else ""))
+            rows.append(
+                (info.name, info.type, shape, "<- default CAM layer" if info.default else "")
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         return "\n".join(
-            f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip() for r in rows
+            f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip()
+            for r in rows
         )
 
     def names(self) -> list[str]:
@@ -65,7 +68,13 @@ def _format_shape(shape: Any) -> str:
 
 def _signature(t: Tensor) -> tuple[Any, ...]:
     # shape, storage, strides and version identify "the same tensor value" across modules
-    return (tuple(t.shape), t.untyped_storage().data_ptr(), t.storage_offset(), t.stride(), t._version)
+    return (
+        tuple(t.shape),
+        t.untyped_storage().data_ptr(),
+        t.storage_offset(),
+        t.stride(),
+        t._version,
+    )
 
 
 def _probe(model: nn.Module, x: Inputs, forward_kwargs: Mapping[str, Any] | None) -> Recorder:
@@ -107,7 +116,10 @@ def _is_spatial(signature: Any) -> bool:
 
 
 def layers(
-    model: nn.Module, example_input: Inputs | None = None, *, forward_kwargs: Mapping[str, Any] | None = None
+    model: nn.Module,
+    example_input: Inputs | None = None,
+    *,
+    forward_kwargs: Mapping[str, Any] | None = None,
 ) -> LayerTable:
     """List a model's layers: names and types, and with an example input their output shapes.
 
@@ -134,7 +146,9 @@ def layers(
     return table
 
 
-def default_layer(model: nn.Module, x: Inputs, *, forward_kwargs: Mapping[str, Any] | None = None) -> str:
+def default_layer(
+    model: nn.Module, x: Inputs, *, forward_kwargs: Mapping[str, Any] | None = None
+) -> str:
     """The layer CAM methods use when ``layer=None``.
 
     It is the last module, in the order modules finish, whose output is 4-D with more
@@ -148,7 +162,9 @@ def default_layer(model: nn.Module, x: Inputs, *, forward_kwargs: Mapping[str, A
     """
     args = as_args(x)
     probe_input = tuple(a[:1] if isinstance(a, Tensor) and a.ndim > 0 else a for a in args)
-    recorder = _probe(model, probe_input if isinstance(x, tuple) else probe_input[0], forward_kwargs)
+    recorder = _probe(
+        model, probe_input if isinstance(x, tuple) else probe_input[0], forward_kwargs
+    )
     name = _default_from(recorder)
     if name is None:
         raise LayerNotFoundError(

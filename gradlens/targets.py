@@ -120,7 +120,11 @@ def scores(
     """
     if callable(target) and not isinstance(target, Tensor):
         value = target(output)
-        if not isinstance(value, Tensor) or value.ndim not in (1, 2) or value.shape[0] != batch_size:
+        if (
+            not isinstance(value, Tensor)
+            or value.ndim not in (1, 2)
+            or value.shape[0] != batch_size
+        ):
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
             raise TargetError(
                 f"a callable target must return scores of shape ({batch_size},) -- one per "
@@ -156,7 +160,9 @@ def scores(
     return logits.gather(1, classes), classes
 
 
-def _class_tensor(target: Target, batch_size: int, num_classes: int, device: torch.device) -> Tensor:
+def _class_tensor(
+    target: Target, batch_size: int, num_classes: int, device: torch.device
+) -> Tensor:
     """Class indices of shape ``(B,)`` or ``(B, K)`` for an int, sequence or tensor target."""
     if isinstance(target, bool):
         raise TargetError(f"target must be a class index, got the bool {target}")
@@ -165,7 +171,9 @@ def _class_tensor(target: Target, batch_size: int, num_classes: int, device: tor
     else:
         if isinstance(target, Tensor):
             if target.is_floating_point() or target.is_complex():
-                raise TargetError(f"a target tensor must hold integer class indices, got {target.dtype}")
+                raise TargetError(
+                    f"a target tensor must hold integer class indices, got {target.dtype}"
+                )
             with torch.inference_mode(False):  # an ordinary copy, also of an inference tensor
                 classes = target.detach().to("cpu", torch.long, copy=True)
             if classes.ndim == 0:
@@ -188,7 +196,9 @@ def _class_tensor(target: Target, batch_size: int, num_classes: int, device: tor
             try:
                 classes = torch.as_tensor(rows, dtype=torch.long)
             except (TypeError, ValueError) as exc:
-                raise TargetError(f"could not read target {target!r} as class indices: {exc}") from None
+                raise TargetError(
+                    f"could not read target {target!r} as class indices: {exc}"
+                ) from None
         if classes.ndim not in (1, 2) or classes.shape[0] != batch_size:
             raise TargetError(
                 f"target has shape {tuple(classes.shape)}; expected ({batch_size},) for one "
@@ -203,7 +213,9 @@ def _class_tensor(target: Target, batch_size: int, num_classes: int, device: tor
     return classes.to(device)
 
 
-def probability(class_index: int | Sequence[int] | Tensor, output_spec: OutputSpec = None) -> Callable[[Any], Tensor]:
+def probability(
+    class_index: int | Sequence[int] | Tensor, output_spec: OutputSpec = None
+) -> Callable[[Any], Tensor]:
     """Target the softmax probability (instead of the logit) of a class.
 
     Returns:

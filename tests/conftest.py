@@ -17,8 +17,13 @@ def model_state(model: nn.Module) -> dict:
     """Everything gradlens promises not to change: hooks, flags, modes, buffers, grads."""
     return {
         "hooks": [
-            (name, len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
-             len(getattr(m, "_backward_pre_hooks", {})))
+            (
+                name,
+                len(m._forward_hooks),
+                len(m._forward_pre_hooks),
+                len(m._backward_hooks),
+                len(getattr(m, "_backward_pre_hooks", {})),
+            )
             for name, m in model.named_modules()
         ],
         "requires_grad": [p.requires_grad for p in model.parameters()],

@@ -119,5 +119,11 @@ def small_vit(num_classes: int = 10) -> nn.Module:
 
     torch.manual_seed(0)
     return VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=num_classes
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=num_classes,
     ).eval()

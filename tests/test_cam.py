@@ -419,7 +419,9 @@ def test_scorecam_falls_back_to_contiguous_inputs_for_models_that_refuse_channel
     model, x = ViewNet().eval(), torch.randn(2, 3, 8, 8)
     with pytest.raises(RuntimeError, match="view"):
         model(x.contiguous(memory_format=torch.channels_last))
-    torch.testing.assert_close(C.scorecam(model, x, "conv"), C.scorecam(model, x, "conv", channels_last=False))
+    torch.testing.assert_close(
+        C.scorecam(model, x, "conv"), C.scorecam(model, x, "conv", channels_last=False)
+    )
 
 
 def test_scorecam_channels_last_changes_only_rounding(small, small_x):

@@ -41,7 +41,12 @@ def swin() -> nn.Module:
 
     torch.manual_seed(0)
     return SwinTransformer(
-        patch_size=[4, 4], embed_dim=24, depths=[1, 1], num_heads=[1, 2], window_size=[4, 4], num_classes=10
+        patch_size=[4, 4],
+        embed_dim=24,
+        depths=[1, 1],
+        num_heads=[1, 2],
+        window_size=[4, 4],
+        num_classes=10,
     ).eval()
 
 
@@ -51,7 +56,10 @@ def swin_x() -> torch.Tensor:
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten(1) - a.flatten(1).mean(1, keepdim=True), b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
+    a, b = (
+        a.flatten(1) - a.flatten(1).mean(1, keepdim=True),
+        b.flatten(1) - b.flatten(1).mean(1, keepdim=True),
+    )
     return float(((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).min())
 
 
@@ -64,14 +72,19 @@ def test_vit_tokens_become_a_grid_without_the_class_token(vit, vit_x):
 
     auto = C.gradcam(vit, vit_x, VIT_LAYER, upsample=False, normalize=False)
     assert auto.shape == (2, 4, 4) and (auto.flatten(1).amax(1) > 0).all()
-    torch.testing.assert_close(auto, C.gradcam(vit, vit_x, VIT_LAYER, reshape=by_hand, upsample=False, normalize=False))
+    torch.testing.assert_close(
+        auto, C.gradcam(vit, vit_x, VIT_LAYER, reshape=by_hand, upsample=False, normalize=False)
+    )
     assert C.gradcam(vit, vit_x, VIT_LAYER).shape == (2, 32, 32)
 
 
 @pytest.mark.parametrize("method", sorted(CAM_METHODS))
 def test_every_method_works_on_vit_tokens(method, vit, vit_x):
-    maps = CAM_METHODS[method](vit, vit_x, "encoder.layers.encoder_layer_1", batch_size=16) if method in (
-        "scorecam", "ablationcam") else CAM_METHODS[method](vit, vit_x, "encoder.layers.encoder_layer_1")
+    maps = (
+        CAM_METHODS[method](vit, vit_x, "encoder.layers.encoder_layer_1", batch_size=16)
+        if method in ("scorecam", "ablationcam")
+        else CAM_METHODS[method](vit, vit_x, "encoder.layers.encoder_layer_1")
+    )
     assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all()
 
 
@@ -82,9 +95,16 @@ def test_ablationcam_with_a_custom_layout_ablates_only_the_mapped_elements(vit, 
     layer = "encoder.layers.encoder_layer_0"  # the next layer's attention mixes patches into the class token
     options = dict(reshape=patches_only, upsample=False, normalize=False)
     custom = C.ablationcam(vit, vit_x, layer, **options)
-    torch.testing.assert_close(custom, C.ablationcam(vit, vit_x, layer, reuse_upstream=False, **options), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        custom,
+        C.ablationcam(vit, vit_x, layer, reuse_upstream=False, **options),
+        atol=1e-5,
+        rtol=1e-4,
+    )
     # the automatic layout ablates the class token's channel too, so the maps differ
-    assert not torch.allclose(custom, C.ablationcam(vit, vit_x, layer, upsample=False, normalize=False))
+    assert not torch.allclose(
+        custom, C.ablationcam(vit, vit_x, layer, upsample=False, normalize=False)
+    )
 
 
 def test_a_token_count_that_is_not_a_grid_suggests_reshape(vit):
@@ -149,7 +169,9 @@ def test_inside_inference_mode_and_with_inference_tensors(resnet18, image_batch)
 
 def test_frozen_model(resnet18, image_batch):
     frozen = copy.deepcopy(resnet18).requires_grad_(False)
-    torch.testing.assert_close(C.gradcam(frozen, image_batch, "layer4"), C.gradcam(resnet18, image_batch, "layer4"))
+    torch.testing.assert_close(
+        C.gradcam(frozen, image_batch, "layer4"), C.gradcam(resnet18, image_batch, "layer4")
+    )
     assert not any(p.requires_grad for p in frozen.parameters())
 
 
@@ -174,7 +196,10 @@ def test_channels_last_inputs_and_model(resnet18, image_batch):
     model = copy.deepcopy(resnet18).to(memory_format=torch.channels_last)
     x = image_batch.contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(
-        C.gradcam(model, x, "layer4"), C.gradcam(resnet18, image_batch, "layer4"), atol=1e-5, rtol=1e-4
+        C.gradcam(model, x, "layer4"),
+        C.gradcam(resnet18, image_batch, "layer4"),
+        atol=1e-5,
+        rtol=1e-4,
     )
 
 
@@ -190,8 +215,12 @@ class TwoInputs(nn.Module):
         self.conv = nn.Conv2d(3, 6, 3, padding=1)
         self.fc = nn.Linear(6, 4)
 
-    def forward(self, image: torch.Tensor, gain: torch.Tensor, *, shift: torch.Tensor) -> torch.Tensor:
-        features = torch.relu(self.conv(image)) * gain[:, None, None, None] + shift[:, None, None, None]
+    def forward(
+        self, image: torch.Tensor, gain: torch.Tensor, *, shift: torch.Tensor
+    ) -> torch.Tensor:
+        features = (
+            torch.relu(self.conv(image)) * gain[:, None, None, None] + shift[:, None, None, None]
+        )
         return self.fc(features.mean(dim=(2, 3)))
 
 
@@ -202,7 +231,9 @@ def test_tuple_and_keyword_inputs(method):
     maps = CAM_METHODS[method](model, (image, gain), "conv", forward_kwargs={"shift": shift})
     assert maps.shape == (2, 8, 8)
     # each sample's map depends only on its own inputs
-    single = CAM_METHODS[method](model, (image[1:], gain[1:]), "conv", forward_kwargs={"shift": shift[1:]})
+    single = CAM_METHODS[method](
+        model, (image[1:], gain[1:]), "conv", forward_kwargs={"shift": shift[1:]}
+    )
     torch.testing.assert_close(maps[1:], single, atol=1e-5, rtol=1e-4)
 
 
@@ -225,7 +256,8 @@ class DataclassOutput(nn.Module):
 def test_structured_model_output_with_output(resnet18, image_batch):
     model = DataclassOutput(resnet18)
     torch.testing.assert_close(
-        C.gradcam(model, image_batch, "inner.layer4", output="logits"), C.gradcam(resnet18, image_batch, "layer4")
+        C.gradcam(model, image_batch, "inner.layer4", output="logits"),
+        C.gradcam(resnet18, image_batch, "layer4"),
     )
     with pytest.raises(gradlens.OutputSelectionError, match="output="):
         C.gradcam(model, image_batch, "inner.layer4")
@@ -257,13 +289,17 @@ def test_a_layer_with_a_structured_output_needs_select():
     model, x = TupleLayerNet().eval(), torch.randn(2, 3, 8, 8)
     with pytest.raises(gradlens.OutputSelectionError, match="select="):
         C.gradcam(model, x, "block")
-    torch.testing.assert_close(C.gradcam(model, x, "block", select=0), C.gradcam(model, x, "block.conv"))
+    torch.testing.assert_close(
+        C.gradcam(model, x, "block", select=0), C.gradcam(model, x, "block.conv")
+    )
 
 
 def test_multi_target_on_a_transformer(vit, vit_x):
     maps = C.gradcam(vit, vit_x, VIT_LAYER, [[1, 2, 3], [4, 5, 6]])
     assert maps.shape == (2, 3, 32, 32)
-    torch.testing.assert_close(maps[:, 2], C.gradcam(vit, vit_x, VIT_LAYER, [3, 6]), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        maps[:, 2], C.gradcam(vit, vit_x, VIT_LAYER, [3, 6]), atol=1e-5, rtol=1e-4
+    )
 
 
 # -- GPU ----------------------------------------------------------------------------------

@@ -199,7 +199,9 @@ def test_loaders_that_reorder_or_drop_samples_are_refused(model, tmp_path):
         extract_dataset(
             model, loader(sampler=SubsetRandomSampler(range(N))), ["fc"], tmp_path, progress=False
         )
-    shuffled = DataLoader(make_data(), batch_sampler=BatchSampler(RandomSampler(range(N)), BATCH, False))
+    shuffled = DataLoader(
+        make_data(), batch_sampler=BatchSampler(RandomSampler(range(N)), BATCH, False)
+    )
     with pytest.raises(ValueError, match="shuffle=False"):
         extract_dataset(model, shuffled, ["fc"], tmp_path, progress=False)
     with pytest.raises(ValueError, match="drop_last"):
@@ -207,9 +209,13 @@ def test_loaders_that_reorder_or_drop_samples_are_refused(model, tmp_path):
 
 
 def test_a_sequential_batch_sampler_is_accepted(model, tmp_path):
-    batches = DataLoader(make_data(), batch_sampler=BatchSampler(SequentialSampler(range(N)), BATCH, False))
+    batches = DataLoader(
+        make_data(), batch_sampler=BatchSampler(SequentialSampler(range(N)), BATCH, False)
+    )
     extract_dataset(model, batches, ["conv1"], tmp_path, progress=False)
-    np.testing.assert_array_equal(load_features(tmp_path)[0]["conv1"], per_batch_reference(model, ["conv1"])["conv1"])
+    np.testing.assert_array_equal(
+        load_features(tmp_path)[0]["conv1"], per_batch_reference(model, ["conv1"])["conv1"]
+    )
 
 
 def test_an_unknown_layer_names_the_closest_ones(model, tmp_path):
@@ -250,7 +256,9 @@ def test_inputs_follow_the_model_to_the_gpu(tmp_path):
     extract_dataset(make_model(), loader(), ["conv2"], tmp_path / "cpu", progress=False)
     extract_dataset(make_model().cuda(), loader(), ["conv2"], tmp_path / "gpu", progress=False)
     np.testing.assert_allclose(
-        load_features(tmp_path / "gpu")[0]["conv2"], load_features(tmp_path / "cpu")[0]["conv2"], atol=1e-4
+        load_features(tmp_path / "gpu")[0]["conv2"],
+        load_features(tmp_path / "cpu")[0]["conv2"],
+        atol=1e-4,
     )
 
 
@@ -291,7 +299,9 @@ def test_another_model_is_refused_unless_overwrite(model, tmp_path):
 
 def test_other_layers_are_refused_unless_overwrite(model, tmp_path):
     extract_dataset(model, loader(), ["conv1"], tmp_path, progress=False)
-    with pytest.raises(ManifestMismatchError, match=r"layers: \['conv1'\] here, \['conv2'\] requested"):
+    with pytest.raises(
+        ManifestMismatchError, match=r"layers: \['conv1'\] here, \['conv2'\] requested"
+    ):
         extract_dataset(model, loader(), ["conv2"], tmp_path, progress=False)
     extract_dataset(model, loader(), ["conv2"], tmp_path, overwrite=True, progress=False)
     assert sorted(p.name for p in tmp_path.glob("*.npy")) == ["conv2.npy"]  # the old file is gone

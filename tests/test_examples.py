@@ -128,6 +128,10 @@ def test_every_public_module_has_an_api_reference_page():
 
     reference = "\n".join(p.read_text() for p in (DOCS / "api").glob("*.md"))
     documented = set(re.findall(r"^::: (gradlens[\w.]*)", reference, re.M))
-    modules = [f"gradlens.{m.name}" for m in pkgutil.iter_modules(gradlens.__path__) if not m.name.startswith("_")]
+    modules = [
+        f"gradlens.{m.name}"
+        for m in pkgutil.iter_modules(gradlens.__path__)
+        if not m.name.startswith("_")
+    ]
     missing = [m for m in modules if m not in documented]
     assert not missing, f"modules without a page under docs/api: {missing}"

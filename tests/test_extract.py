@@ -28,12 +28,17 @@ def test_extract_returns_ordinary_detached_tensors(resnet18, image_batch):
 def test_extract_matches_the_full_forward_values(resnet18, image_batch):
     with gradlens.record(resnet18, "layer2") as rec:
         resnet18(image_batch)
-    torch.testing.assert_close(gradlens.extract(resnet18, image_batch, "layer2")["layer2"], rec["layer2"])
+    torch.testing.assert_close(
+        gradlens.extract(resnet18, image_batch, "layer2")["layer2"], rec["layer2"]
+    )
 
 
 def test_extract_stops_after_the_last_requested_layer(resnet18, image_batch):
     ran = []
-    handles = [m.register_forward_hook(lambda m, i, o, n=n: ran.append(n)) for n, m in resnet18.named_children()]
+    handles = [
+        m.register_forward_hook(lambda m, i, o, n=n: ran.append(n))
+        for n, m in resnet18.named_children()
+    ]
     try:
         gradlens.extract(resnet18, image_batch, "layer2")
     finally:
@@ -52,7 +57,9 @@ def test_extract_every_call_of_a_shared_module():
     torch.manual_seed(0)
     model = SharedNet()
     x = torch.randn(2, 4)
-    assert len(gradlens.extract(model, x, "shared", stop_early=False, every_call=True)["shared"]) == 3
+    assert (
+        len(gradlens.extract(model, x, "shared", stop_early=False, every_call=True)["shared"]) == 3
+    )
     # stopping early ends the pass after the first call
     assert len(gradlens.extract(model, x, "shared", every_call=True)["shared"]) == 1
 
@@ -108,7 +115,9 @@ def test_extractor_features_train_the_model(resnet18, image_batch):
 
 
 def test_extractor_capture_pools_features(resnet18, image_batch):
-    _, features = gradlens.Extractor(resnet18, "layer2", capture=lambda t: t.mean((2, 3)))(image_batch)
+    _, features = gradlens.Extractor(resnet18, "layer2", capture=lambda t: t.mean((2, 3)))(
+        image_batch
+    )
     assert features["layer2"].shape == (2, 128)
 
 
@@ -143,7 +152,9 @@ def test_extractor_traces_with_torch_jit(resnet18, image_batch):
 def test_extractor_on_mobilenet():
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
-    output, features = gradlens.Extractor(model, ["features.2", "features.12"])(torch.randn(1, 3, 64, 64))
+    output, features = gradlens.Extractor(model, ["features.2", "features.12"])(
+        torch.randn(1, 3, 64, 64)
+    )
     assert output.shape == (1, 10) and features["features.12"].shape == (1, 576, 2, 2)
 
 

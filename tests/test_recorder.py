@@ -32,8 +32,15 @@ def test_records_nested_layer_outputs(resnet18, image_batch):
     assert rec["layer4"].shape == (2, 512, 2, 2)
     assert rec.activations["layer3.1.conv2"].shape == (2, 256, 4, 4)
     assert rec["layer4"] is rec.activations["layer4"]
-    expected = resnet18.layer4(resnet18.layer3(resnet18.layer2(resnet18.layer1(
-        resnet18.maxpool(resnet18.relu(resnet18.bn1(resnet18.conv1(image_batch))))))))
+    expected = resnet18.layer4(
+        resnet18.layer3(
+            resnet18.layer2(
+                resnet18.layer1(
+                    resnet18.maxpool(resnet18.relu(resnet18.bn1(resnet18.conv1(image_batch))))
+                )
+            )
+        )
+    )
     torch.testing.assert_close(rec["layer4"], expected.detach())
 
 
@@ -67,7 +74,9 @@ def test_model_output_unchanged_by_recording_in_place_model():
 
 def test_torchvision_resnet_bn2_value_matches_a_snapshot_taken_in_the_hook(resnet18, image_batch):
     snapshot = {}
-    handle = resnet18.layer4[1].bn2.register_forward_hook(lambda m, i, o: snapshot.update(v=o.clone()))
+    handle = resnet18.layer4[1].bn2.register_forward_hook(
+        lambda m, i, o: snapshot.update(v=o.clone())
+    )
     try:
         with gradlens.record(resnet18, "layer4.1.bn2") as rec:
             resnet18(image_batch)
@@ -148,7 +157,9 @@ def test_per_sample_gradients_match_single_sample_runs(resnet18, image_batch):
         with gradlens.record(resnet18, "layer4") as single:
             out = resnet18(image_batch[b : b + 1])
             single.grad(out[0, c])
-        torch.testing.assert_close(rec.gradients["layer4"][b], single.gradients["layer4"][0], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(
+            rec.gradients["layer4"][b], single.gradients["layer4"][0], atol=1e-6, rtol=1e-5
+        )
 
 
 def test_k_scores_per_sample_give_k_gradients_in_one_backward(resnet18, image_batch):
@@ -211,7 +222,9 @@ def test_tape_from_layers_starts_the_graph_at_the_layer(resnet18, image_batch):
     with gradlens.record(resnet18, "layer3", tape_from_layers=True) as rec:
         out = resnet18(image_batch)
         assert out.requires_grad
-        stem_grad = torch.autograd.grad(out.sum(), resnet18.conv1.weight, allow_unused=True, retain_graph=True)
+        stem_grad = torch.autograd.grad(
+            out.sum(), resnet18.conv1.weight, allow_unused=True, retain_graph=True
+        )
         rec.grad(out[:, 4])
     assert stem_grad == (None,)  # nothing before layer3 is on the tape
     with gradlens.record(resnet18, "layer3") as full:
@@ -302,7 +315,9 @@ def test_dict_and_dataclass_outputs_keep_their_structure():
 
 
 def test_reduce_device_and_dtype_apply_inside_the_hook(resnet18, image_batch):
-    with gradlens.record(resnet18, "layer3", reduce=lambda t: t.mean((2, 3)), dtype=torch.float16, device="cpu") as rec:
+    with gradlens.record(
+        resnet18, "layer3", reduce=lambda t: t.mean((2, 3)), dtype=torch.float16, device="cpu"
+    ) as rec:
         resnet18(image_batch)[:, 0].sum().backward()
     assert rec["layer3"].shape == (2, 256) and rec["layer3"].dtype == torch.float16
     assert rec.gradients["layer3"].shape == (2, 256)
@@ -319,7 +334,9 @@ def test_detach_false_keeps_the_graph(resnet18, image_batch):
 def test_modify_replaces_outputs_and_store_false_records_nothing():
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
     x = torch.randn(4, 2)
-    with gradlens.record(model, nn.ReLU, modify=lambda name, module, out: out * 0, store=False) as rec:
+    with gradlens.record(
+        model, nn.ReLU, modify=lambda name, module, out: out * 0, store=False
+    ) as rec:
         out = model(x)
     torch.testing.assert_close(out, model[2].bias.expand(4, 1).detach())
     assert list(rec.activations) == []

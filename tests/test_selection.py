@@ -15,7 +15,10 @@ from .models import SharedNet, small_vit
 
 
 def test_exact_nested_names(resnet18):
-    assert list(select_layers(resnet18, ["layer3.1.conv2", "layer1"])) == ["layer1", "layer3.1.conv2"]
+    assert list(select_layers(resnet18, ["layer3.1.conv2", "layer1"])) == [
+        "layer1",
+        "layer3.1.conv2",
+    ]
 
 
 def test_glob_patterns_match_one_segment_per_star(resnet18):
@@ -27,7 +30,9 @@ def test_glob_patterns_match_one_segment_per_star(resnet18):
 def test_module_types_filters_modules_and_mixes(resnet18):
     convs = select_layers(resnet18, nn.Conv2d)
     assert len(convs) == 20 and all(isinstance(m, nn.Conv2d) for m in convs.values())
-    by_filter = select_layers(resnet18, lambda name, m: name.endswith("bn2") and name.startswith("layer4"))
+    by_filter = select_layers(
+        resnet18, lambda name, m: name.endswith("bn2") and name.startswith("layer4")
+    )
     assert list(by_filter) == ["layer4.0.bn2", "layer4.1.bn2"]
     mixed = select_layers(resnet18, ["fc", nn.AdaptiveAvgPool2d, resnet18.layer1[0]])
     assert list(mixed) == ["layer1.0", "avgpool", "fc"]
@@ -85,7 +90,6 @@ def test_default_layer_picks_the_shortest_name_of_the_last_spatial_output():
 def test_default_layer_fails_clearly_without_spatial_outputs():
     with pytest.raises(LayerNotFoundError, match="pass layer="):
         gradlens.default_layer(SharedNet(), torch.randn(2, 4))
-
 
 
 def test_default_layer_of_a_vit_is_its_patch_embedding():

@@ -74,7 +74,9 @@ def tile_kwargs(kwargs: Mapping[str, Any], batch: int, times: int) -> dict[str, 
     """Keyword inputs for ``times`` stacked copies of the batch: tensors whose dim 0 is the
     batch size (an attention mask) are tiled, everything else is passed unchanged."""
     return {
-        key: tile(value, times) if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch else value
+        key: tile(value, times)
+        if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch
+        else value
         for key, value in kwargs.items()
     }
 
@@ -135,7 +137,9 @@ def steps_per_chunk(batch_size: int | None, batch: int, total: int) -> int:
     if batch_size is None:
         return total
     if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive number of model inputs per forward, got {batch_size}")
+        raise ValueError(
+            f"batch_size must be a positive number of model inputs per forward, got {batch_size}"
+        )
     return max(1, min(total, batch_size // batch))
 
 
@@ -145,7 +149,9 @@ def broadcast_to_input(value: Any, like: Tensor, name: str) -> Tensor:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return torch.full_like(like, value)
     if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a number, a tensor or a callable, got {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a number, a tensor or a callable, got {type(value).__name__}"
+        )
     value = value.to(device=like.device, dtype=like.dtype)
     if value.shape == like.shape[1:]:
         value = value.unsqueeze(0)

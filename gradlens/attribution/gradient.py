@@ -124,6 +124,8 @@ def input_x_gradient(
     multi = result.scores.ndim == 2
     return as_result(
         x,
-        {i: g * (result.inputs[i].unsqueeze(1) if multi else result.inputs[i]) for i, g in grads.items()},
+        {
+            i: g * (result.inputs[i].unsqueeze(1) if multi else result.inputs[i])
+            for i, g in grads.items()
+        },
     )
-

@@ -155,9 +155,19 @@ def guided_gradcam(
     )
     if target is None and guided_pass.classes is not None:
         target = guided_pass.classes
-    name = single_layer(model, layer if layer is not None else default_layer(model, x, forward_kwargs=forward_kwargs))
+    name = single_layer(
+        model,
+        layer if layer is not None else default_layer(model, x, forward_kwargs=forward_kwargs),
+    )
     cam = gradcam(
-        model, x, name, target, upsample=False, normalize=False, reshape=reshape, output=output,
+        model,
+        x,
+        name,
+        target,
+        upsample=False,
+        normalize=False,
+        reshape=reshape,
+        output=output,
         forward_kwargs=forward_kwargs,
     )
     multi = cam.ndim == 4

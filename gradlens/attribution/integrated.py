@@ -147,8 +147,13 @@ def integrated_gradients(
     start_points = _baselines(baselines, args, positions)
     endpoint_scores = None
     if return_delta:
-        both = tuple(torch.cat([a, start_points[i]]) if i in start_points else tile(a, 2) for i, a in enumerate(args))
-        endpoint_scores, target = evaluate(model, both, tile_kwargs(kwargs, batch, 2), target, batch, output, copies=2)
+        both = tuple(
+            torch.cat([a, start_points[i]]) if i in start_points else tile(a, 2)
+            for i, a in enumerate(args)
+        )
+        endpoint_scores, target = evaluate(
+            model, both, tile_kwargs(kwargs, batch, 2), target, batch, output, copies=2
+        )
     elif target is None:
         _, target = evaluate(model, args, kwargs, None, batch, output)
 
@@ -165,7 +170,10 @@ def integrated_gradients(
             output=output,
             forward_kwargs=tile_kwargs(kwargs, batch, k),
         )
-        gradients = {i: gradient_or_zeros(result.input_gradients[i], scaled[i], result.scores) for i in positions}
+        gradients = {
+            i: gradient_or_zeros(result.input_gradients[i], scaled[i], result.scores)
+            for i in positions
+        }
         return gradients, result.scores.ndim == 2
 
     totals, multi = _integrate(differentiate_path, alphas, weights, batch, batch_size)
@@ -233,12 +241,16 @@ def layer_integrated_gradients(
     alphas, weights = quadrature(method, steps)
     tensors = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
     start_points = _baselines(baselines, args, tensors)
-    both = tuple(torch.cat([a, start_points[i]]) if i in start_points else a for i, a in enumerate(args))
+    both = tuple(
+        torch.cat([a, start_points[i]]) if i in start_points else a for i, a in enumerate(args)
+    )
     both_kwargs = tile_kwargs(kwargs, batch, 2)
 
     endpoint_scores = None
     if return_delta or target is None:
-        endpoint_scores, fixed, layer_out = _evaluate_with_layer(model, both, both_kwargs, target, batch, output, name)
+        endpoint_scores, fixed, layer_out = _evaluate_with_layer(
+            model, both, both_kwargs, target, batch, output, name
+        )
         target = fixed
     else:
         layer_out = extract(model, both, name, forward_kwargs=both_kwargs)[name]
@@ -274,7 +286,9 @@ def layer_integrated_gradients(
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _baselines(baselines: Baselines, args: tuple[Any, ...], positions: list[int]) -> dict[int, Tensor]:
+def _baselines(
+    baselines: Baselines, args: tuple[Any, ...], positions: list[int]
+) -> dict[int, Tensor]:
     """``{input position: baseline tensor shaped like that input}``."""
     if isinstance(baselines, tuple):
         if len(baselines) != len(args):
@@ -324,7 +338,9 @@ def _integrate(
             k = len(points)
             w = weights[start : start + k].to(grad.dtype).to(grad.device)
             if multi:  # (K, k * B, ...) -> (K, B, ...)
-                part = torch.einsum("s,ks...->k...", w, grad.reshape(grad.shape[0], k, batch, *grad.shape[2:]))
+                part = torch.einsum(
+                    "s,ks...->k...", w, grad.reshape(grad.shape[0], k, batch, *grad.shape[2:])
+                )
             else:
                 part = torch.einsum("s,s...->...", w, grad.reshape(k, batch, *grad.shape[1:]))
             part = targets_first_to_dim1(part, multi)
@@ -332,7 +348,9 @@ def _integrate(
     return totals, multi
 
 
-def _delta(attributions: Mapping[int, Tensor], endpoint_scores: Tensor, batch: int, multi: bool) -> Tensor:
+def _delta(
+    attributions: Mapping[int, Tensor], endpoint_scores: Tensor, batch: int, multi: bool
+) -> Tensor:
     """Sum of the attributions minus ``f(x) - f(x')`` per sample (and target)."""
     keep = 2 if multi else 1
     total = sum(a.flatten(keep).sum(-1) for a in attributions.values())

@@ -51,9 +51,13 @@ def layer_gradient_x_activation(
         TargetError: a target that does not fit the output.
     """
     name = single_layer(model, layer)
-    result = differentiate(model, x, target, layers=name, output=output, forward_kwargs=forward_kwargs)
+    result = differentiate(
+        model, x, target, layers=name, output=output, forward_kwargs=forward_kwargs
+    )
     activation, gradient = result.activations[name], result.gradients[name]
     if not isinstance(activation, Tensor):
         raise ValueError(f"layer {name!r} returns a {type(activation).__name__}, not a tensor")
     multi = result.scores.ndim == 2
-    return targets_first_to_dim1(gradient, multi) * (activation.unsqueeze(1) if multi else activation)
+    return targets_first_to_dim1(gradient, multi) * (
+        activation.unsqueeze(1) if multi else activation
+    )

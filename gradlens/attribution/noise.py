@@ -99,8 +99,19 @@ def smoothgrad(
         TargetError: a target that does not fit the output.
     """
     return _noise_average(
-        model, x, target, method, n, sigma, batch_size, seed, generator, output, forward_kwargs,
-        method_options, variance=False,
+        model,
+        x,
+        target,
+        method,
+        n,
+        sigma,
+        batch_size,
+        seed,
+        generator,
+        output,
+        forward_kwargs,
+        method_options,
+        variance=False,
     )
 
 
@@ -128,8 +139,19 @@ def vargrad(
     :func:`smoothgrad`. Arguments, result and errors as for :func:`smoothgrad`.
     """
     return _noise_average(
-        model, x, target, method, n, sigma, batch_size, seed, generator, output, forward_kwargs,
-        method_options, variance=True,
+        model,
+        x,
+        target,
+        method,
+        n,
+        sigma,
+        batch_size,
+        seed,
+        generator,
+        output,
+        forward_kwargs,
+        method_options,
+        variance=True,
     )
 
 
@@ -162,9 +184,13 @@ def _noise_average(
     if n < 1:
         raise ValueError(f"n must be at least 1 noise sample, got {n}")
     if sigma < 0:
-        raise ValueError(f"sigma is a fraction of the value range and cannot be negative, got {sigma}")
+        raise ValueError(
+            f"sigma is a fraction of the value range and cannot be negative, got {sigma}"
+        )
     if method_options.get("return_delta"):
-        raise ValueError("smoothgrad/vargrad average attributions; return_delta=True is not supported inside them")
+        raise ValueError(
+            "smoothgrad/vargrad average attributions; return_delta=True is not supported inside them"
+        )
     attribute = _resolve(method)
     args, kwargs = prepare(x, forward_kwargs)
     positions = require_float_inputs(args, "smoothgrad/vargrad")

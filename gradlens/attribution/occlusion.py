@@ -103,13 +103,24 @@ def occlusion(
         win = _window(_pick(window, n, len(positions)), shape)
         step = _stride(_pick(stride, n, len(positions)), win, shape)
         attributions[i] = _occlude_input(
-            model, args, kwargs, i, target, clean, window_positions(shape, win, step),
-            broadcast_to_input(baseline, args[i], "baseline"), batch, batch_size, output,
+            model,
+            args,
+            kwargs,
+            i,
+            target,
+            clean,
+            window_positions(shape, win, step),
+            broadcast_to_input(baseline, args[i], "baseline"),
+            batch,
+            batch_size,
+            output,
         )
     return as_result(x, attributions)
 
 
-def window_positions(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> list[tuple[slice, ...]]:
+def window_positions(
+    shape: Sequence[int], window: Sequence[int], stride: Sequence[int]
+) -> list[tuple[slice, ...]]:
     """The slices (over a sample's dims) of every window position, first dim slowest.
 
     Along each dimension the starts are ``0, s, 2s, ...`` up to the first start at or past
@@ -150,7 +161,10 @@ def _occlude_input(
             occluded = x.expand(k, *x.shape).clone()
             for j, window in enumerate(chunk):
                 occluded[(j, slice(None), *window)] = baseline[(slice(None), *window)]
-            stacked = [occluded.view(k * batch, *x.shape[1:]) if j == index else tile(a, k) for j, a in enumerate(args)]
+            stacked = [
+                occluded.view(k * batch, *x.shape[1:]) if j == index else tile(a, k)
+                for j, a in enumerate(args)
+            ]
             with torch.inference_mode():
                 out = model(*stacked, **tile_kwargs(kwargs, batch, k))
                 values, _ = scores(out, repeat_target(target, batch, k), k * batch, output)
@@ -166,7 +180,9 @@ def _pick(spec: Any, n: int, count: int) -> Any:
     """The spec of the ``n``-th float input: a list holds one per input."""
     if isinstance(spec, list):
         if len(spec) != count:
-            raise ValueError(f"a list of window/stride specs needs one per floating-point input ({count}), got {len(spec)}")
+            raise ValueError(
+                f"a list of window/stride specs needs one per floating-point input ({count}), got {len(spec)}"
+            )
         return spec[n]
     return spec
 
@@ -180,7 +196,9 @@ def _window(spec: Size, shape: tuple[int, ...]) -> tuple[int, ...]:
     sizes = _expand(spec, shape, "window")
     for w, size in zip(sizes, shape):
         if not 1 <= w <= size:
-            raise ValueError(f"window {sizes} does not fit a sample of shape {shape}: each size must be in 1..{size}")
+            raise ValueError(
+                f"window {sizes} does not fit a sample of shape {shape}: each size must be in 1..{size}"
+            )
     return sizes
 
 

@@ -120,7 +120,11 @@ def cam(
         A = to_nchw(activation, batch=batch, image_size=size, reshape=reshape, layer=name).float()
         gradients = layer_tensor(result.gradients[name], name)
         per_target = [
-            apply_weights(weights, A, to_nchw(g, batch=batch, image_size=size, reshape=reshape, layer=name).float())
+            apply_weights(
+                weights,
+                A,
+                to_nchw(g, batch=batch, image_size=size, reshape=reshape, layer=name).float(),
+            )
             for g in (gradients.unbind(0) if multi else [gradients])
         ]
         raw[name] = torch.stack(per_target, dim=1) if multi else per_target[0]
@@ -159,7 +163,11 @@ def apply_weights(weights: Weights, A: Tensor, G: Tensor) -> Tensor:
     result = weights(A, G)
     if isinstance(result, Tensor) and result.ndim == 2 and result.shape == A.shape[:2]:
         return weighted_sum(result.float(), A)
-    if isinstance(result, Tensor) and result.ndim == 3 and result.shape == (A.shape[0], *A.shape[2:]):
+    if (
+        isinstance(result, Tensor)
+        and result.ndim == 3
+        and result.shape == (A.shape[0], *A.shape[2:])
+    ):
         return result.float()
     got = tuple(result.shape) if isinstance(result, Tensor) else type(result).__name__
     raise ValueError(
@@ -175,7 +183,9 @@ def weighted_sum(channel_weights: Tensor, A: Tensor) -> Tensor:
     return (channel_weights[..., None, None] * A).sum(dim=-3)
 
 
-def postprocess(raw: Tensor, size: tuple[int, int] | None, *, upsample: bool, normalize: bool) -> Tensor:
+def postprocess(
+    raw: Tensor, size: tuple[int, int] | None, *, upsample: bool, normalize: bool
+) -> Tensor:
     """ReLU, then bilinear upsampling of the last two dims to ``size`` (when ``upsample``),
     then per-map min-max normalisation (when ``normalize``), in float32."""
     maps = raw.float().clamp(min=0)
@@ -206,7 +216,8 @@ def finish(
     size = image_size(x)
     device = first_tensor(x).device
     maps = {
-        name: postprocess(m, size, upsample=upsample, normalize=normalize).to(device) for name, m in raw.items()
+        name: postprocess(m, size, upsample=upsample, normalize=normalize).to(device)
+        for name, m in raw.items()
     }
     if per_layer:
         return maps

@@ -91,7 +91,13 @@ def eigencam(
     batch, size = batch_size(x), image_size(x)
     raw = {
         name: first_component(
-            to_nchw(layer_tensor(activations[name], name), batch=batch, image_size=size, reshape=reshape, layer=name)
+            to_nchw(
+                layer_tensor(activations[name], name),
+                batch=batch,
+                image_size=size,
+                reshape=reshape,
+                layer=name,
+            )
         )
         for name in names
     }

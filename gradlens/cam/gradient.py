@@ -67,7 +67,9 @@ def eigengradcam_map(A: Tensor, G: Tensor) -> Tensor:
 
 
 @register("gradcam", "cam")
-def gradcam(model: nn.Module, x: Inputs, layer: Layers | None = None, target: Target = None, **options: Any) -> CamResult:
+def gradcam(
+    model: nn.Module, x: Inputs, layer: Layers | None = None, target: Target = None, **options: Any
+) -> CamResult:
     """Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks
     via Gradient-based Localization").
 
@@ -78,7 +80,9 @@ def gradcam(model: nn.Module, x: Inputs, layer: Layers | None = None, target: Ta
 
 
 @register("gradcampp", "cam")
-def gradcampp(model: nn.Module, x: Inputs, layer: Layers | None = None, target: Target = None, **options: Any) -> CamResult:
+def gradcampp(
+    model: nn.Module, x: Inputs, layer: Layers | None = None, target: Target = None, **options: Any
+) -> CamResult:
     """Grad-CAM++ (Chattopadhyay et al. 2018, "Grad-CAM++: Generalized Gradient-based
     Visual Explanations for Deep Convolutional Networks").
 
@@ -94,7 +98,9 @@ def gradcampp(model: nn.Module, x: Inputs, layer: Layers | None = None, target: 
 
 
 @register("xgradcam", "cam")
-def xgradcam(model: nn.Module, x: Inputs, layer: Layers | None = None, target: Target = None, **options: Any) -> CamResult:
+def xgradcam(
+    model: nn.Module, x: Inputs, layer: Layers | None = None, target: Target = None, **options: Any
+) -> CamResult:
     """XGrad-CAM (Fu et al. 2020, "Axiom-based Grad-CAM: Towards Accurate Visualization
     and Explanation of CNNs").
 
@@ -107,7 +113,9 @@ def xgradcam(model: nn.Module, x: Inputs, layer: Layers | None = None, target: T
 
 
 @register("layercam", "cam")
-def layercam(model: nn.Module, x: Inputs, layer: Layers | None = None, target: Target = None, **options: Any) -> CamResult:
+def layercam(
+    model: nn.Module, x: Inputs, layer: Layers | None = None, target: Target = None, **options: Any
+) -> CamResult:
     """LayerCAM (Jiang et al. 2021, "LayerCAM: Exploring Hierarchical Class Activation
     Maps for Localization").
 
@@ -118,7 +126,9 @@ def layercam(model: nn.Module, x: Inputs, layer: Layers | None = None, target: T
 
 
 @register("hirescam", "cam")
-def hirescam(model: nn.Module, x: Inputs, layer: Layers | None = None, target: Target = None, **options: Any) -> CamResult:
+def hirescam(
+    model: nn.Module, x: Inputs, layer: Layers | None = None, target: Target = None, **options: Any
+) -> CamResult:
     """HiResCAM (Draelos & Carin 2020, "Use HiResCAM instead of Grad-CAM for faithful
     explanations of convolutional neural networks").
 
@@ -129,7 +139,9 @@ def hirescam(model: nn.Module, x: Inputs, layer: Layers | None = None, target: T
 
 
 @register("eigengradcam", "cam")
-def eigengradcam(model: nn.Module, x: Inputs, layer: Layers | None = None, target: Target = None, **options: Any) -> CamResult:
+def eigengradcam(
+    model: nn.Module, x: Inputs, layer: Layers | None = None, target: Target = None, **options: Any
+) -> CamResult:
     """Eigen-Grad-CAM: Eigen-CAM (Muhammad & Yeasin 2020) applied to ``G * A`` instead of ``A``.
 
     The map is the projection of the centred (position x channel) matrix of ``G * A`` on

@@ -74,14 +74,20 @@ class _CleanPass:
         self.calls = {name: len(recorder.calls(name)) for name in names}
         self.scores = score.float().clone()  # (B,) or (B, K)
         self.classes = None if classes is None else classes.clone()
-        self.target = target if self.classes is None else None  # a callable, or None for 1-D outputs
+        self.target = (
+            target if self.classes is None else None
+        )  # a callable, or None for 1-D outputs
         self.multi = self.scores.ndim == 2
 
     def row_target(self, rows: Tensor) -> Target:
         """The target for modified copies of samples ``rows``."""
-        return self.classes[rows.to(self.classes.device)] if self.classes is not None else self.target
+        return (
+            self.classes[rows.to(self.classes.device)] if self.classes is not None else self.target
+        )
 
-    def row_inputs(self, rows: Tensor, image: Tensor | None = None) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def row_inputs(
+        self, rows: Tensor, image: Tensor | None = None
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Positional and keyword inputs for copies of samples ``rows``: batch-sized tensors
         are indexed by ``rows``; the image (first 4-D input) is replaced by ``image`` if given."""
         position = _image_position(self.args) if image is not None else None
@@ -102,7 +108,9 @@ def _image_position(args: tuple[Any, ...]) -> int:
     for i, a in enumerate(args):
         if isinstance(a, Tensor) and a.ndim == 4:
             return i
-    raise ValueError("scorecam masks an image input of shape (B, C, H, W), and the model input holds none")
+    raise ValueError(
+        "scorecam masks an image input of shape (B, C, H, W), and the model input holds none"
+    )
 
 
 def _chunks(rows: Tensor, size: int) -> Iterator[Tensor]:
@@ -229,11 +237,25 @@ def scorecam(
     runner = _folded_runner(model, clean, output) if fold_batchnorm else model
     raw = {}
     for name in names:
-        A = to_nchw(clean.activations[name], batch=clean.batch, image_size=size, reshape=reshape, layer=name).float()
+        A = to_nchw(
+            clean.activations[name], batch=clean.batch, image_size=size, reshape=reshape, layer=name
+        ).float()
         channel_scores = _masked_scores(
-            model, runner, clean, A, size, score, masks, batch_size, skip_constant, channels_last, output
+            model,
+            runner,
+            clean,
+            A,
+            size,
+            score,
+            masks,
+            batch_size,
+            skip_constant,
+            channels_last,
+            output,
         )
-        weights = torch.softmax(channel_scores, dim=1) if score == "channel_softmax" else channel_scores
+        weights = (
+            torch.softmax(channel_scores, dim=1) if score == "channel_softmax" else channel_scores
+        )
         raw[name] = _channel_maps(weights, A, clean.multi)
     return finish(raw, x, upsample=upsample, normalize=normalize, per_layer=per_layer)
 
@@ -248,12 +270,16 @@ def _folded_runner(model: nn.Module, clean: _CleanPass, output: OutputSpec) -> n
         with torch.inference_mode():
             out = folded(*clean.args, **clean.kwargs)
             rows = torch.arange(clean.batch)
-            value = _row_scores(out, clean.row_target(rows), clean.batch, output, "raw").float().cpu()
+            value = (
+                _row_scores(out, clean.row_target(rows), clean.batch, output, "raw").float().cpu()
+            )
     except Exception:  # the traced copy cannot take these inputs
         return model
     reference = clean.scores.cpu()
     tolerance = 1e-4 * (1.0 + float(reference.abs().max())) if reference.numel() else 0.0
-    if value.shape != reference.shape or not torch.allclose(value, reference, rtol=1e-3, atol=tolerance):
+    if value.shape != reference.shape or not torch.allclose(
+        value, reference, rtol=1e-3, atol=tolerance
+    ):
         return model
     return folded
 
@@ -282,15 +308,21 @@ def _masked_scores(
     with torch.inference_mode(), Recorder(model):  # the Recorder restores train-mode buffers
         for index in _chunks(torch.arange(rows_b.numel()), chunk):
             b, k = rows_b[index], rows_k[index]
-            mask = _masks(A[b.to(A.device), k.to(A.device)], size, masks).to(image.device, image.dtype)
+            mask = _masks(A[b.to(A.device), k.to(A.device)], size, masks).to(
+                image.device, image.dtype
+            )
             out = forward(b, image[b.to(image.device)] * mask[:, None])
-            result[b, k] = _row_scores(out, clean.row_target(b), b.numel(), output, score).float().cpu()
+            result[b, k] = (
+                _row_scores(out, clean.row_target(b), b.numel(), output, score).float().cpu()
+            )
     for b, (representative, constant) in shared_by.items():
         result[b, constant] = result[b, representative]
     return result.to(A.device)
 
 
-def _plan_rows(A: Tensor, score: str, skip_constant: bool) -> tuple[Tensor, Tensor, dict[int, tuple[int, Tensor]]]:
+def _plan_rows(
+    A: Tensor, score: str, skip_constant: bool
+) -> tuple[Tensor, Tensor, dict[int, tuple[int, Tensor]]]:
     """Which ``(sample, channel)`` masked inputs to evaluate: ``rows_b``, ``rows_k``, and per
     sample ``(representative channel, constant channels)`` whose scores the representative's
     evaluation gives (every constant channel has the same all-zero mask)."""
@@ -418,7 +450,9 @@ def ablationcam(
             be read as ``(B, C, h, w)``.
     """
     if select is not None:
-        raise ValueError("ablationcam replaces the layer's output, so the layer must return one tensor (no select=)")
+        raise ValueError(
+            "ablationcam replaces the layer's output, so the layer must return one tensor (no select=)"
+        )
     _check_batch_size(batch_size)
     names = resolve_layers(model, x, layer, forward_kwargs)
     clean = _CleanPass(model, x, names, target, output, forward_kwargs, None)
@@ -427,7 +461,9 @@ def ablationcam(
     raw = {}
     for name in names:
         activation = clean.activations[name]
-        A = to_nchw(activation, batch=clean.batch, image_size=size, reshape=reshape, layer=name).float()
+        A = to_nchw(
+            activation, batch=clean.batch, image_size=size, reshape=reshape, layer=name
+        ).float()
         ablation = _Ablation(activation, A, size, reshape, ablation_value)
         runner = _AblatedRunner(model, clean, name, ablation, output, reuse)
         ablated = runner.scores(batch_size, skip_unchanged)  # (B, C[, K])
@@ -443,7 +479,12 @@ class _Ablation:
     """Builds copies of a layer output with one channel set to ``value``, in its own layout."""
 
     def __init__(
-        self, activation: Tensor, A: Tensor, size: tuple[int, int] | None, reshape: Reshape, value: float
+        self,
+        activation: Tensor,
+        A: Tensor,
+        size: tuple[int, int] | None,
+        reshape: Reshape,
+        value: float,
     ) -> None:
         self.activation = activation
         self.value = value
@@ -451,10 +492,16 @@ class _Ablation:
         self.axis = channel_axis(activation, image_size=size, reshape=reshape)
         if self.axis is None:
             # a callable layout: find where each channel's elements live by reshaping their indices
-            index = torch.arange(activation[:1].numel(), device=activation.device).reshape(activation[:1].shape)
-            owner = torch.full((activation[:1].numel(),), -1, dtype=torch.long, device=activation.device)
+            index = torch.arange(activation[:1].numel(), device=activation.device).reshape(
+                activation[:1].shape
+            )
+            owner = torch.full(
+                (activation[:1].numel(),), -1, dtype=torch.long, device=activation.device
+            )
             mapped = reshape(index)  # type: ignore[misc]
-            owner[mapped[0].reshape(self.channels, -1)] = torch.arange(self.channels, device=activation.device)[:, None]
+            owner[mapped[0].reshape(self.channels, -1)] = torch.arange(
+                self.channels, device=activation.device
+            )[:, None]
             self.owner = owner.reshape(activation.shape[1:])
             self.unchanged = (A.flatten(2) == value).all(dim=2)
         else:
@@ -469,10 +516,14 @@ class _Ablation:
         if self.axis is not None:
             shape = [ks.numel()] + [1] * (base.ndim - 1)
             shape[self.axis] = self.channels
-            hit = (torch.arange(self.channels, device=ks.device)[None] == ks[:, None]).reshape(shape)
+            hit = (torch.arange(self.channels, device=ks.device)[None] == ks[:, None]).reshape(
+                shape
+            )
         else:
             hit = self.owner[None] == ks.reshape(-1, *[1] * self.owner.ndim)
-        return torch.where(hit, torch.tensor(self.value, dtype=base.dtype, device=base.device), base)
+        return torch.where(
+            hit, torch.tensor(self.value, dtype=base.dtype, device=base.device), base
+        )
 
 
 class _Replace:
@@ -490,9 +541,21 @@ class _AblatedRunner:
     """Evaluates the target on ablated copies, reusing the upstream part when it can."""
 
     def __init__(
-        self, model: nn.Module, clean: _CleanPass, name: str, ablation: _Ablation, output: OutputSpec, reuse: bool
+        self,
+        model: nn.Module,
+        clean: _CleanPass,
+        name: str,
+        ablation: _Ablation,
+        output: OutputSpec,
+        reuse: bool,
     ) -> None:
-        self.model, self.clean, self.name, self.ablation, self.output = model, clean, name, ablation, output
+        self.model, self.clean, self.name, self.ablation, self.output = (
+            model,
+            clean,
+            name,
+            ablation,
+            output,
+        )
         self.reuse = reuse
         self.checked = False
 
@@ -501,7 +564,11 @@ class _AblatedRunner:
         k_dim = (clean.scores.shape[1],) if clean.multi else ()
         result = clean.scores.cpu()[:, None].expand(clean.batch, channels, *k_dim).clone()
         for b in range(clean.batch):
-            todo = ~self.ablation.unchanged[b].cpu() if skip_unchanged else torch.ones(channels, dtype=torch.bool)
+            todo = (
+                ~self.ablation.unchanged[b].cpu()
+                if skip_unchanged
+                else torch.ones(channels, dtype=torch.bool)
+            )
             for ks in _chunks(todo.nonzero()[:, 0], chunk):
                 result[b, ks] = self._evaluate(b, ks).float().cpu()
         return result
@@ -528,12 +595,16 @@ class _AblatedRunner:
         modify = _Replace(self.clean.calls[self.name] - 1, replacement)
         with torch.inference_mode(), Recorder(self.model, self.name, modify=modify, store=False):
             out = self.model(*args, **kwargs)
-            value = _row_scores(out, self.clean.row_target(torch.full((n,), b)), n, self.output, "raw")
+            value = _row_scores(
+                out, self.clean.row_target(torch.full((n,), b)), n, self.output, "raw"
+            )
         value = value.float()
         if control:
             self.checked = True
             expected = self.clean.scores[b].to(value.device)
-            if not torch.allclose(value[-1], expected, rtol=1e-4, atol=1e-5 * (1 + expected.abs().max().item())):
+            if not torch.allclose(
+                value[-1], expected, rtol=1e-4, atol=1e-5 * (1 + expected.abs().max().item())
+            ):
                 return None
             value = value[:-1]
         return value

@@ -70,7 +70,9 @@ def to_nchw(
             )
         return result
     if reshape is not None and reshape not in _LAYOUTS:
-        raise ValueError(f"reshape={reshape!r} is not a layout; use None, 'nchw', 'nhwc' or a callable")
+        raise ValueError(
+            f"reshape={reshape!r} is not a layout; use None, 'nchw', 'nhwc' or a callable"
+        )
     if tensor.ndim == 0 or tensor.shape[0] != batch:
         raise ValueError(
             f"{layer!r} returns a tensor of shape {tuple(tensor.shape)} whose dim 0 is not the "
@@ -100,7 +102,9 @@ def is_nhwc(shape: tuple[int, ...], image_size: tuple[int, int] | None) -> bool:
     ratio and dims 2-3 do not."""
     if image_size is None:
         return False
-    return _same_ratio(shape[1], shape[2], image_size) and not _same_ratio(shape[2], shape[3], image_size)
+    return _same_ratio(shape[1], shape[2], image_size) and not _same_ratio(
+        shape[2], shape[3], image_size
+    )
 
 
 def _same_ratio(h: int, w: int, image_size: tuple[int, int]) -> bool:
@@ -131,7 +135,9 @@ def _tokens_to_nchw(tensor: Tensor, image_size: tuple[int, int] | None, layer: s
     )
 
 
-def channel_axis(tensor: Tensor, *, image_size: tuple[int, int] | None, reshape: Reshape) -> int | None:
+def channel_axis(
+    tensor: Tensor, *, image_size: tuple[int, int] | None, reshape: Reshape
+) -> int | None:
     """The axis of ``tensor`` (a layer output in its own layout) that :func:`to_nchw`
     reads as channels, or ``None`` for a callable ``reshape``."""
     if callable(reshape):
