@@ -6,7 +6,8 @@ and the methods built on it.
 
 from __future__ import annotations
 
-from . import attribution, cam, errors, targets  # noqa: E402  (fill the registry)
+from . import attention, attribution, cam, errors, targets  # noqa: E402  (fill the registry)
+from .attention import AttentionCapture, attentions, capture_attention
 from .attribution import (
     guided_backprop,
     guided_gradcam,
@@ -32,6 +33,7 @@ from .cam import (
 )
 from .dataset import Manifest, attribute_dataset, extract_dataset, load_features, merge_shards
 from .errors import (
+    AttentionCaptureError,
     GradientNotAvailableError,
     GradlensError,
     InPlaceBackwardHookError,
@@ -54,6 +56,11 @@ __all__ = [
     "METHODS",
     "Manifest",
     "ablationcam",
+    "attention",
+    "attentions",
+    "capture_attention",
+    "AttentionCapture",
+    "AttentionCaptureError",
     "attribute_dataset",
     "attribution",
     "cam",

@@ -12,6 +12,7 @@ __all__ = [
     "InPlaceBackwardHookError",
     "RecorderStateError",
     "ManifestMismatchError",
+    "AttentionCaptureError",
 ]
 
 
@@ -47,7 +48,8 @@ class TargetError(GradlensError, ValueError):
 
 
 class OutputSelectionError(GradlensError, ValueError):
-    """A structured output (tuple, dict, dataclass) needs ``output=`` / ``select=`` to pick a tensor."""
+    """A structured output (tuple, dict, dataclass) needs ``output=`` / ``select=`` to pick
+    a tensor."""
 
 
 class InPlaceBackwardHookError(GradlensError, RuntimeError):
@@ -61,3 +63,9 @@ class RecorderStateError(GradlensError, RuntimeError):
 class ManifestMismatchError(GradlensError, ValueError):
     """A dataset output directory holds results of another call (another model, other
     layers or options), so they cannot be resumed or merged with this one."""
+
+
+class AttentionCaptureError(GradlensError, RuntimeError):
+    """Attention probabilities could not be captured: the model has no attention module, or
+    an attention module computed its attention in a way gradlens cannot see (a flash or
+    flex-attention kernel, a custom operator), so its probabilities would be missing."""
