@@ -7,7 +7,13 @@ and the methods built on it.
 from __future__ import annotations
 
 from . import attention, attribution, cam, errors, targets  # noqa: E402  (fill the registry)
-from .attention import AttentionCapture, attentions, capture_attention
+from .attention import (
+    AttentionCapture,
+    attention_rollout,
+    attentions,
+    capture_attention,
+    gradient_attention_rollout,
+)
 from .attribution import (
     guided_backprop,
     guided_gradcam,
@@ -34,6 +40,7 @@ from .cam import (
 from .dataset import Manifest, attribute_dataset, extract_dataset, load_features, merge_shards
 from .errors import (
     AttentionCaptureError,
+    AttentionRolloutError,
     GradientNotAvailableError,
     GradlensError,
     InPlaceBackwardHookError,
@@ -57,10 +64,13 @@ __all__ = [
     "Manifest",
     "ablationcam",
     "attention",
+    "attention_rollout",
     "attentions",
     "capture_attention",
+    "gradient_attention_rollout",
     "AttentionCapture",
     "AttentionCaptureError",
+    "AttentionRolloutError",
     "attribute_dataset",
     "attribution",
     "cam",
