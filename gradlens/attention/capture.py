@@ -147,8 +147,10 @@ class AttentionCapture:
         model: the model.
         layers: the attention modules to capture (names, glob patterns, types, filters;
             see :mod:`gradlens.selection`); ``None`` captures every module of
-            :func:`attention_modules`. A named module that is not itself an attention
-            module (a transformer block) captures the attention computed inside it.
+            :func:`attention_modules`. When the selection contains attention modules, only
+            those are captured (``"blocks.0.*"`` means ``blocks.0.attn``); a selection
+            without any (a transformer block of a model whose attention class is not
+            recognised) captures the attention computed inside the selected modules.
         grad: keep the probabilities in the autograd graph so that their gradients can be
             taken: a ``backward()`` inside the block fills :attr:`gradients` (and
             :class:`~gradlens.Recorder` uses :meth:`graph_tensors` for ``rec.grad``).
@@ -189,7 +191,10 @@ class AttentionCapture:
                 )
             self.modules = found
         else:
-            self.modules = select_layers(model, layers)
+            chosen = select_layers(model, layers)
+            # a spec that spans a range of layers ("blocks.0.*") means the attention among
+            # them; one that selects no attention module names where attention is computed
+            self.modules = {n: m for n, m in chosen.items() if n in found} or chosen
         self._select_all = layers is None
         everything = named_modules(model)
         self._tracked = {n: m for n, m in everything.items() if n in found or n in self.modules}

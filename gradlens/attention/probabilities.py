@@ -41,7 +41,9 @@ def attentions(
             text model, the token ids).
         layers: which attention modules (names, glob patterns, types, filters; see
             :mod:`gradlens.selection`); ``None`` for every module of
-            :func:`~gradlens.attention.attention_modules`.
+            :func:`~gradlens.attention.attention_modules`. A selection spanning several
+            layers keeps its attention modules; see
+            :class:`~gradlens.attention.AttentionCapture`.
         forward_kwargs: keyword inputs for the model (e.g. ``attention_mask``).
         every_call: return a list of every call's probabilities per module (for modules
             that run several times in one pass) instead of the last call's.
