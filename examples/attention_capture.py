@@ -104,13 +104,27 @@ def gradients(vit: nn.Module, x: Tensor) -> list[str]:
     return [f"gradient {tuple(grad.shape)}, norm {grad.norm():.3g}"]
 
 
+def with_the_recorder(vit: nn.Module, x: Tensor) -> list[str]:
+    # --8<-- [start:recorder]
+    with gradlens.record(vit, "encoder.layers.encoder_layer_1.ln_1", attention=True) as rec:
+        logits = vit(x)
+        rec.grad(logits[:, [3, 5]])  # two targets per image, one batched backward
+    probs = rec.attentions["encoder.layers.encoder_layer_1.self_attention"]  # (2, 2, 65, 65)
+    grads = rec.attention_gradients["encoder.layers.encoder_layer_1.self_attention"]
+    # (2, 2, 2, 65, 65): a leading K = 2, like rec.gradients["encoder.layers.encoder_layer_1.ln_1"]
+    # --8<-- [end:recorder]
+    assert grads.shape == (2, *probs.shape)
+    assert all(p.grad is None for p in vit.parameters())  # no parameter gradient was computed
+    return [f"recorder: probs {tuple(probs.shape)}, gradients {tuple(grads.shape)}"]
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(__doc__.splitlines()[0], argv)
     vit = vision_transformer()
     torch.nn.init.normal_(vit.heads.head.weight, std=0.5)  # torchvision's head starts at 0
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     lines = vit_probabilities(vit, x) + timm_probabilities(x) + text_probabilities()
-    lines += gradients(vit, x)
+    lines += gradients(vit, x) + with_the_recorder(vit, x)
     report = args.out / "attention_capture.txt"
     report.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

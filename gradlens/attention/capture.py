@@ -68,8 +68,16 @@ _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 _SOFTMAX_FUNCTIONS = (torch.softmax, F.softmax, Tensor.softmax, torch.special.softmax)
 
 
-class _StopForward(Exception):
-    """Raised from a hook to end a forward pass once every selected module has been captured."""
+class _StopForward(BaseException):
+    """Raised from a hook to end a forward pass once every selected module has been captured.
+
+    A BaseException, so that ``except Exception`` in a model's forward cannot swallow it;
+    it carries the capture that raised it, which alone ends its block silently.
+    """
+
+    def __init__(self, owner: AttentionCapture) -> None:
+        super().__init__()
+        self.owner = owner
 
 
 def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -202,6 +210,7 @@ class AttentionCapture:
         self._frames: list[_Frame] = []
         self._covered: set[str] = set()
         self._handles: list[Any] = []
+        self._tensor_hooks: list[Any] = []
         self._mode: _AttentionMode | None = None
         self._fastpath = True
         self._entry_grad_mode = True
@@ -239,7 +248,7 @@ class AttentionCapture:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         self._close()
-        return exc_type is not None and issubclass(exc_type, _StopForward)
+        return isinstance(exc, _StopForward) and exc.owner is self
 
     def _close(self) -> None:
         if self._mode is not None:
@@ -253,6 +262,9 @@ class AttentionCapture:
             torch.set_grad_enabled(self._entry_grad_mode)
         self._frames = []
         self._mha_weights = None
+        for handle in self._tensor_hooks:
+            handle.remove()  # a backward after the block stores nothing
+        self._tensor_hooks.clear()
         for call in self._calls:
             call._live = None  # the graph is freed with the block
         self._active = False
@@ -278,7 +290,7 @@ class AttentionCapture:
         if frame.selected and not frame.produced:
             raise AttentionCaptureError(self._not_captured_message(frame))
         if self.stop_early and all(name in self._covered for name in self.modules):
-            raise _StopForward
+            raise _StopForward(self)
 
     def _not_captured_message(self, frame: _Frame) -> str:
         seen = ""
@@ -320,13 +332,13 @@ class AttentionCapture:
         )
         if self.grad and live.requires_grad:
             call._live = live
-            live.register_hook(self._gradient_hook(call))
+            self._tensor_hooks.append(live.register_hook(self._gradient_hook(call)))
         self._calls.append(call)
         return live if live.shape == probs.shape else live.view(probs.shape)
 
     def _gradient_hook(self, call: AttentionCall) -> Callable[[Tensor], None]:
         def hook(grad: Tensor) -> None:
-            if self._collect:
+            if self._collect and self._active:
                 call.gradient = grad.detach()
 
         return hook
