@@ -1,12 +1,14 @@
-"""``gradlens demo``: every registered method on a model trained here, scored against ground truth.
+"""``gradlens demo``: every CAM and attribution method on a model trained here, scored
+against ground truth.
 
 On a fresh machine, with nothing downloaded: generate the synthetic shapes
 (:mod:`gradlens.data`), train the tiny CNN, then for a held-out set run every method in
-:data:`gradlens.METHODS` and score it with the pointing game (against the object's mask),
-deletion and insertion AUC, and the model-parameter randomisation sanity check
-(:mod:`gradlens.metrics`) against the fully randomised model: every layer re-initialised
-in one step, the state the cascade ends in, which is all the table reports. Writes
-``demo.png``, ``metrics.csv`` and prints the table.
+:data:`gradlens.METHODS` but the attention methods (see :mod:`gradlens.vit_demo`) and
+score it with the pointing game (against the object's mask), deletion and insertion AUC,
+and the model-parameter randomisation sanity check (:mod:`gradlens.metrics`) against the
+fully randomised model: every layer re-initialised in one step, the state the cascade ends
+in, which is all the table reports. Writes ``demo.png``, ``metrics.csv`` and prints the
+table.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 
 from . import metrics, viz
 from .data import train_demo_model
-from .registry import CAM_METHODS, METHODS
+from .registry import ATTENTION_METHODS, CAM_METHODS, METHODS
 
 __all__ = ["DemoRow", "DemoResult", "run_demo"]
 
@@ -74,7 +76,8 @@ def _options(name: str, layer: str, quick: bool) -> dict[str, Any]:
 
 
 def _spatial(maps: Tensor) -> Tensor:
-    """``(B, H, W)`` maps: input-shaped attributions are reduced by summing ``|.|`` over channels."""
+    """``(B, H, W)`` maps: input-shaped attributions are reduced by summing ``|.|`` over
+    channels."""
     maps = maps.detach().float()
     return maps.abs().sum(1) if maps.ndim == 4 else maps
 
@@ -101,10 +104,12 @@ def run_demo(
     n_eval, n_sanity = (24, 4) if quick else (96, 8)
     images, masks = test.images[:n_eval], test.masks[:n_eval]
     tolerance = max(1, round(15 * images.shape[-1] / 224))  # the paper's 15 px at 224 px
-    print(f"held-out accuracy {acc:.3f}; evaluating {len(METHODS)} methods on {n_eval} images")
+    # a CNN has no attention: the attention methods are in the ViT demo (gradlens.vit_demo)
+    methods = {name: f for name, f in METHODS.items() if name not in ATTENTION_METHODS}
+    print(f"held-out accuracy {acc:.3f}; evaluating {len(methods)} methods on {n_eval} images")
 
     rows, shown = [], {}
-    for name, method in METHODS.items():
+    for name, method in methods.items():
         options = _options(name, layer, quick)
 
         def explain(m: nn.Module, x: Tensor, target: Any = None, _f=method, _o=options) -> Tensor:

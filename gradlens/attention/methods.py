@@ -21,7 +21,6 @@ layers over different token counts, cross-attention. Such models get an
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -30,12 +29,11 @@ from torch import Tensor, nn
 from .._inputs import Inputs, batch_size, first_tensor, prepare
 from ..cam.base import image_size, normalize_maps, postprocess
 from ..cam.reshape import Reshape, to_nchw, token_grid
-from ..errors import AttentionRolloutError, GradientNotAvailableError
+from ..errors import AttentionRolloutError
 from ..recorder import Recorder
 from ..registry import register
 from ..selection import Layers
 from ..targets import OutputSpec, Target, scores
-from .capture import AttentionCapture
 from .probabilities import attentions
 from .rollout import (
     HeadFusion,
@@ -207,31 +205,22 @@ def attention_gradients(
     them: ``({name: (B, heads, N, N)}, {name: (B, heads, N, N) or (K, B, heads, N, N)})``
     in execution order. A layer the score does not depend on gets a zero gradient."""
     n = batch_size(x)
-    with torch.inference_mode(False), ExitStack() as stack:
+    spec = True if layers is None else layers
+    with torch.inference_mode(False):
         args, kwargs = prepare(x, forward_kwargs)
-        # No tape until the first attention probabilities, which start it (as leaves).
-        recorder = stack.enter_context(Recorder(model, tape_from_layers=True))
-        capture = stack.enter_context(AttentionCapture(model, layers, grad=True))
-        with torch.enable_grad():
-            out = recorder.forward(*args, **kwargs)
-            score, _ = scores(out, target, n, output)
-        calls, live = capture.calls(), capture.graph_tensors()
-        if len(live) != len(calls):
-            raise GradientNotAvailableError(
-                f"only {len(live)} of the {len(calls)} captured attention maps are part of "
-                "the autograd graph, so their gradients cannot be taken"
-            )
-        for call, tensor in zip(calls, live):
-            recorder.watch(f"attention {call.index}", tensor)
-        with capture.hooks_paused():
+        # no tape until the first attention probabilities, which start it
+        with Recorder(model, tape_from_layers=True, attention=spec) as recorder:
+            with torch.enable_grad():
+                out = recorder.forward(*args, **kwargs)
+                score, _ = scores(out, target, n, output)
             recorder.grad(score)
-        probs, grads = {}, {}
-        for call in calls:
-            gradient = recorder.calls(f"attention {call.index}")[-1].gradient
-            if gradient is None:
-                shape = call.probs.shape if score.ndim < 2 else (score.shape[1], *call.probs.shape)
-                gradient = call.probs.new_zeros(shape)
-            probs[call.name], grads[call.name] = call.probs, gradient
+            probs = dict(recorder.attentions)
+            reached = dict(recorder.attention_gradients)
+    # a layer the score does not depend on (none in a classifier) has a zero gradient
+    grads = {
+        name: reached[name] if name in reached else p.new_zeros(*score.shape[1:], *p.shape)
+        for name, p in probs.items()
+    }
     return probs, grads
 
 
