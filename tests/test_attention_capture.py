@@ -26,6 +26,7 @@ from gradlens.errors import (
     AttentionCaptureError,
     GradientNotAvailableError,
     LayerNotFoundError,
+    RecorderStateError,
 )
 
 from .conftest import assert_same_state, model_state
@@ -373,9 +374,11 @@ def test_timm_fused_attention_equals_its_eager_path(timm_vit, images):
         )
     with torch.no_grad():
         eager(images)
+    captured_eager = attentions(eager, images)  # attn.softmax(dim=-1) on timm's eager path
     for name, p in probs.items():
         assert_probabilities(p, (2, 2, 17, 17))
         torch.testing.assert_close(p, reference[name], **TOL)
+        torch.testing.assert_close(captured_eager[name], reference[name], **TOL)
     with torch.no_grad(), capture_attention(model) as capture:
         output = model(images)
     assert {call.kernel for call in capture.calls()} == {"scaled_dot_product_attention"}
@@ -620,6 +623,12 @@ def test_attention_outside_every_attention_module_raises():
 def test_unknown_layer_names_get_suggestions(timm_vit, images):
     with pytest.raises(LayerNotFoundError, match="did you mean"):
         attentions(timm_vit, images, layers="blocks.0.atn")
+
+
+def test_a_capture_cannot_be_entered_twice(timm_vit):
+    capture = capture_attention(timm_vit)
+    with capture, pytest.raises(RecorderStateError, match="entered twice"):
+        capture.__enter__()
 
 
 def test_gradients_before_a_backward_raise(timm_vit, images):

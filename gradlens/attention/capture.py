@@ -44,6 +44,7 @@ from ..errors import (
     GradientNotAvailableError,
     LayerNotExecutedError,
     LayerNotFoundError,
+    RecorderStateError,
 )
 from ..selection import Layers, close_names, named_modules, select_layers
 from ._encoder import padded_output_hooks
@@ -225,6 +226,10 @@ class AttentionCapture:
     # -- context management -------------------------------------------------------------
 
     def __enter__(self) -> AttentionCapture:
+        if self._active:
+            raise RecorderStateError(
+                "this AttentionCapture is already active; it cannot be entered twice"
+            )
         self._calls = []
         self._frames = []
         self._covered = set()
