@@ -26,6 +26,7 @@ from gradlens.errors import (
     AttentionCaptureError,
     GradientNotAvailableError,
     LayerNotFoundError,
+    RecorderStateError,
 )
 
 from .conftest import assert_same_state, model_state
@@ -267,6 +268,27 @@ def test_transformer_encoder_fast_path_eval(images):
     assert_untouched(before, model)
 
 
+def test_transformer_encoder_padding_keeps_the_nested_tensor_outputs():
+    # enable_nested_tensor (the default): the fast path returns norm(0) at padded positions
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(16)).eval()
+    nn.init.normal_(model.norm.bias)
+    x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(5))
+    padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    before = full_state(model)
+    with torch.inference_mode():
+        expected = model(x, src_key_padding_mask=padding)
+    assert torch.equal(expected[1, 3], model.norm.bias.detach())  # the nested path ran
+    probs = attentions(model, x, forward_kwargs={"src_key_padding_mask": padding})
+    with torch.inference_mode(), capture_attention(model):
+        output = model(x, src_key_padding_mask=padding)
+    torch.testing.assert_close(output, expected, **TOL)
+    for p in probs.values():
+        assert torch.equal(p[1, :, :, 3:], torch.zeros(2, 5, 2))
+    assert_untouched(before, model)
+
+
 def test_transformer_encoder_train_mode_outputs_unchanged_and_state_kept():
     model = encoder(dropout=0.0).train()
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(5))
@@ -352,9 +374,11 @@ def test_timm_fused_attention_equals_its_eager_path(timm_vit, images):
         )
     with torch.no_grad():
         eager(images)
+    captured_eager = attentions(eager, images)  # attn.softmax(dim=-1) on timm's eager path
     for name, p in probs.items():
         assert_probabilities(p, (2, 2, 17, 17))
         torch.testing.assert_close(p, reference[name], **TOL)
+        torch.testing.assert_close(captured_eager[name], reference[name], **TOL)
     with torch.no_grad(), capture_attention(model) as capture:
         output = model(images)
     assert {call.kernel for call in capture.calls()} == {"scaled_dot_product_attention"}
@@ -489,6 +513,35 @@ def test_every_call_of_a_shared_attention_module():
     assert not torch.allclose(calls["attn"][0], calls["attn"][2])
 
 
+def test_early_stop_is_not_caught_by_except_exception_in_the_model():
+    class Guarded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.second = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.ran_second = False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            try:
+                x = self.first(x, x, x)[0]
+            except Exception:  # a model that swallows errors must not swallow the stop
+                pass
+            self.ran_second = True
+            return self.second(x, x, x)[0]
+
+    model = Guarded().eval()
+    probs = attentions(model, torch.randn(1, 3, 8), layers="first")
+    assert list(probs) == ["first"] and not model.ran_second
+
+
+def test_a_backward_after_the_block_stores_nothing(timm_vit, images):
+    with capture_attention(timm_vit, grad=True) as capture:
+        logits = timm_vit(images)
+    logits[:, 0].sum().backward()
+    assert dict(capture.gradients) == {}
+    timm_vit.zero_grad(set_to_none=True)
+
+
 def test_attention_modules_lists_what_counts_as_attention(hf_bert):
     names = list(attention_modules(hf_bert[1]))
     assert names == [
@@ -570,6 +623,12 @@ def test_attention_outside_every_attention_module_raises():
 def test_unknown_layer_names_get_suggestions(timm_vit, images):
     with pytest.raises(LayerNotFoundError, match="did you mean"):
         attentions(timm_vit, images, layers="blocks.0.atn")
+
+
+def test_a_capture_cannot_be_entered_twice(timm_vit):
+    capture = capture_attention(timm_vit)
+    with capture, pytest.raises(RecorderStateError, match="entered twice"):
+        capture.__enter__()
 
 
 def test_gradients_before_a_backward_raise(timm_vit, images):

@@ -95,7 +95,8 @@ def attention_with_probabilities(
         key = key.repeat_interleave(groups, dim=-3)
         value = value.repeat_interleave(groups, dim=-3)
     factor = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
-    scores = torch.matmul(query, key.transpose(-2, -1)) * factor
+    # scaling the queries, not the (L, S) scores, touches L*E values instead of L*S
+    scores = torch.matmul(query * factor, key.transpose(-2, -1))
     if is_causal:
         allowed = torch.ones(
             query.size(-2), key.size(-2), dtype=torch.bool, device=query.device

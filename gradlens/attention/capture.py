@@ -14,7 +14,9 @@ without changing the model:
   with ``need_weights=False``, which routes it through ``scaled_dot_product_attention``;
   a caller that asked for weights still gets them, as PyTorch would have returned them;
   the fast path of ``nn.TransformerEncoderLayer``/``nn.MultiheadAttention``, which skips the
-  module's Python code, is switched off (``torch.backends.mha``) while capturing;
+  module's Python code, is switched off (``torch.backends.mha``) while capturing (and the
+  zeros ``nn.TransformerEncoder``'s nested-tensor path leaves at padded positions are put
+  back);
 * eager attention (Hugging Face ``attn_implementation="eager"``, timm with
   ``fused_attn=False``) is recognised by its softmax over the last dim of a 4-D
   ``(B, heads, N_query, N_key)`` tensor, whose output is recorded as it is.
@@ -42,8 +44,10 @@ from ..errors import (
     GradientNotAvailableError,
     LayerNotExecutedError,
     LayerNotFoundError,
+    RecorderStateError,
 )
 from ..selection import Layers, close_names, named_modules, select_layers
+from ._encoder import padded_output_hooks
 from ._maths import Attended, as_heads, attention_with_probabilities
 
 __all__ = ["AttentionCall", "AttentionCapture", "attention_modules", "capture_attention"]
@@ -222,6 +226,10 @@ class AttentionCapture:
     # -- context management -------------------------------------------------------------
 
     def __enter__(self) -> AttentionCapture:
+        if self._active:
+            raise RecorderStateError(
+                "this AttentionCapture is already active; it cannot be entered twice"
+            )
         self._calls = []
         self._frames = []
         self._covered = set()
@@ -238,6 +246,7 @@ class AttentionCapture:
             # fused kernel without running the module's Python code.
             self._fastpath = torch.backends.mha.get_fastpath_enabled()
             torch.backends.mha.set_fastpath_enabled(False)
+            self._handles += padded_output_hooks(self.model, self._fastpath)
             self._mode = _AttentionMode(self)
             self._mode.__enter__()
         except BaseException:
