@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,7 +116,7 @@ class AttentionCall:
         name: the dotted name of the module that computed them.
         index: the order of this capture among all captures of the pass (0, 1, ...).
         probs: the post-softmax probabilities ``(B, heads, N_query, N_key)`` (before any
-            attention dropout), detached.
+            attention dropout), detached (and passed through the capture's ``reduce``).
         kernel: how they were captured: ``"scaled_dot_product_attention"``,
             ``"multi_head_attention_forward"`` or ``"softmax"``.
         gradient: the gradient of the score with respect to ``probs`` once a backward has
@@ -171,6 +172,9 @@ class AttentionCapture:
             grad, and the tape runs from there; the grad mode of entry is restored on exit.
         stop_early: end the forward pass once every selected module has been captured
             (call the model inside the block: the block then ends there without an error).
+        reduce: a function applied to each stored (detached) probabilities tensor as it is
+            captured, e.g. ``lambda p: p[:, :, 0]`` to keep only the first query's row, or
+            a copy to another device; gradients still refer to the full probabilities.
 
     Raises:
         AttentionCaptureError: ``layers=None`` and the model has no attention module
@@ -188,10 +192,12 @@ class AttentionCapture:
         *,
         grad: bool = False,
         stop_early: bool = False,
+        reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.model = model
         self.grad = grad
         self.stop_early = stop_early
+        self.reduce = reduce
         found = attention_modules(model)
         if layers is None:
             if not found:
@@ -337,7 +343,10 @@ class AttentionCapture:
                 torch.set_grad_enabled(True)
                 self._tape_started = True
         call = AttentionCall(
-            name=target.name, index=len(self._calls), probs=live.detach(), kernel=kernel
+            name=target.name,
+            index=len(self._calls),
+            probs=self.reduce(live.detach()) if self.reduce else live.detach(),
+            kernel=kernel,
         )
         if self.grad and live.requires_grad:
             call._live = live
@@ -367,7 +376,7 @@ class AttentionCapture:
             if gradient is not None:
                 call.gradient = gradient.detach()
 
-    def hooks_paused(self) -> _PausedHooks:
+    def hooks_paused(self) -> AbstractContextManager[None]:
         """A context in which backward passes do not store gradients through the tensor
         hooks (for a caller that stores the results of ``torch.autograd.grad`` itself)."""
         return _PausedHooks(self)
@@ -375,13 +384,13 @@ class AttentionCapture:
     # -- reading records ----------------------------------------------------------------
 
     @property
-    def probs(self) -> _CallView:
+    def probs(self) -> Mapping[str, Tensor]:
         """``{name: probabilities of the module's last call}``, in the order the modules
         were first captured; each ``(B, heads, N_query, N_key)``."""
         return _CallView(self, "probs")
 
     @property
-    def gradients(self) -> _CallView:
+    def gradients(self) -> Mapping[str, Tensor]:
         """``{name: gradient w.r.t. the last call's probabilities}`` (``grad=True``, after a
         backward); raises :class:`~gradlens.errors.GradientNotAvailableError` before."""
         return _CallView(self, "gradient")
@@ -427,7 +436,9 @@ class AttentionCapture:
         return f"AttentionCapture({type(self.model).__name__}, {len(self._calls)} maps, {state})"
 
 
-class _PausedHooks:
+class _PausedHooks(AbstractContextManager[None]):
+    """Switches the tensor hooks of an AttentionCapture off for its duration."""
+
     def __init__(self, capture: AttentionCapture) -> None:
         self.capture = capture
 
@@ -474,6 +485,7 @@ def capture_attention(
     *,
     grad: bool = False,
     stop_early: bool = False,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> AttentionCapture:
     """Create an :class:`AttentionCapture`: ``with gradlens.capture_attention(model) as a: ...``.
 
@@ -482,6 +494,7 @@ def capture_attention(
         layers: the attention modules to capture; ``None`` for all of them.
         grad: keep the probabilities in the autograd graph, for their gradients.
         stop_early: end the forward once every selected module has been captured.
+        reduce: a function applied to each stored probabilities tensor.
 
     Returns:
         The (not yet entered) :class:`AttentionCapture`.
@@ -490,7 +503,7 @@ def capture_attention(
         AttentionCaptureError: ``layers=None`` and the model has no attention module.
         LayerNotFoundError: a layer spec selects nothing.
     """
-    return AttentionCapture(model, layers, grad=grad, stop_early=stop_early)
+    return AttentionCapture(model, layers, grad=grad, stop_early=stop_early, reduce=reduce)
 
 
 # -- the torch-function mode ---------------------------------------------------------------
@@ -563,7 +576,8 @@ class _AttentionMode(TorchFunctionMode):
         # need_weights=False makes F.multi_head_attention_forward call
         # scaled_dot_product_attention, which this mode computes in its maths form
         bound.arguments["need_weights"] = False
-        capture._mha_weights = collected = []
+        collected: list[Tensor] = []
+        capture._mha_weights = collected
         try:
             with self:
                 output, _ = torch.overrides.redispatch_function(
