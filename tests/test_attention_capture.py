@@ -625,6 +625,16 @@ def test_unknown_layer_names_get_suggestions(timm_vit, images):
         attentions(timm_vit, images, layers="blocks.0.atn")
 
 
+def test_reduce_shrinks_what_is_stored_not_the_gradients(timm_vit, images):
+    full = attentions(timm_vit, images)
+    with capture_attention(timm_vit, grad=True, reduce=lambda p: p[:, :, 0]) as capture:
+        timm_vit(images)[:, 0].sum().backward()
+    timm_vit.zero_grad(set_to_none=True)
+    for name, p in full.items():
+        torch.testing.assert_close(capture.probs[name], p[:, :, 0], **TOL)  # the class row
+        assert capture.gradients[name].shape == p.shape
+
+
 def test_a_capture_cannot_be_entered_twice(timm_vit):
     capture = capture_attention(timm_vit)
     with capture, pytest.raises(RecorderStateError, match="entered twice"):

@@ -38,7 +38,9 @@ def padded_output_hooks(model: nn.Module, fastpath_enabled: bool) -> list[Any]:
         return []
     handles = []
     for module in model.modules():
-        if isinstance(module, nn.TransformerEncoder) and getattr(module, "use_nested_tensor", 0):
+        if isinstance(module, nn.TransformerEncoder) and getattr(
+            module, "use_nested_tensor", False
+        ):
             pending: list[Tensor | None] = []
             handles.append(module.register_forward_pre_hook(_remember(pending), with_kwargs=True))
             handles.append(module.register_forward_hook(_restore(pending), always_call=True))

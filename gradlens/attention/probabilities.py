@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .._inputs import Inputs, prepare
 from ..buffers import preserve_buffers
@@ -67,7 +67,10 @@ def attentions(
     """
     args, kwargs = prepare(x, forward_kwargs)
     capture = AttentionCapture(
-        model, layers, stop_early=layers is not None if stop_early is None else stop_early
+        model,
+        layers,
+        stop_early=layers is not None if stop_early is None else stop_early,
+        reduce=_ordinary,
     )
     with torch.inference_mode(), preserve_buffers(model), capture:
         model(*args, **kwargs)
@@ -82,10 +85,14 @@ def attentions(
             f"no attention was captured in {', '.join(map(repr, missing))}: the selected "
             "modules did not run (is each used by the model's forward()?)"
         )
+    if every_call:
+        return {name: [call.probs for call in capture.calls(name)] for name in capture.names}
+    return {name: capture.probs[name] for name in capture.names}
+
+
+def _ordinary(probs: Tensor) -> Tensor:
+    """An ordinary copy (usable by autograd later) of probabilities computed under
+    ``inference_mode``, made as each is captured, so that the inference-mode original is
+    freed with its layer instead of living until the end of the pass."""
     with torch.inference_mode(False):
-        # ordinary tensors, usable by autograd after the call (not inference tensors)
-        if every_call:
-            return {
-                name: [call.probs.clone() for call in capture.calls(name)] for name in capture.names
-            }
-        return {name: capture.probs[name].clone() for name in capture.names}
+        return probs.clone()
