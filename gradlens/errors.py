@@ -47,7 +47,7 @@ class TargetError(GradlensError, ValueError):
 
 
 class OutputSelectionError(GradlensError, ValueError):
-    """A structured output (tuple, dict, dataclass) needs ``output=`` / ``select=`` to pick a tensor."""
+    """A structured output (tuple, dict, dataclass) needs ``output=``/``select=`` to pick one."""
 
 
 class InPlaceBackwardHookError(GradlensError, RuntimeError):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
 __all__ = ["overlay", "show", "save", "DIVERGING_CMAP"]
@@ -44,10 +45,10 @@ DIVERGING_CMAP = "bwr"
 
 def _numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype in (torch.bfloat16, torch.float16):
-            x = x.float()
-        return x.numpy()
+        tensor = x.detach().cpu()
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        return tensor.numpy()
     return np.asarray(x)
 
 
@@ -137,13 +138,14 @@ def overlay(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     rgb = _rgb(image, mean, std)
     heat = _unit(_heat(heatmap, rgb.shape[:2]))
-    colour = matplotlib.colormaps[cmap](heat)[..., :3]
+    colour = np.asarray(matplotlib.colormaps[cmap](heat))[..., :3]
     blended = (1.0 - alpha) * rgb + alpha * colour
     return np.round(blended * 255.0).astype(np.uint8)
 
 
 def _columns(maps: Maps, titles: Sequence[str] | None, batch: int) -> list[tuple[str, np.ndarray]]:
     """``[(title, (B, H, W) array), ...]`` from the ``maps`` argument of :func:`show`."""
+    named: list[tuple[str | None, ArrayLike]]
     if isinstance(maps, Mapping):
         named = list(maps.items())
     elif isinstance(maps, (torch.Tensor, np.ndarray)):
@@ -248,6 +250,7 @@ def show(
             heat = column[b]
             ax = fig.add_subplot(grid[row, first * per_group + 1 + c])
             is_signed = bool((heat < 0).any()) if signed is None else signed
+            shown: AxesImage | ScalarMappable
             if is_signed:
                 limit = float(np.abs(heat).max()) or 1.0
                 shown = ax.imshow(
