@@ -322,14 +322,14 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _cmd_cam(args: argparse.Namespace) -> int:
-    from .dataset import registered_methods
+    from .registry import METHODS
     from .selection import select_layers
 
     paths = [Path(p) for p in args.images]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"no such image: {', '.join(missing)}")
-    method = _method(args.method, registered_methods())
+    method = _method(args.method, METHODS)
     try:
         from .viz import overlay
     except ImportError as exc:
