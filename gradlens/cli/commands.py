@@ -54,7 +54,6 @@ def cam(args: argparse.Namespace) -> int:
     model, preprocess = load_model(
         args.model, args.weights, num_classes=args.num_classes, image_size=args.image_size
     )
-    _note(random_weights_note(args.model, args.weights, "maps"))
     model.to(device)
     options: dict[str, Any] = {}
     if args.layer is not None:
@@ -62,6 +61,7 @@ def cam(args: argparse.Namespace) -> int:
             raise ValueError(f"the method {args.method!r} takes no --layer")
         select_layers(model, args.layer)  # an unknown layer fails here, with suggestions
         options["layer"] = args.layer
+    _note(random_weights_note(args.model, args.weights, "maps"))
     images = [preprocess.image(load_image(p)) for p in paths]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

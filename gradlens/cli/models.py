@@ -27,8 +27,8 @@ MODEL_HELP = (
 WEIGHTS_HELP = (
     "a file saved with torch.save(model.state_dict()), a torchvision weights enum "
     "(ResNet18_Weights.IMAGENET1K_V1, or DEFAULT for the model's default weights; needs "
-    "the internet the first time), or 'none' for a random initialisation (seeded; the "
-    "default, with a note on stderr unless 'none' is given)"
+    "the internet the first time), or 'none' for a random initialisation (seeded; also the "
+    "default, for which cam and extract print a note)"
 )
 
 
