@@ -6,7 +6,8 @@ equal for equal options in any process (a rerun of the script, another rank) and
 when the option would compute something else:
 
 * ``None``, numbers, strings: themselves; lists, tuples and mappings: item by item (long
-  ones as a digest of their items); tensors and arrays: shape, dtype and a digest of the data;
+  strings and containers as a digest); tensors and arrays: shape, dtype and a digest of the
+  data;
 * Python functions and lambdas: their qualified name and a digest of what they compute --
   byte code, constants and names (of nested code too), closure cells, defaults and keyword
   defaults, each described in turn; ``functools.partial``: its function, arguments and
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 
 UNIDENTIFIABLE = "unidentifiable"
 LONG = 32  # containers with more items are recorded as a digest of their descriptions
+# (and texts of more than 200 characters as a digest), to keep manifests small
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _BUILTINS = (
@@ -140,8 +142,10 @@ def fingerprint(model: nn.Module) -> str:
 
 
 def _describe(value: Any, path: tuple[int, ...]) -> Any:
-    if value is None or isinstance(value, (bool, int, str)):
+    if value is None or isinstance(value, (bool, int)):
         return value
+    if isinstance(value, str):
+        return _short(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)  # NaN != NaN after a JSON trip
     if isinstance(value, np.generic):
@@ -248,7 +252,7 @@ def _object(value: Any, path: tuple[int, ...]) -> Any:
     if type(value).__repr__ is not object.__repr__:
         text = repr(value)
         if not _ADDRESS.search(text):
-            return {"object": _name(type(value)), "repr": text}
+            return {"object": _name(type(value)), "repr": _short(text)}
     raise Unidentifiable(
         f"{_kind(value)} has no stable description (no attributes, and its repr shows only "
         "its memory address)"
@@ -278,6 +282,11 @@ def _long(items: Any) -> Any:
         return items
     kind = "mapping" if isinstance(items, dict) else "list"
     return f"{kind}[{len(items)}]:{_digest(items)}"
+
+
+def _short(text: str) -> str:
+    """``text`` itself, or its length and a digest when it is longer than 200 characters."""
+    return text if len(text) <= 200 else f"text[{len(text)}]:{_digest(text.encode())}"
 
 
 def _digest(value: Any) -> str:
