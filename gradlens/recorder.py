@@ -41,8 +41,6 @@ from .targets import OutputSpec
 
 __all__ = ["Call", "Recorder", "record"]
 
-Modify = Callable[[str, nn.Module, Any], Any]
-
 
 class _StopForward(Exception):
     """Raised from a hook to end a forward pass once every selected layer has run."""
@@ -117,10 +115,6 @@ class Recorder:
             inputs (``rec.input_gradients``). PyTorch cannot hook a module whose input or
             output is modified in place (``ReLU(inplace=True)``, ``out += identity``):
             such modules raise :class:`~gradlens.errors.InPlaceBackwardHookError`.
-        modify: a function ``(name, module, output) -> new output`` applied to each
-            selected module's output, whose result replaces the output in the forward
-            pass (e.g. to wrap ReLU outputs for guided backprop).
-        store: record activations (default); ``False`` with ``modify`` only edits outputs.
         stop_early: end the forward pass as soon as every selected layer has run once
             (use :meth:`forward`, or call the model inside the block: the block then ends
             there without an error).
@@ -144,8 +138,6 @@ class Recorder:
         select: OutputSpec | Mapping[str, OutputSpec] = None,
         tape_from_layers: bool = False,
         backward_hooks: bool = False,
-        modify: Modify | None = None,
-        store: bool = True,
         stop_early: bool = False,
         restore_buffers: bool = True,
     ) -> None:
@@ -159,8 +151,6 @@ class Recorder:
         self.select = select
         self.tape_from_layers = tape_from_layers
         self.backward_hooks = backward_hooks
-        self.modify = modify
-        self.store = store
         self.stop_early = stop_early
         self.restore_buffers = restore_buffers
         self._calls: dict[str, list[Call]] = {}
@@ -301,10 +291,7 @@ class Recorder:
 
     def _forward_hook(self, name: str) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if self.modify is not None:
-                output = self.modify(name, module, output)
-            if self.store:
-                output = self._record_call(name, args, output)
+            output = self._record_call(name, args, output)
             if self.stop_early and all(self._calls[n] for n in self.modules):
                 raise _StopForward
             return output
