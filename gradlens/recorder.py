@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._batched_grad import batched_grad
 from ._hooks import HookSet
 from ._pytree import flatten, partial_rebuild, selected_positions
 from .errors import (
@@ -399,7 +400,9 @@ class Recorder:
                 differentiated, which gives each sample's own gradient when samples do
                 not interact, as in eval mode); or ``(B, K)`` for ``K`` scores per sample,
                 differentiated in one batched backward -- each gradient then has a
-                leading dimension ``K``.
+                leading dimension ``K``. A backward that cannot be batched falls back to
+                ``K`` backwards; for that the batched backward keeps the graph (see
+                :func:`gradlens._batched_grad.batched_grad`).
             retain_graph: keep the graph for another backward.
 
         Returns:
@@ -434,7 +437,7 @@ class Recorder:
         tensors = [t for _, _, t in entries]
         self._collect_hook_grads = False
         try:
-            grads = _autograd_grad(score, tensors, retain_graph)
+            grads = batched_grad(score, tensors, retain_graph=retain_graph)
         finally:
             self._collect_hook_grads = True
         for (call, pos, _), g in zip(entries, grads):
@@ -550,44 +553,6 @@ def record(model: nn.Module, layers: Layers | None = None, **options: Any) -> Re
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def _autograd_grad(score: Tensor, tensors: list[Tensor], retain_graph: bool) -> list[Tensor | None]:
-    if score.ndim < 2:
-        total = score.sum() if score.ndim == 1 else score
-        return list(
-            torch.autograd.grad(total, tensors, retain_graph=retain_graph, allow_unused=True)
-        )
-    k = score.shape[1]
-    # grad_outputs[k] selects score[:, k] for every sample: one vmapped backward for all K.
-    eye = torch.eye(k, dtype=score.dtype, device=score.device)
-    grad_outputs = eye[:, None, :].expand(k, score.shape[0], k)
-    try:
-        return list(
-            torch.autograd.grad(
-                score,
-                tensors,
-                grad_outputs,
-                retain_graph=retain_graph,
-                allow_unused=True,
-                is_grads_batched=True,
-            )
-        )
-    except RuntimeError:
-        # Some operations have no batching rule for their backward; fall back to K passes.
-        per_k = [
-            torch.autograd.grad(
-                score[:, i].sum(),
-                tensors,
-                retain_graph=True if i < k - 1 else retain_graph,
-                allow_unused=True,
-            )
-            for i in range(k)
-        ]
-        return [
-            None if per_k[0][j] is None else torch.stack([p[j] for p in per_k])
-            for j in range(len(tensors))
-        ]
 
 
 def _shares_storage(a: Tensor, b: Tensor) -> bool:

@@ -175,6 +175,43 @@ def test_k_scores_per_sample_give_k_gradients_in_one_backward(resnet18, image_ba
         torch.testing.assert_close(batched[k], single.gradients["layer4"], atol=1e-6, rtol=1e-5)
 
 
+class _DoubleWithUnbatchableBackward(torch.autograd.Function):
+    """2x; its backward writes into a fresh tensor in place, which vmap cannot batch."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = torch.zeros(grad.shape)
+        out.copy_(2 * grad)
+        return out
+
+
+class _UnbatchableNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.head = nn.Linear(3, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(_DoubleWithUnbatchableBackward.apply(self.body(x))))
+
+
+def test_k_scores_fall_back_to_k_backwards_when_a_backward_cannot_be_batched():
+    # the batched backward fails at the custom function, after the head's backward ran:
+    # the K separate passes need the part of the graph it had already gone through
+    model = _UnbatchableNet()
+    x = torch.randn(5, 3)
+    with gradlens.record(model, "body") as rec:
+        rec.grad(model(x)[:, [0, 2]])
+    for k, c in enumerate([0, 2]):
+        with gradlens.record(model, "body") as single:
+            single.grad(model(x)[:, c])
+        torch.testing.assert_close(rec.gradients["body"][k], single.gradients["body"])
+
+
 def test_watch_records_gradients_of_any_tensor(resnet18, image_batch):
     x = image_batch.clone().requires_grad_(True)
     with gradlens.record(resnet18) as rec:
