@@ -157,6 +157,7 @@ class Recorder:
         self._calls: dict[str, list[Call]] = {}
         self._hooks = HookSet()
         self._active = False
+        self._session: object | None = None  # a new token per entry; hooks check theirs
         self._counter = itertools.count()
         self._collect_hook_grads = True
         self._grad_mode_stack: list[bool] = []
@@ -188,6 +189,7 @@ class Recorder:
         self._grad_mode_stack = []
         self._saved_buffers = self._snapshot_buffers() if self.restore_buffers else []
         self._active = True
+        self._session = object()
         try:
             for name, module in self.modules.items():
                 if self.record_inputs:
@@ -234,6 +236,7 @@ class Recorder:
         self._pending_backward = {}
         self._pending_inputs = {}
         self._active = False
+        self._session = None
 
     def _snapshot_buffers(self) -> list[tuple[Tensor, Tensor]]:
         # Only train-mode modules change their buffers in a forward pass.
@@ -265,7 +268,7 @@ class Recorder:
         call._live = [tensor if tensor.requires_grad else None]
         call.activation = self._stored(tensor, copy_if_shared=False)
         if tensor.requires_grad:
-            tensor.register_hook(self._grad_hook(call, 0))
+            self._hooks.tensor(tensor, self._grad_hook(call, 0))
         return tensor
 
     # -- hooks --------------------------------------------------------------------------
@@ -320,7 +323,7 @@ class Recorder:
                 # value and the gradient taken w.r.t. it) is immune to later in-place ops.
                 with torch.enable_grad():
                     new_leaves[pos] = tensor.clone()
-                tensor.register_hook(self._grad_hook(call, len(live)))
+                self._hooks.tensor(tensor, self._grad_hook(call, len(live)))
                 stored.append(self._stored(tensor, copy_if_shared=False))
                 live.append(tensor)
             else:
@@ -344,16 +347,22 @@ class Recorder:
         return output
 
     def _grad_hook(self, call: Call, position: int) -> Callable[[Tensor], None]:
+        session = self._session
+
         def hook(grad: Tensor) -> None:
-            if self._collect_hook_grads and not self.backward_hooks:
+            if session is self._session and self._collect_hook_grads and not self.backward_hooks:
                 call._set_gradient(position, self._stored(grad, copy_if_shared=False))
 
         return hook
 
     def _backward_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        session = self._session
+
         def hook(module: nn.Module, grad_input: Any, grad_output: Any) -> None:
+            # PyTorch picks a forward's full backward hooks when the forward runs, so this
+            # may fire after exit, or in a later session of this Recorder: then it does nothing
             pending = self._pending_backward.get(name)
-            if not pending or not self._collect_hook_grads:
+            if session is not self._session or not pending or not self._collect_hook_grads:
                 return
             call = pending.pop()
             for pos, g in enumerate(grad_output[: len(call._live)]):

@@ -222,6 +222,53 @@ def test_watch_records_gradients_of_any_tensor(resnet18, image_batch):
     torch.testing.assert_close(rec.gradients["input"], expected)
 
 
+def test_a_watched_tensor_loses_its_hook_on_exit():
+    model = nn.Linear(3, 2)
+    x = torch.randn(4, 3, requires_grad=True)
+    with gradlens.record(model) as rec:
+        rec.watch("input", x)
+    assert not x._backward_hooks
+    model(x).sum().backward()  # after the block: nothing reaches the old record
+    with pytest.raises(GradientNotAvailableError):
+        rec.gradients["input"]
+
+
+def test_a_backward_after_the_block_does_not_write_into_the_record():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    with gradlens.record(model, "1") as rec:
+        out = model(torch.randn(4, 3))
+    out.sum().backward()
+    with pytest.raises(GradientNotAvailableError):
+        rec.gradients["1"]
+    model.zero_grad(set_to_none=True)
+
+
+def test_a_full_backward_hook_that_fires_after_the_block_does_nothing():
+    # PyTorch fixes a forward's full backward hooks when the forward runs
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    with gradlens.record(model, "1", backward_hooks=True) as rec:
+        out = model(torch.randn(4, 3))
+    out.sum().backward()
+    with pytest.raises(GradientNotAvailableError):
+        rec.input_gradients["1"]
+    with pytest.raises(GradientNotAvailableError):
+        rec.gradients["1"]
+    model.zero_grad(set_to_none=True)
+
+
+def test_a_backward_through_an_older_graph_leaves_a_reentered_recorder_alone():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    rec = gradlens.record(model, "1", backward_hooks=True)
+    with rec:
+        old = model(torch.randn(4, 3))
+    with rec:
+        model(torch.randn(4, 3))
+        old.sum().backward()
+        with pytest.raises(GradientNotAvailableError):
+            rec.gradients["1"]
+    model.zero_grad(set_to_none=True)
+
+
 def test_full_backward_hooks_give_input_gradients():
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
     x = torch.randn(5, 3)
