@@ -43,8 +43,19 @@ from .targets import OutputSpec
 __all__ = ["Call", "Recorder", "record"]
 
 
-class _StopForward(Exception):
-    """Raised from a hook to end a forward pass once every selected layer has run."""
+class _StopForward(BaseException):
+    """Raised from a hook to end a forward pass once every selected layer has run.
+
+    It names the Recorder that raised it, and only that Recorder ends the pass (in
+    :meth:`Recorder.forward` or on exit): another Recorder's ``forward`` or block lets it
+    through. It is a ``BaseException``, like ``KeyboardInterrupt``, so that an
+    ``except Exception:`` in a model's forward (a fallback path) or in code around the
+    model cannot catch it and carry on with the pass.
+    """
+
+    def __init__(self, owner: Recorder) -> None:
+        super().__init__(f"forward stopped early by {owner!r}")
+        self.owner = owner
 
 
 @dataclass
@@ -118,7 +129,8 @@ class Recorder:
             such modules raise :class:`~gradlens.errors.InPlaceBackwardHookError`.
         stop_early: end the forward pass as soon as every selected layer has run once
             (use :meth:`forward`, or call the model inside the block: the block then ends
-            there without an error).
+            there without an error). The stop passes through ``except Exception`` clauses
+            and through other Recorders' ``forward`` and blocks, up to this Recorder.
         restore_buffers: restore the model's buffers on exit (BatchNorm running
             statistics that train-mode forwards inside the block updated).
 
@@ -207,7 +219,7 @@ class Recorder:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         self._close()
-        if exc_type is not None and issubclass(exc_type, _StopForward):
+        if isinstance(exc, _StopForward) and exc.owner is self:
             return True
         if (
             self.backward_hooks
@@ -251,7 +263,9 @@ class Recorder:
         self._require_active("forward")
         try:
             return self.model(*args, **kwargs)
-        except _StopForward:
+        except _StopForward as stop:
+            if stop.owner is not self:
+                raise
             return None
 
     __call__ = forward
@@ -297,7 +311,7 @@ class Recorder:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             output = self._record_call(name, args, output)
             if self.stop_early and all(self._calls[n] for n in self.modules):
-                raise _StopForward
+                raise _StopForward(self)
             return output
 
         return hook

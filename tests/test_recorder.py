@@ -426,6 +426,45 @@ def test_stop_early_ends_the_forward_after_the_last_selected_layer(resnet18, ima
     assert ran == [] and rec["layer2"].shape == (2, 128, 8, 8)
 
 
+class _Forgiving(nn.Module):
+    """Falls back to zeros when its body raises (as models with optional parts do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.head_calls = 0
+
+    def forward(self, x):
+        try:
+            h = self.body(x)
+        except Exception:
+            h = torch.zeros(x.shape[0], 4)
+        self.head_calls += 1
+        return self.head(h)
+
+
+def test_stop_early_is_not_caught_by_an_except_exception_in_the_model():
+    model = _Forgiving()
+    with gradlens.record(model, "body", stop_early=True) as rec:
+        assert rec.forward(torch.randn(2, 3)) is None
+    assert model.head_calls == 0 and rec["body"].shape == (2, 4)
+
+
+def test_only_the_recorder_that_stops_the_forward_ends_it():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x = torch.randn(2, 3)
+    after_the_stop = []
+    with gradlens.record(model, "2") as outer:
+        with gradlens.record(model, "0", stop_early=True) as inner:
+            outer.forward(x)  # the inner Recorder's stop ends the inner block here
+            after_the_stop.append("ran")
+        out = outer.forward(x)
+    assert after_the_stop == [] and inner["0"].shape == (2, 4)
+    torch.testing.assert_close(out, model(x))
+    torch.testing.assert_close(outer["2"], model(x).detach())
+
+
 # -- lifecycle and side effects ------------------------------------------------------------
 
 
