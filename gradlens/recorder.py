@@ -35,6 +35,7 @@ from .errors import (
     InPlaceBackwardHookError,
     LayerNotExecutedError,
     LayerNotFoundError,
+    NotRecordedError,
     RecorderStateError,
 )
 from .selection import Layers, close_names, select_layers
@@ -483,12 +484,14 @@ class Recorder:
 
     @property
     def inputs(self) -> _RecordView:
-        """``{name: positional inputs of the last call}`` (``inputs=True`` only)."""
+        """``{name: positional inputs of the last call}``; raises
+        :class:`~gradlens.errors.NotRecordedError` without ``inputs=True``."""
         return _RecordView(self, "inputs")
 
     @property
     def input_gradients(self) -> _RecordView:
-        """``{name: gradients w.r.t. the last call's inputs}`` (``backward_hooks=True`` only)."""
+        """``{name: gradients w.r.t. the last call's inputs}``; raises
+        :class:`~gradlens.errors.NotRecordedError` without ``backward_hooks=True``."""
         return _RecordView(self, "input_gradient")
 
     def __getitem__(self, name: str) -> Any:
@@ -543,17 +546,25 @@ class _RecordView(Mapping[str, Any]):
         self._attr = attr
 
     def __getitem__(self, name: str) -> Any:
-        call = self._recorder._calls_of(name)[-1]
+        recorder = self._recorder
+        call = recorder._calls_of(name)[-1]
+        if self._attr == "inputs" and not recorder.record_inputs:
+            raise NotRecordedError(
+                f"the inputs of {name!r} were not recorded: record with inputs=True "
+                f"(gradlens.record(model, {name!r}, inputs=True))"
+            )
+        if self._attr == "input_gradient" and not recorder.backward_hooks:
+            raise NotRecordedError(
+                f"gradients with respect to the inputs of {name!r} are only recorded with "
+                "backward_hooks=True (full backward hooks); for the model's own inputs, "
+                "rec.watch() them instead"
+            )
         value = getattr(call, self._attr)
         if value is None and self._attr in ("gradient", "input_gradient"):
             raise GradientNotAvailableError(
                 f"no gradient has reached layer {name!r} yet: run score.backward() or "
                 "rec.grad(score) inside the block first (and check that the score depends "
                 "on this layer and the forward ran with grad enabled)"
-            )
-        if value is None and self._attr == "inputs":
-            raise GradientNotAvailableError(
-                f"inputs of {name!r} were not recorded: pass inputs=True"
             )
         return value
 

@@ -17,6 +17,7 @@ from gradlens import (
     InPlaceBackwardHookError,
     LayerNotExecutedError,
     LayerNotFoundError,
+    NotRecordedError,
     RecorderStateError,
 )
 
@@ -564,6 +565,23 @@ def test_layer_that_never_ran_raises_a_clear_error():
         model(torch.randn(1, 4))
     with pytest.raises(LayerNotExecutedError, match="did not run"):
         rec["unused"]
+
+
+def test_reading_inputs_that_were_not_recorded_says_how_to_record_them():
+    model = nn.Sequential(nn.Linear(3, 2))
+    with gradlens.record(model, "0") as rec:
+        model(torch.randn(1, 3))
+    with pytest.raises(NotRecordedError, match="inputs=True"):
+        rec.inputs["0"]
+
+
+def test_input_gradients_without_backward_hooks_say_how_to_get_them():
+    model = nn.Sequential(nn.Linear(3, 2))
+    with gradlens.record(model, "0") as rec:
+        model(torch.randn(1, 3)).sum().backward()
+    with pytest.raises(NotRecordedError, match="backward_hooks=True"):
+        rec.input_gradients["0"]
+    model.zero_grad(set_to_none=True)
 
 
 def test_gradients_before_backward_raise(resnet18, image_batch):
