@@ -434,8 +434,11 @@ class Recorder:
             (``rec.gradients``, ``rec.calls(name)[i].gradient``).
 
         Raises:
+            LayerNotExecutedError: no recorded activation is part of the score's graph
+                and a selected layer did not run (named in the message).
             GradientNotAvailableError: ``score`` has another shape, or no recorded
-                activation is part of its autograd graph.
+                activation is part of its autograd graph although every layer ran.
+            RecorderStateError: called outside the ``with`` block.
         """
         self._require_active("grad")
         if not isinstance(score, Tensor) or score.ndim > 2:
@@ -452,6 +455,13 @@ class Recorder:
             if t is not None
         ]
         if not entries or not score.requires_grad:
+            not_run = [name for name in self.modules if not self._calls[name]]
+            if not_run:
+                raise LayerNotExecutedError(
+                    f"cannot differentiate with respect to {_names(not_run)}: selected but "
+                    "did not run during the forward pass (is it used by the model's "
+                    "forward() for this input? was the pass stopped early?)"
+                )
             raise GradientNotAvailableError(
                 "no recorded activation is part of the score's autograd graph: the forward "
                 "ran without grad (torch.no_grad / inference_mode, a frozen model and an "
@@ -523,7 +533,8 @@ class Recorder:
         if not calls:
             raise LayerNotExecutedError(
                 f"layer {name!r} was selected but did not run during the forward pass "
-                "(is it used by the model's forward()? was the pass stopped early?)"
+                "(is it used by the model's forward() for this input? was the pass stopped "
+                "early?)"
             )
         return calls
 
@@ -587,6 +598,13 @@ def record(model: nn.Module, layers: Layers | None = None, **options: Any) -> Re
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _names(names: list[str]) -> str:
+    quoted = [repr(n) for n in names]
+    if len(quoted) == 1:
+        return f"layer {quoted[0]}"
+    return f"layers {', '.join(quoted)}"
 
 
 def _shares_storage(a: Tensor, b: Tensor) -> bool:

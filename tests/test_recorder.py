@@ -584,6 +584,26 @@ def test_input_gradients_without_backward_hooks_say_how_to_get_them():
     model.zero_grad(set_to_none=True)
 
 
+def test_grad_names_a_selected_layer_that_never_ran_instead_of_blaming_grad_mode():
+    # the tape would have started at 'unused': without it the score has no graph at all
+    model = StructuredNet()
+    model.unused = nn.Linear(4, 4)
+    with gradlens.record(model, "unused", tape_from_layers=True) as rec:
+        out = model(torch.randn(2, 4))
+        with pytest.raises(LayerNotExecutedError, match="'unused'.* did not run"):
+            rec.grad(out.logits[:, 0])
+
+
+def test_grad_names_the_layer_that_never_ran_when_nothing_was_recorded():
+    model = StructuredNet()
+    model.unused = nn.Linear(4, 4)
+    with gradlens.record(model, "unused") as rec:
+        out = model(torch.randn(2, 4))
+        assert out.logits.requires_grad
+        with pytest.raises(LayerNotExecutedError, match="'unused'"):
+            rec.grad(out.logits[:, 0])
+
+
 def test_gradients_before_backward_raise(resnet18, image_batch):
     with gradlens.record(resnet18, "layer4") as rec:
         resnet18(image_batch)
