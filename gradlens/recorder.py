@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from ._batched_grad import batched_grad
 from ._hooks import HookSet
 from ._pytree import flatten, partial_rebuild, selected_positions
+from .buffers import preserve_buffers
 from .errors import (
     GradientNotAvailableError,
     InPlaceBackwardHookError,
@@ -133,7 +135,8 @@ class Recorder:
             there without an error). The stop passes through ``except Exception`` clauses
             and through other Recorders' ``forward`` and blocks, up to this Recorder.
         restore_buffers: restore the model's buffers on exit (BatchNorm running
-            statistics that train-mode forwards inside the block updated).
+            statistics that train-mode forwards inside the block updated), with
+            :func:`gradlens.buffers.preserve_buffers`.
 
     Raises:
         LayerNotFoundError: a layer spec selects nothing (raised at construction).
@@ -175,7 +178,7 @@ class Recorder:
         self._collect_hook_grads = True
         self._grad_mode_stack: list[bool] = []
         self._entry_grad_mode = True
-        self._saved_buffers: list[tuple[Tensor, Tensor]] = []
+        self._buffer_guard = ExitStack()
         self._pending_backward: dict[str, list[Call]] = {}
         self._pending_inputs: dict[str, list[tuple[Any, ...]]] = {}
 
@@ -200,10 +203,11 @@ class Recorder:
         self._counter = itertools.count()
         self._entry_grad_mode = torch.is_grad_enabled()
         self._grad_mode_stack = []
-        self._saved_buffers = self._snapshot_buffers() if self.restore_buffers else []
         self._active = True
         self._session = object()
         try:
+            if self.restore_buffers:
+                self._buffer_guard.enter_context(preserve_buffers(self.model))
             for name, module in self.modules.items():
                 if self.record_inputs:
                     self._hooks.forward_pre(module, self._input_hook(name))
@@ -239,10 +243,7 @@ class Recorder:
         self._hooks.remove()
         if self.tape_from_layers:
             torch.set_grad_enabled(self._entry_grad_mode)
-        with torch.no_grad():
-            for buf, saved in self._saved_buffers:
-                buf.copy_(saved)
-        self._saved_buffers = []
+        self._buffer_guard.close()
         for calls in self._calls.values():
             for call in calls:
                 call._live = [None] * len(call._live)
@@ -250,12 +251,6 @@ class Recorder:
         self._pending_inputs = {}
         self._active = False
         self._session = None
-
-    def _snapshot_buffers(self) -> list[tuple[Tensor, Tensor]]:
-        # Only train-mode modules change their buffers in a forward pass.
-        if not any(m.training for m in self.model.modules()):
-            return []
-        return [(b, b.detach().clone()) for b in self.model.buffers()]
 
     # -- running the model --------------------------------------------------------------
 

@@ -495,6 +495,15 @@ def test_train_mode_buffers_are_restored(resnet18, image_batch):
     assert_same_state(before, model_state(model))
 
 
+def test_restore_buffers_false_keeps_the_updates_of_train_mode_forwards():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).train()
+    x = torch.randn(8, 3)
+    with gradlens.record(model, "0", restore_buffers=False):
+        model(x)
+    torch.testing.assert_close(model[1].running_mean, 0.1 * model[0](x).mean(0).detach())
+    assert model[1].num_batches_tracked == 1
+
+
 def test_param_grad_changes_only_by_the_users_backward(resnet18, image_batch):
     model = copy.deepcopy(resnet18)
     with gradlens.record(model, "layer4") as rec:
