@@ -13,8 +13,11 @@ and records for every call of each module:
   or from :meth:`Recorder.grad`, which calls :func:`torch.autograd.grad` with respect to
   the recorded outputs only (no parameter gradient is computed or stored).
 
-All hooks come off on exit, also when the block raises; buffers changed by train-mode
-forwards inside the block are restored (``restore_buffers=True``).
+Its hooks (module hooks, and tensor hooks on recorded outputs and watched tensors) are
+registered through ``gradlens._hooks.HookSet`` and all come off on exit, also when the
+block raises; buffers changed by train-mode forwards inside the block are restored with
+:func:`gradlens.buffers.preserve_buffers` (``restore_buffers=True``). Replacing module
+outputs is the job of :func:`gradlens.outputs.replace_outputs`, on the same hook core.
 """
 
 from __future__ import annotations
