@@ -1,6 +1,6 @@
 """Gradient attributions on the synthetic-shapes model: every method of ``gradlens.attribution``.
 
-Trains the tiny CNN of ``gradlens.data`` (``--quick``: one short epoch), computes saliency,
+Trains the tiny CNN of ``gradlens.training`` (``--quick``: one short epoch), computes saliency,
 Input x Gradient, SmoothGrad, VarGrad, Integrated Gradients, Guided Backprop, Guided
 Grad-CAM and Occlusion on held-out images, and writes ``attributions.png`` (images x methods)
 and ``attributions.txt`` (Integrated Gradients' completeness error for each rule and number
