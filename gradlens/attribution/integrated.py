@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._explain import check_target, differentiate, repeat_target
-from .._inputs import Inputs, prepare
-from .._inputs import batch_size as count_samples
+from .._explain import check_target, clean_pass, differentiate, repeat_target
+from .._inputs import Inputs, ModelInput
 from ..extract import extract
 from ..recorder import Recorder
 from ..registry import register
@@ -31,14 +30,11 @@ from ._common import (
     Attribution,
     as_result,
     broadcast_to_input,
-    evaluate,
     gradient_or_zeros,
     require_float_inputs,
     single_layer,
     steps_per_chunk,
     targets_first_to_dim1,
-    tile,
-    tile_kwargs,
 )
 
 __all__ = ["RULES", "quadrature", "integrated_gradients", "layer_integrated_gradients"]
@@ -139,39 +135,36 @@ def integrated_gradients(
         TargetError: a target that does not fit the output.
         TypeError: no floating-point input.
     """
-    args, kwargs = prepare(x, forward_kwargs)
-    positions = require_float_inputs(args, "integrated_gradients")
-    batch = count_samples(x)
+    inputs = ModelInput.parse(x, forward_kwargs)
+    positions = require_float_inputs(inputs.args, "integrated_gradients")
+    batch = inputs.batch_size
     target = check_target(target, batch)
     alphas, weights = quadrature(method, steps)
-    start_points = _baselines(baselines, args, positions)
+    start_points = _baselines(baselines, inputs.args, positions)
     endpoint_scores = None
     if return_delta:
-        both = tuple(
-            torch.cat([a, start_points[i]]) if i in start_points else tile(a, 2)
-            for i, a in enumerate(args)
+        both = inputs.tile(2).with_args(
+            {i: torch.cat([inputs.args[i], start_points[i]]) for i in positions}
         )
-        endpoint_scores, target = evaluate(
-            model, both, tile_kwargs(kwargs, batch, 2), target, batch, output, copies=2
-        )
+        clean = clean_pass(model, both, target, output=output, copies=2)
+        endpoint_scores, target = clean.scores, clean.target
     elif target is None:
-        _, target = evaluate(model, args, kwargs, None, batch, output)
+        target = clean_pass(model, inputs, None, output=output).target
 
     def differentiate_path(points: Tensor) -> tuple[dict[int, Tensor], bool]:
-        k = len(points)
-        scaled = [tile(a, k) for a in args]
-        for i in positions:
-            scaled[i] = _interpolate(start_points[i], args[i], points)
+        path = inputs.tile(len(points))
+        path = path.with_args(
+            {i: _interpolate(start_points[i], inputs.args[i], points) for i in positions}
+        )
         result = differentiate(
             model,
-            tuple(scaled) if isinstance(x, tuple) else scaled[0],
-            repeat_target(target, batch, k),
+            path,
+            repeat_target(target, batch, len(points)),
             wrt_inputs=True,
             output=output,
-            forward_kwargs=tile_kwargs(kwargs, batch, k),
         )
         gradients = {
-            i: gradient_or_zeros(result.input_gradients[i], scaled[i], result.scores)
+            i: gradient_or_zeros(result.input_gradients[i], path.args[i], result.scores)
             for i in positions
         }
         return gradients, result.scores.ndim == 2
@@ -179,9 +172,9 @@ def integrated_gradients(
     totals, multi = _integrate(differentiate_path, alphas, weights, batch, batch_size)
     attributions = {}
     for i in positions:
-        difference = args[i] - start_points[i]
+        difference = inputs.args[i] - start_points[i]
         attributions[i] = (difference.unsqueeze(1) if multi else difference) * totals[i]
-    result = as_result(x, attributions)
+    result = as_result(inputs, attributions)
     if not return_delta:
         return result
     return result, _delta(attributions, endpoint_scores, batch, multi)
@@ -235,29 +228,27 @@ def layer_integrated_gradients(
         TargetError: a target that does not fit the output.
     """
     name = single_layer(model, layer)
-    args, kwargs = prepare(x, forward_kwargs)
-    batch = count_samples(x)
+    inputs = ModelInput.parse(x, forward_kwargs)
+    batch = inputs.batch_size
     target = check_target(target, batch)
     alphas, weights = quadrature(method, steps)
-    tensors = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
-    start_points = _baselines(baselines, args, tensors)
-    both = tuple(
-        torch.cat([a, start_points[i]]) if i in start_points else a for i, a in enumerate(args)
+    tensors = [i for i, a in enumerate(inputs.args) if isinstance(a, Tensor)]
+    start_points = _baselines(baselines, inputs.args, tensors)
+    both = inputs.tile(2).with_args(
+        {i: torch.cat([inputs.args[i], start_points[i]]) for i in start_points}
     )
-    both_kwargs = tile_kwargs(kwargs, batch, 2)
 
     endpoint_scores = None
     if return_delta or target is None:
-        endpoint_scores, fixed, layer_out = _evaluate_with_layer(
-            model, both, both_kwargs, target, batch, output, name
-        )
-        target = fixed
+        clean = clean_pass(model, both, target, output=output, layers=name, copies=2)
+        endpoint_scores, target, layer_out = clean.scores, clean.target, clean.activations[name]
     else:
-        layer_out = extract(model, both, name, forward_kwargs=both_kwargs)[name]
+        layer_out = extract(model, both.x, name, forward_kwargs=both.kwargs)[name]
     if not isinstance(layer_out, Tensor) or not layer_out.is_floating_point():
+        kind = layer_out.dtype if isinstance(layer_out, Tensor) else type(layer_out).__name__
         raise ValueError(
-            f"layer {name!r} returns {type(layer_out).__name__ if not isinstance(layer_out, Tensor) else layer_out.dtype}; "
-            "layer_integrated_gradients needs a layer whose output is one floating-point tensor"
+            f"layer {name!r} returns {kind}; layer_integrated_gradients needs a layer whose "
+            "output is one floating-point tensor"
         )
     end, start = layer_out[:batch], layer_out[batch:]
 
@@ -266,11 +257,10 @@ def layer_integrated_gradients(
         substitute = _Substitute(_interpolate(start, end, points), name)
         result = differentiate(
             model,
-            tuple(tile(a, k) for a in args) if isinstance(x, tuple) else tile(args[0], k),
+            inputs.tile(k),
             repeat_target(target, batch, k),
             layers=name,
             output=output,
-            forward_kwargs=tile_kwargs(kwargs, batch, k),
             hooks=[Recorder(model, name, modify=substitute, store=False)],
         )
         return {0: result.gradients[name]}, result.scores.ndim == 2
@@ -357,25 +347,6 @@ def _delta(
     return total - (endpoint_scores[:batch] - endpoint_scores[batch:])
 
 
-def _evaluate_with_layer(
-    model: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    target: Target,
-    batch: int,
-    output: OutputSpec,
-    name: str,
-) -> tuple[Tensor, Target, Any]:
-    """:func:`~gradlens.attribution._common.evaluate` of ``x`` and ``x'`` that also returns
-    the layer's output."""
-    with torch.inference_mode(False), Recorder(model, name) as recorder:
-        values, target = evaluate(model, args, kwargs, target, batch, output, copies=2)
-        layer_out = recorder.activations[name]
-    if isinstance(layer_out, Tensor) and layer_out.is_inference():
-        layer_out = layer_out.clone()
-    return values, target, layer_out
-
-
 class _Substitute:
     """A ``modify=`` hook that replaces the layer's output by the interpolated points."""
 
@@ -395,6 +366,7 @@ class _Substitute:
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise ValueError(
                 f"layer {name!r} returned {shape} for the stacked steps, expected "
-                f"{tuple(self.points.shape)}: its output must be one tensor whose dim 0 is the batch"
+                f"{tuple(self.points.shape)}: its output must be one tensor whose dim 0 is the "
+                "batch"
             )
         return self.points
