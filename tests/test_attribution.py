@@ -27,7 +27,7 @@ from gradlens.attribution import (
     vargrad,
     window_positions,
 )
-from gradlens.registry import ATTRIBUTION_METHODS, METHODS
+from gradlens.registry import ATTRIBUTION_METHODS, INFO, METHODS
 
 from .conftest import assert_same_state, model_state
 from .models import residual_pair
@@ -135,17 +135,13 @@ IMAGES = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
 ROWS = torch.randn(2, 10, generator=torch.Generator().manual_seed(2))
 IDS = torch.tensor([[1, 5, 7, 2, 9], [3, 3, 8, 0, 4]])
 
-# Options keeping every registered method quick and deterministic.
-FAST = {
-    "smoothgrad": {"n": 4, "seed": 0},
-    "vargrad": {"n": 4, "seed": 0},
-    "integrated_gradients": {"steps": 6},
-    "occlusion": {"window": 4, "stride": 4},
-}
+# Methods that need no spatial layer also work on tabular rows and embeddings.
+LAYERLESS = sorted(name for name in ATTRIBUTION_METHODS if not INFO[name].needs_layer)
 
 
 def run(name: str, model: nn.Module, x, target=None, **options):
-    return METHODS[name](model, x, target, **{**FAST.get(name, {}), **options})
+    """The method with its registered quick options (few samples, steps or windows)."""
+    return METHODS[name](model, x, target, **{**INFO[name].quick_options, **options})
 
 
 def test_every_attribution_method_is_registered():
@@ -171,12 +167,12 @@ def test_image_attributions_are_shaped_like_the_input(cnn, name):
     assert result.shape == IMAGES.shape and result.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", sorted(set(ATTRIBUTION_METHODS) - {"guided_gradcam"}))
+@pytest.mark.parametrize("name", LAYERLESS)
 def test_tabular_attributions_are_shaped_like_the_input(mlp, name):
     assert run(name, mlp, ROWS).shape == ROWS.shape
 
 
-@pytest.mark.parametrize("name", sorted(set(ATTRIBUTION_METHODS) - {"guided_gradcam"}))
+@pytest.mark.parametrize("name", LAYERLESS)
 def test_embedding_attributions_are_shaped_like_the_embeddings(text, name):
     embeddings = text.embedding(IDS).detach()
     result = run(name, OnEmbeddings(text), embeddings, 1)
@@ -193,7 +189,7 @@ def test_k_targets_per_sample_equal_k_single_calls(cnn, name):
         torch.testing.assert_close(both[:, k], single, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(set(ATTRIBUTION_METHODS) - {"guided_gradcam"}))
+@pytest.mark.parametrize("name", LAYERLESS)
 def test_tuple_inputs_give_a_tuple_with_none_for_integer_inputs(name):
     model = seeded(TwoInputs())
     ids = torch.tensor([[1, 2], [3, 4]])
@@ -231,7 +227,7 @@ def test_guided_gradcam_takes_tuple_inputs():
     assert image_part.shape == IMAGES.shape and ids_part is None
 
 
-@pytest.mark.parametrize("name", sorted(set(ATTRIBUTION_METHODS) - {"guided_gradcam"}))
+@pytest.mark.parametrize("name", LAYERLESS)
 def test_forward_kwargs_are_passed_and_repeated_for_stacked_copies(name):
     model = seeded(TwoInputs())
     ids = torch.tensor([[1, 2], [3, 4]])

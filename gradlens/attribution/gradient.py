@@ -54,7 +54,7 @@ def input_gradients(
     return result, gradients
 
 
-@register("saliency", "attribution")
+@register("saliency", "attribution", needs_layer=False, multi_target=True)
 def saliency(
     model: nn.Module,
     x: Inputs,
@@ -94,7 +94,7 @@ def saliency(
     return as_result(inputs, {i: g.abs() if abs else g for i, g in grads.items()})
 
 
-@register("input_x_gradient", "attribution")
+@register("input_x_gradient", "attribution", needs_layer=False, multi_target=True)
 def input_x_gradient(
     model: nn.Module,
     x: Inputs,

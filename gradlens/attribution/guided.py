@@ -58,7 +58,7 @@ def _relu_guides(model: nn.Module) -> Recorder:
         ) from None
 
 
-@register("guided_backprop", "attribution")
+@register("guided_backprop", "attribution", needs_layer=False, multi_target=True)
 def guided_backprop(
     model: nn.Module,
     x: Inputs,
@@ -101,7 +101,7 @@ def guided_backprop(
     return as_result(inputs, grads)
 
 
-@register("guided_gradcam", "attribution")
+@register("guided_gradcam", "attribution", needs_layer=True, multi_target=True)
 def guided_gradcam(
     model: nn.Module,
     x: Inputs,

@@ -84,7 +84,13 @@ def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
     return index / (n - 1), weights
 
 
-@register("integrated_gradients", "attribution")
+@register(
+    "integrated_gradients",
+    "attribution",
+    needs_layer=False,
+    multi_target=True,
+    quick_options={"steps": 8},
+)
 def integrated_gradients(
     model: nn.Module,
     x: Inputs,

@@ -41,7 +41,13 @@ def noise_scale(x: Tensor, sigma: float) -> Tensor:
     return sigma * (flat.amax(1) - flat.amin(1))
 
 
-@register("smoothgrad", "attribution")
+@register(
+    "smoothgrad",
+    "attribution",
+    needs_layer=False,
+    multi_target=True,
+    quick_options={"n": 8, "seed": 0},
+)
 def smoothgrad(
     model: nn.Module,
     x: Inputs,
@@ -107,7 +113,13 @@ def smoothgrad(
     )
 
 
-@register("vargrad", "attribution")
+@register(
+    "vargrad",
+    "attribution",
+    needs_layer=False,
+    multi_target=True,
+    quick_options={"n": 8, "seed": 0},
+)
 def vargrad(
     model: nn.Module,
     x: Inputs,

@@ -28,7 +28,13 @@ __all__ = ["occlusion", "window_positions"]
 Size = Union[None, int, Sequence[int]]
 
 
-@register("occlusion", "attribution")
+@register(
+    "occlusion",
+    "attribution",
+    needs_layer=False,
+    multi_target=True,
+    quick_options={"window": 8, "stride": 8},
+)
 def occlusion(
     model: nn.Module,
     x: Inputs,

@@ -27,7 +27,7 @@ from .reshape import Reshape, channel_axis, to_nchw
 __all__ = ["ablationcam"]
 
 
-@register("ablationcam", "cam")
+@register("ablationcam", "cam", needs_layer=True, multi_target=True)
 def ablationcam(
     model: nn.Module,
     x: Inputs,

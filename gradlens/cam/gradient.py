@@ -70,7 +70,7 @@ def eigengradcam_map(A: Tensor, G: Tensor) -> Tensor:
     return first_component(G * A)
 
 
-@register("gradcam", "cam")
+@register("gradcam", "cam", needs_layer=True, multi_target=True)
 def gradcam(
     model: nn.Module,
     x: Inputs,
@@ -90,7 +90,7 @@ def gradcam(
     return cam(model, x, layer, target, weights=gradcam_weights, **options)
 
 
-@register("gradcampp", "cam")
+@register("gradcampp", "cam", needs_layer=True, multi_target=True)
 def gradcampp(
     model: nn.Module,
     x: Inputs,
@@ -115,7 +115,7 @@ def gradcampp(
     return cam(model, x, layer, target, weights=gradcampp_weights, **options)
 
 
-@register("xgradcam", "cam")
+@register("xgradcam", "cam", needs_layer=True, multi_target=True)
 def xgradcam(
     model: nn.Module,
     x: Inputs,
@@ -137,7 +137,7 @@ def xgradcam(
     return cam(model, x, layer, target, weights=xgradcam_weights, **options)
 
 
-@register("layercam", "cam")
+@register("layercam", "cam", needs_layer=True, multi_target=True)
 def layercam(
     model: nn.Module,
     x: Inputs,
@@ -158,7 +158,7 @@ def layercam(
     return cam(model, x, layer, target, weights=layercam_map, **options)
 
 
-@register("hirescam", "cam")
+@register("hirescam", "cam", needs_layer=True, multi_target=True)
 def hirescam(
     model: nn.Module,
     x: Inputs,
@@ -179,7 +179,7 @@ def hirescam(
     return cam(model, x, layer, target, weights=hirescam_map, **options)
 
 
-@register("eigengradcam", "cam")
+@register("eigengradcam", "cam", needs_layer=True, multi_target=True)
 def eigengradcam(
     model: nn.Module,
     x: Inputs,

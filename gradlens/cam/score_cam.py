@@ -35,7 +35,7 @@ MASKS = ("official", "align_corners", "normalize_first")
 """Score-CAM mask constructions: see :func:`scorecam`."""
 
 
-@register("scorecam", "cam")
+@register("scorecam", "cam", needs_layer=True, multi_target=True)
 def scorecam(
     model: nn.Module,
     x: Inputs,
