@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradlens import LayerNotFoundError, OutputSelectionError, TargetError
+from gradlens import LayerNotExecutedError, LayerNotFoundError, OutputSelectionError, TargetError
 from gradlens.attribution import (
     RULES,
     guided_backprop,
@@ -477,6 +477,19 @@ def test_layer_integrated_gradients_takes_k_targets(text):
     torch.testing.assert_close(both[:, 1], single)
 
 
+class _UnusedEmbedding(TextNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Linear(8, 8)
+
+
+@pytest.mark.parametrize("method", [layer_gradient_x_activation, layer_integrated_gradients])
+@pytest.mark.parametrize("target", [None, 1])
+def test_layer_attributions_name_a_layer_that_never_runs(method, target):
+    with pytest.raises(LayerNotExecutedError, match="'unused'.*did not run"):
+        method(seeded(_UnusedEmbedding()), IDS, "unused", target)
+
+
 def test_layer_integrated_gradients_refuses_a_layer_that_runs_twice():
     model = seeded(_Twice())
     with pytest.raises(ValueError, match="more than once"):
@@ -557,6 +570,29 @@ def test_smoothgrad_passes_options_to_the_method(linear):
     )
     result = smoothgrad(linear, ROWS, 2, method=integrated_gradients, n=3, sigma=0.0, steps=4)
     torch.testing.assert_close(result, ROWS * linear.weight[2].detach())
+
+
+def test_smoothgrad_passes_the_integration_rule_through_to_integrated_gradients(mlp):
+    # without noise every copy is the input itself: SmoothGrad of IG is IG with that rule
+    rule = {"steps": 3, "rule": "riemann_left"}
+    smoothed = smoothgrad(mlp, ROWS, 1, method="integrated_gradients", n=1, sigma=0.0, **rule)
+    torch.testing.assert_close(smoothed, integrated_gradients(mlp, ROWS, 1, **rule))
+    assert not torch.allclose(smoothed, integrated_gradients(mlp, ROWS, 1, steps=3))
+
+
+def test_method_is_a_deprecated_alias_of_the_integration_rule(mlp, text):
+    with pytest.warns(DeprecationWarning, match="rule="):
+        old = integrated_gradients(mlp, ROWS, 1, steps=3, method="riemann_left")
+    torch.testing.assert_close(
+        old, integrated_gradients(mlp, ROWS, 1, steps=3, rule="riemann_left")
+    )
+    with pytest.warns(DeprecationWarning, match="rule="):
+        old = layer_integrated_gradients(text, IDS, "embedding", 1, steps=3, method="riemann_left")
+    torch.testing.assert_close(
+        old, layer_integrated_gradients(text, IDS, "embedding", 1, steps=3, rule="riemann_left")
+    )
+    with pytest.raises(TypeError, match="rule="):
+        integrated_gradients(mlp, ROWS, 1, rule="riemann_left", method="riemann_right")
 
 
 def test_smoothgrad_refuses_unknown_methods_and_bad_settings(cnn):
