@@ -95,7 +95,7 @@ def completeness(model: nn.Module, images: Tensor, steps_list: list[int]) -> lis
         row = []
         for steps in steps_list:
             _, delta = integrated_gradients(
-                model, images, classes, steps=steps, method=rule, return_delta=True
+                model, images, classes, steps=steps, rule=rule, return_delta=True
             )
             row.append(float((delta.abs() / gap.abs()).mean()))
         lines.append(f"{rule:<18}" + "".join(f"{r:>10.1e}" for r in row))

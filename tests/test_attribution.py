@@ -377,7 +377,7 @@ def test_bad_rules_and_step_counts_are_refused():
 def test_integrated_gradients_of_a_linear_model_is_input_minus_baseline_times_weight(linear, rule):
     baseline = torch.full((10,), 0.5)
     result, delta = integrated_gradients(
-        linear, ROWS, 1, baselines=baseline, steps=4, method=rule, return_delta=True
+        linear, ROWS, 1, baselines=baseline, steps=4, rule=rule, return_delta=True
     )
     torch.testing.assert_close(result, (ROWS - 0.5) * linear.weight[1].detach())
     torch.testing.assert_close(delta, torch.zeros(2), atol=1e-5, rtol=0)
@@ -464,7 +464,7 @@ def test_layer_integrated_gradients_completeness(text):
         text.embedding,
         None,
         steps=1000,
-        method="riemann_middle",
+        rule="riemann_middle",
         batch_size=None,
         return_delta=True,
     )

@@ -12,6 +12,7 @@ to ``f(x) - f(x')`` up to the quadrature error, returned on request as ``delta``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
@@ -40,13 +41,15 @@ from ._common import (
 __all__ = ["RULES", "quadrature", "integrated_gradients", "layer_integrated_gradients"]
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
-"""The quadrature rules accepted as ``method=``."""
+"""The quadrature rules accepted as ``rule=``."""
+
+DEFAULT_RULE = "gausslegendre"
 
 Baseline = Union[None, float, Tensor, Callable[[Tensor], Tensor]]
 Baselines = Union[Baseline, tuple[Baseline, ...]]
 
 
-def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
+def quadrature(rule: str, steps: int) -> tuple[Tensor, Tensor]:
     """Nodes ``a_s`` and weights ``w_s`` (float64, shape ``(steps,)``) of a rule on ``[0, 1]``.
 
     * ``"gausslegendre"``: the Gauss-Legendre nodes and weights of
@@ -62,22 +65,22 @@ def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
     Raises:
         ValueError: an unknown rule, fewer than one step (two for the trapezoid).
     """
-    if method not in RULES:
-        raise ValueError(f"unknown integration method {method!r}; choose one of {', '.join(RULES)}")
-    minimum = 2 if method == "riemann_trapezoid" else 1
+    if rule not in RULES:
+        raise ValueError(f"unknown integration rule {rule!r}; choose one of {', '.join(RULES)}")
+    minimum = 2 if rule == "riemann_trapezoid" else 1
     if steps < minimum:
-        raise ValueError(f"{method} needs at least {minimum} step(s), got steps={steps}")
+        raise ValueError(f"{rule} needs at least {minimum} step(s), got steps={steps}")
     n = steps
-    if method == "gausslegendre":
+    if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
         return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(weights / 2)
     index = torch.arange(n, dtype=torch.float64)
     uniform = torch.full((n,), 1 / n, dtype=torch.float64)
-    if method == "riemann_left":
+    if rule == "riemann_left":
         return index / n, uniform
-    if method == "riemann_right":
+    if rule == "riemann_right":
         return (index + 1) / n, uniform
-    if method == "riemann_middle":
+    if rule == "riemann_middle":
         return (index + 0.5) / n, uniform
     weights = torch.full((n,), 1 / (n - 1), dtype=torch.float64)
     weights[[0, -1]] /= 2
@@ -98,11 +101,12 @@ def integrated_gradients(
     *,
     baselines: Baselines = None,
     steps: int = 50,
-    method: str = "gausslegendre",
+    rule: str = DEFAULT_RULE,
     batch_size: int | None = 32,
     return_delta: bool = False,
     output: OutputSpec = None,
     forward_kwargs: Mapping[str, Any] | None = None,
+    method: str | None = None,
 ) -> Attribution | tuple[Attribution, Tensor]:
     """Integrated Gradients (Sundararajan et al. 2017) with respect to the inputs.
 
@@ -121,13 +125,15 @@ def integrated_gradients(
             one-sample batch or the whole batch, or a callable ``x -> baseline``; for a tuple
             input, one such value for all floating-point inputs or a tuple of them.
         steps: the number of integration steps.
-        method: the rule (:data:`RULES`).
+        rule: the quadrature rule (:data:`RULES`).
         batch_size: interpolated inputs per forward (``batch_size // B`` steps at a time, at
             least one); ``None``: all steps at once.
         return_delta: also return the completeness error.
         output: picks the logits out of a structured model output.
         forward_kwargs: keyword inputs for the model; tensors whose dim 0 is the batch are
             repeated for the stacked steps.
+        method: deprecated name of ``rule`` (it clashed with the ``method=`` of
+            :func:`smoothgrad`, which could then not pass the rule on).
 
     Returns:
         The attributions, shaped like the input (``(B, K, ...)`` for ``K`` targets per
@@ -139,13 +145,13 @@ def integrated_gradients(
     Raises:
         ValueError: an unknown rule, too few steps, a baseline that does not fit.
         TargetError: a target that does not fit the output.
-        TypeError: no floating-point input.
+        TypeError: no floating-point input, or both ``rule`` and ``method`` given.
     """
     inputs = ModelInput.parse(x, forward_kwargs)
     positions = require_float_inputs(inputs.args, "integrated_gradients")
     batch = inputs.batch_size
     target = check_target(target, batch)
-    alphas, weights = quadrature(method, steps)
+    alphas, weights = quadrature(_rule(rule, method), steps)
     start_points = _baselines(baselines, inputs.args, positions)
     endpoint_scores = None
     if return_delta:
@@ -194,11 +200,12 @@ def layer_integrated_gradients(
     *,
     baselines: Baselines = None,
     steps: int = 50,
-    method: str = "gausslegendre",
+    rule: str = DEFAULT_RULE,
     batch_size: int | None = 32,
     return_delta: bool = False,
     output: OutputSpec = None,
     forward_kwargs: Mapping[str, Any] | None = None,
+    method: str | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Integrated Gradients with respect to the output of a layer (e.g. a text model's
     ``nn.Embedding``), as Captum's ``LayerIntegratedGradients`` defines it.
@@ -220,7 +227,8 @@ def layer_integrated_gradients(
         baselines: the baseline *inputs* ``x'`` (same forms as for
             :func:`integrated_gradients`, applied to every tensor input, integer ones
             included: the default zeros are token id 0).
-        steps, method, batch_size, output, forward_kwargs: as for :func:`integrated_gradients`.
+        steps, rule, batch_size, output, forward_kwargs, method: as for
+            :func:`integrated_gradients`.
         return_delta: also return ``sum of attributions - (f(x) - f(x'))`` per sample.
 
     Returns:
@@ -232,12 +240,13 @@ def layer_integrated_gradients(
         ValueError: it selects several modules, runs more than once per forward, or does not
             return one floating-point tensor; or the rule or steps are invalid.
         TargetError: a target that does not fit the output.
+        TypeError: both ``rule`` and ``method`` given.
     """
     name = single_layer(model, layer)
     inputs = ModelInput.parse(x, forward_kwargs)
     batch = inputs.batch_size
     target = check_target(target, batch)
-    alphas, weights = quadrature(method, steps)
+    alphas, weights = quadrature(_rule(rule, method), steps)
     tensors = [i for i, a in enumerate(inputs.args) if isinstance(a, Tensor)]
     start_points = _baselines(baselines, inputs.args, tensors)
     both = inputs.tile(2).with_args(
@@ -280,6 +289,23 @@ def layer_integrated_gradients(
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _rule(rule: str, method: str | None) -> str:
+    """The quadrature rule, from ``rule=`` or its deprecated name ``method=``."""
+    if method is None:
+        return rule
+    if rule != DEFAULT_RULE:
+        raise TypeError(
+            f"got rule={rule!r} and method={method!r}; method= is the deprecated name of "
+            "rule=, pass only rule="
+        )
+    warnings.warn(
+        "method= is deprecated as the name of the integration rule; pass rule= instead",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return method
 
 
 def _baselines(
