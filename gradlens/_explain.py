@@ -100,6 +100,7 @@ def differentiate(
         A :class:`Differentiated`.
 
     Raises:
+        LayerNotExecutedError: a selected layer exists but did not run in the forward pass.
         TargetError, OutputSelectionError: see :func:`gradlens.targets.scores`.
     """
     inputs = ModelInput.parse(x, forward_kwargs)
@@ -124,6 +125,8 @@ def differentiate(
                     recorder.watch(f"__input{i}__", a)
         with torch.enable_grad():
             out = recorder.forward(*args, **inputs.kwargs)
+            for name in recorder.names:
+                recorder.calls(name)  # a layer that never ran: LayerNotExecutedError naming it
             score, classes = scores(out, target, inputs.batch_size, output)
         recorder.grad(score)
         layer_names = recorder.names

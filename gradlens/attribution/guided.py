@@ -144,6 +144,7 @@ def guided_gradcam(
 
     Raises:
         LayerNotFoundError: no ``nn.ReLU`` module, or no default layer can be chosen.
+        LayerNotExecutedError: ``layer`` exists but did not run in the forward pass.
         ValueError: ``layer`` selects several modules, or its output cannot be read as
             ``(B, C, h, w)``.
         TargetError: a target that does not fit the output.

@@ -237,6 +237,7 @@ def layer_integrated_gradients(
 
     Raises:
         LayerNotFoundError: ``layer`` selects nothing.
+        LayerNotExecutedError: ``layer`` exists but did not run in the forward pass.
         ValueError: it selects several modules, runs more than once per forward, or does not
             return one floating-point tensor; or the rule or steps are invalid.
         TargetError: a target that does not fit the output.

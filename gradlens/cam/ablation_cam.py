@@ -87,7 +87,8 @@ def ablationcam(
         input's device (a dict per layer with ``per_layer``).
 
     Raises:
-        LayerNotFoundError, TargetError, OutputSelectionError: as for :func:`gradlens.cam.cam`.
+        LayerNotFoundError, LayerNotExecutedError, TargetError, OutputSelectionError: as
+            for :func:`gradlens.cam.cam`.
         ValueError: ``select`` given, a bad ``batch_size``, or a layer output that cannot
             be read as ``(B, C, h, w)``.
     """

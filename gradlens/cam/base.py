@@ -136,6 +136,7 @@ def cam(
 
     Raises:
         LayerNotFoundError: ``layer`` names no module (the message suggests close names).
+        LayerNotExecutedError: the layer exists but did not run in the forward pass.
         TargetError: a target that does not fit the output (class out of range, wrong
             number of targets, a callable returning the wrong shape).
         OutputSelectionError: a structured model output without ``output=`` (or a

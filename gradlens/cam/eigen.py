@@ -84,6 +84,7 @@ def eigencam(
 
     Raises:
         LayerNotFoundError: ``layer`` names no module.
+        LayerNotExecutedError: the layer exists but did not run in the forward pass.
         ValueError: the layer's output cannot be read as ``(B, C, h, w)``.
     """
     inputs = ModelInput.parse(x, forward_kwargs)

@@ -119,7 +119,8 @@ def scorecam(
         input's device (a dict per layer with ``per_layer``).
 
     Raises:
-        LayerNotFoundError, TargetError, OutputSelectionError: as for :func:`gradlens.cam.cam`.
+        LayerNotFoundError, LayerNotExecutedError, TargetError, OutputSelectionError: as
+            for :func:`gradlens.cam.cam`.
         ValueError: an unknown ``score`` or ``masks``, a bad ``batch_size``, no image input,
             or a layer output that cannot be read as ``(B, C, h, w)``.
     """
