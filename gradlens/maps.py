@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -43,13 +45,13 @@ def to_2d(maps: Tensor) -> Tensor:
 
 
 def resize(
-    maps: Tensor, size: tuple[int, int], *, mode: str = "bilinear", align_corners: bool = False
+    maps: Tensor, size: Sequence[int], *, mode: str = "bilinear", align_corners: bool = False
 ) -> Tensor:
     """Resize the last two dimensions of ``maps`` to ``size``.
 
     Args:
         maps: ``(..., h, w)`` floating-point maps, any number of leading dimensions.
-        size: the new ``(H, W)``.
+        size: the new ``(H, W)`` (a tuple, or a ``torch.Size``).
         mode: a :func:`torch.nn.functional.interpolate` mode for 2-D data (``"bilinear"``,
             ``"nearest"``, ``"bicubic"``, ...).
         align_corners: passed to the interpolation for ``"bilinear"`` and ``"bicubic"``.

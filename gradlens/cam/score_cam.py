@@ -130,14 +130,15 @@ def scorecam(
         raise ValueError(f"masks={masks!r} is not one of {', '.join(map(repr, MASKS))}")
     check_batch_size(batch_size)
     inputs = ModelInput.parse(x, forward_kwargs)
-    if inputs.image_position is None:
+    position = inputs.image_position
+    if position is None:
         raise ValueError(
             "scorecam masks an image input of shape (B, C, H, W), and the model input holds none"
         )
     names = resolve_layers(model, inputs, layer)
     clean = clean_layers(model, inputs, names, target, output, select)
     runner = _folded_runner(model, inputs, clean, output) if fold_batchnorm else model
-    forward = _MaskedForward(runner, inputs, channels_last)
+    forward = _MaskedForward(runner, inputs, position, channels_last)
     raw = {}
     for name in names:
         A = as_nchw(clean.activations[name], inputs, reshape, name)
@@ -200,8 +201,8 @@ def _masked_scores(
             )
             target = row_target(clean.target, b)
             result[b, k] = _row_scores(out, target, b.numel(), output, score).float().cpu()
-    for b, (representative, constant) in shared_by.items():
-        result[b, constant] = result[b, representative]
+    for sample, (representative, constant) in shared_by.items():
+        result[sample, constant] = result[sample, representative]
     return result.to(A.device)
 
 
@@ -234,10 +235,11 @@ def _plan_rows(
 class _MaskedForward:
     """Calls the model on masked copies of samples -- channels-last while the model accepts it."""
 
-    def __init__(self, model: nn.Module, inputs: ModelInput, channels_last: bool) -> None:
+    def __init__(
+        self, model: nn.Module, inputs: ModelInput, position: int, channels_last: bool
+    ) -> None:
         self.model, self.inputs, self.channels_last = model, inputs, channels_last
-        self.position = inputs.image_position
-        self.image = inputs.args[self.position]
+        self.position, self.image = position, inputs.args[position]
 
     def __call__(self, rows: Tensor, masked: Tensor) -> Any:
         if self.channels_last:
