@@ -1,6 +1,7 @@
 """CAM cost on CPU: gradlens against pytorch-grad-cam, Captum and torchcam, measured in one run.
 
-    python benchmarks/bench_cam.py [--quick] [--repeats N] [--only SECTION] [--skip-scorecam] [--skip-memory]
+    python benchmarks/bench_cam.py [--quick] [--repeats N] [--only SECTION] [--skip-scorecam]
+        [--skip-memory]
 
 1. Grad-CAM on ResNet-50 (random init, batch 8, 224x224, layer4): median time and ratio to a
    plain ``inference_mode`` forward, for a forward with autograd, gradlens.gradcam,
@@ -14,8 +15,8 @@ figure least disturbed by other processes sharing the machine).
    (inference_mode -> no_grad, batch 16 -> 32, constant-channel skipping off,
    channels-last masked inputs off, BatchNorm folding off).
 3. Peak memory: growth of the peak RSS (``VmHWM``, reset before the measured call; else
-   ``ru_maxrss``) in a fresh subprocess per case: inference forward, gradlens.gradcam, Captum LayerGradCam, a
-   forward with the whole-network tape.
+   ``ru_maxrss``) in a fresh subprocess per case: inference forward, gradlens.gradcam, Captum
+   LayerGradCam, a forward with the whole-network tape.
 
 Targets (issue 3): gradcam <= 1.10x the inference forward; 10 targets <= 2x one target;
 gradcam peak memory <= 1.1x the inference forward's; Score-CAM <= 0.8x the faster peer.
@@ -44,7 +45,7 @@ import torchvision  # noqa: E402
 
 import gradlens  # noqa: E402
 import gradlens.cam as C  # noqa: E402
-import gradlens.cam.perturbation as perturbation  # noqa: E402
+import gradlens.cam.score_cam as score_cam  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _timing import interleaved_times  # noqa: E402
@@ -65,7 +66,8 @@ def print_table(medians: dict[str, tuple[float, float]], baseline: str, title: s
     print(f"{'case':<{width}}  {'median ms':>10}  {'ratio':>6}  {'min ms':>9}  {'ratio':>6}")
     for name, (med, low) in medians.items():
         print(
-            f"{name:<{width}}  {med * 1e3:>10.1f}  {med / base_median:>5.2f}x  {low * 1e3:>9.1f}  {low / base_min:>5.2f}x"
+            f"{name:<{width}}  {med * 1e3:>10.1f}  {med / base_median:>5.2f}x  "
+            f"{low * 1e3:>9.1f}  {low / base_min:>5.2f}x"
         )
 
 
@@ -135,7 +137,8 @@ def bench_gradcam(batch: int, size: int, repeats: int) -> dict[str, float]:
     ten = torch.randint(0, 1000, (batch, 10), generator=torch.Generator().manual_seed(2))
     cases["gradlens.gradcam, 10 targets"] = lambda: C.gradcam(model, x, "layer4", ten)
     print(
-        f"\nResNet-50, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, {repeats} repeats"
+        f"\nResNet-50, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, "
+        f"{repeats} repeats"
     )
     medians = measure(cases, repeats=repeats)
     print_table(
@@ -145,7 +148,8 @@ def bench_gradcam(batch: int, size: int, repeats: int) -> dict[str, float]:
     )
     ten, one = medians["gradlens.gradcam, 10 targets"], medians["gradlens.gradcam"]
     print(
-        f"10 targets / 1 target (gradlens): median {ten[0] / one[0]:.2f}x, min {ten[1] / one[1]:.2f}x  (target <= 2x)"
+        f"10 targets / 1 target (gradlens): median {ten[0] / one[0]:.2f}x, "
+        f"min {ten[1] / one[1]:.2f}x  (target <= 2x)"
     )
     return medians
 
@@ -165,11 +169,11 @@ class _NoGradTorch:
 
 @contextlib.contextmanager
 def without_inference_mode():
-    perturbation.torch = _NoGradTorch()
+    score_cam.torch = _NoGradTorch()
     try:
         yield
     finally:
-        perturbation.torch = torch
+        score_cam.torch = torch
 
 
 def bench_scorecam(size: int, repeats: int) -> dict[str, float]:
@@ -218,7 +222,8 @@ def bench_scorecam(size: int, repeats: int) -> dict[str, float]:
     )
     print(
         f"\nResNet-18, batch 1, {size}x{size}, layer4 (512 channels, {zero} constant), "
-        f"{torch.get_num_threads()} threads, {repeats} repeats, no warm-up (each run is 500+ forwards)"
+        f"{torch.get_num_threads()} threads, {repeats} repeats, no warm-up "
+        "(each run is 500+ forwards)"
     )
     medians = measure(cases, repeats=repeats, warmup=0)
     print_table(
@@ -324,7 +329,8 @@ def bench_memory(batch: int, size: int, runs: int) -> dict[str, float]:
             grown[name] = statistics.median(values)
     base = grown.get("inference forward")
     print(
-        f"\nPeak RSS growth, ResNet-50 batch {batch}, {size}x{size} (median of {runs} fresh processes per case)"
+        f"\nPeak RSS growth, ResNet-50 batch {batch}, {size}x{size} "
+        f"(median of {runs} fresh processes per case)"
     )
     width = max(len(n) for n in grown)
     print(f"{'case':<{width}}  {'MB':>8}  {'ratio':>6}")

@@ -1,12 +1,14 @@
 """``gradlens demo``: every registered method on a model trained here, scored against ground truth.
 
 On a fresh machine, with nothing downloaded: generate the synthetic shapes
-(:mod:`gradlens.data`), train the tiny CNN, then for a held-out set run every method in
-:data:`gradlens.METHODS` and score it with the pointing game (against the object's mask),
-deletion and insertion AUC, and the model-parameter randomisation sanity check
-(:mod:`gradlens.metrics`) against the fully randomised model: every layer re-initialised
-in one step, the state the cascade ends in, which is all the table reports. Writes
-``demo.png``, ``metrics.csv`` and prints the table.
+(:mod:`gradlens.data`), train the tiny CNN (:mod:`gradlens.training`), then for a held-out
+set run every method in :data:`gradlens.METHODS` (with its registered quick options,
+:attr:`gradlens.registry.MethodInfo.quick_options`: fewer noise samples, integration
+steps or occlusion windows than its defaults) and score it with the pointing game
+(against the object's mask), deletion and insertion AUC, and the model-parameter
+randomisation sanity check (:mod:`gradlens.metrics`) against the fully randomised model:
+every layer re-initialised in one step, the state the cascade ends in, which is all the
+table reports. Writes ``demo.png``, ``metrics.csv`` and prints the table.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics, viz
-from .data import train_demo_model
-from .registry import CAM_METHODS, METHODS
+from .maps import to_2d
+from .registry import INFO, METHODS
+from .training import train_demo_model
 
 __all__ = ["DemoRow", "DemoResult", "run_demo"]
 
@@ -59,24 +62,19 @@ class DemoResult:
     table: Path
 
 
-def _options(name: str, layer: str, quick: bool) -> dict[str, Any]:
-    """Per-method options: the CAM layer, and fewer samples/steps in quick mode."""
-    options: dict[str, Any] = {}
-    if name in CAM_METHODS or name == "guided_gradcam":
+def _options(name: str, layer: str) -> dict[str, Any]:
+    """Per-method options from the registry: its quick options, and the CAM layer for
+    methods that take one."""
+    info = INFO[name]
+    options: dict[str, Any] = dict(info.quick_options)
+    if info.needs_layer:
         options["layer"] = layer
-    if name in ("smoothgrad", "vargrad"):
-        options.update(n=8 if quick else 16, seed=0)
-    if name == "integrated_gradients":
-        options["steps"] = 8 if quick else 16
-    if name == "occlusion":
-        options.update(window=8, stride=8 if quick else 4)
     return options
 
 
 def _spatial(maps: Tensor) -> Tensor:
-    """``(B, H, W)`` maps: input-shaped attributions are reduced by summing ``|.|`` over channels."""
-    maps = maps.detach().float()
-    return maps.abs().sum(1) if maps.ndim == 4 else maps
+    """``(B, H, W)`` float maps (:func:`gradlens.maps.to_2d`)."""
+    return to_2d(maps.detach()).float()
 
 
 def run_demo(
@@ -88,7 +86,7 @@ def run_demo(
         out: output folder (created): ``demo.png`` (images x methods, ground-truth box
             drawn) and ``metrics.csv``.
         seed: seeds the data, the training and the randomisation test.
-        quick: a smaller data set, fewer held-out images and method samples (seconds).
+        quick: a smaller data set and fewer held-out images.
         progress: show the training progress bar.
 
     Returns:
@@ -105,7 +103,7 @@ def run_demo(
 
     rows, shown = [], {}
     for name, method in METHODS.items():
-        options = _options(name, layer, quick)
+        options = _options(name, layer)
 
         def explain(m: nn.Module, x: Tensor, target: Any = None, _f=method, _o=options) -> Tensor:
             return _f(m, x, target=target, **_o)

@@ -27,12 +27,13 @@ from typing import Any, Union
 import matplotlib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
+
+from .maps import normalize, resize
 
 __all__ = ["overlay", "show", "save", "DIVERGING_CMAP"]
 
@@ -89,20 +90,14 @@ def _heat(heatmap: Any, size: tuple[int, int] | None = None) -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(f"a heatmap must have shape (h, w), got {array.shape}")
     array = np.nan_to_num(array)
-    if size is not None and array.shape != tuple(size):
-        resized = F.interpolate(
-            torch.from_numpy(array)[None, None], size=size, mode="bilinear", align_corners=False
-        )
-        array = resized[0, 0].numpy()
+    if size is not None:
+        array = resize(torch.from_numpy(array), size).numpy()
     return array
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
-    """Min-max scaled to [0, 1]; a constant array becomes zeros."""
-    low, high = float(array.min()), float(array.max())
-    if high <= low:
-        return np.zeros_like(array)
-    return (array - low) / (high - low)
+    """A ``(H, W)`` array min-max scaled to [0, 1]; a constant array becomes zeros."""
+    return normalize(torch.from_numpy(array)).numpy()
 
 
 def overlay(

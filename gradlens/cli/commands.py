@@ -4,7 +4,6 @@ arguments and returns the exit status."""
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -18,8 +17,9 @@ from torch import Tensor
 from .. import registry
 from ..dataset import extract_dataset
 from ..dataset.sources import ImageFiles, image_folder
+from ..maps import to_2d
 from ..selection import select_layers
-from .images import load_image, reduce_channels, save_npy, save_png, unique_stems
+from .images import load_image, save_npy, save_png, unique_stems
 from .messages import one_line
 from .models import load_model, parse_device, random_weights_note
 
@@ -57,7 +57,7 @@ def cam(args: argparse.Namespace) -> int:
     model.to(device)
     options: dict[str, Any] = {}
     if args.layer is not None:
-        if not _accepts(method, "layer"):
+        if not registry.info(args.method).needs_layer:
             raise ValueError(f"the method {args.method!r} takes no --layer")
         select_layers(model, args.layer)  # an unknown layer fails here, with suggestions
         options["layer"] = args.layer
@@ -73,7 +73,7 @@ def cam(args: argparse.Namespace) -> int:
             raw = maps[i].detach().float().cpu()
             base = f"{stems[start + i]}_{args.method}"
             save_npy(out / f"{base}.npy", raw)
-            save_png(out / f"{base}.png", overlay(image, reduce_channels(raw), alpha=args.alpha))
+            save_png(out / f"{base}.png", overlay(image, to_2d(raw[None])[0], alpha=args.alpha))
             print(f"{paths[start + i]} -> {out / base}.png, {out / base}.npy")
     return 0
 
@@ -141,14 +141,6 @@ def demo(args: argparse.Namespace) -> int:
 def _note(line: str | None) -> None:
     if line is not None:
         print(line, file=sys.stderr)
-
-
-def _accepts(function: Callable[..., Any], name: str) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _avg_pool(t: Tensor) -> Tensor:

@@ -94,19 +94,6 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
-def reduce_channels(raw: Tensor) -> Tensor:
-    """The ``(H, W)`` map to draw over an image: a CAM map as it is; for an input-shaped
-    ``(C, H, W)`` attribution, the largest absolute value over the channels.
-
-    Raises:
-        ValueError: ``raw`` is neither ``(H, W)`` nor ``(C, H, W)``.
-    """
-    heat = raw.abs().amax(0) if raw.ndim == 3 else raw
-    if heat.ndim != 2:
-        raise ValueError(f"cannot draw a map of shape {tuple(raw.shape)} over an image")
-    return heat
-
-
 def save_npy(path: Path, tensor: Tensor) -> None:
     """Save a CPU tensor as ``.npy``."""
     np.save(path, tensor.numpy())
