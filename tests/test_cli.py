@@ -18,7 +18,7 @@ import gradlens
 from gradlens._explain import differentiate
 from gradlens.cli import Preprocess, main
 from gradlens.dataset import load_features
-from gradlens.registry import METHODS
+from gradlens.registry import INFO, METHODS, MethodInfo
 
 USER_MODULE = """
 import torch
@@ -100,6 +100,7 @@ def layer_map(model, x, target=None, *, layer="conv2"):
 def methods(monkeypatch):
     """The registry with the test method added (removed again after the test)."""
     monkeypatch.setitem(METHODS, "layermap", layer_map)
+    monkeypatch.setitem(INFO, "layermap", MethodInfo("layermap", "cam", needs_layer=True))
     return METHODS
 
 
