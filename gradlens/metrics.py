@@ -661,7 +661,8 @@ def randomization_test(
             if missing
             else "the model has no parameters to randomise"
         )
-    working = copy.deepcopy(model)
+    with torch.inference_mode(False):  # ordinary parameters, which autograd can save
+        working = copy.deepcopy(model)
     working_modules = dict(working.named_modules())
     images = images.detach()
     classes: Any = target

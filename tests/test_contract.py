@@ -104,20 +104,8 @@ class Case:
     error_at: str = "boom"
 
 
-# Options that keep every registered method fast on the 8x8 test input. The registry's
-# MethodInfo.quick_options are used where a method declares them; this table is the
-# fallback until every registration has them (then it can go).
-FALLBACK_QUICK_OPTIONS: dict[str, dict[str, Any]] = {
-    "smoothgrad": {"n": 2, "seed": 0},
-    "vargrad": {"n": 2, "seed": 0},
-    "integrated_gradients": {"steps": 2},
-    "occlusion": {"window": 4, "stride": 4},
-}
-# Methods that take a layer although their MethodInfo says needs_layer=False today.
-FALLBACK_NEEDS_LAYER = {"guided_gradcam"}
-# Eigen-CAM is class-agnostic (it ignores target, as documented) and needs only the layer's
-# activations, so its forward stops at the layer.
-TARGET_FREE_METHODS = {"eigencam"}
+# Eigen-CAM needs only the layer's activations (its MethodInfo says it uses no target), so
+# its forward stops at the layer and an error after the layer never runs.
 STOPS_AT_THE_LAYER = {"eigencam"}
 
 KINDS_WITH_A_CASE = ("cam", "attribution")
@@ -126,8 +114,8 @@ KINDS_WITH_A_CASE = ("cam", "attribution")
 
 def _method_options(name: str) -> dict[str, Any]:
     info = INFO[name]
-    options = dict(info.quick_options or FALLBACK_QUICK_OPTIONS.get(name, {}))
-    if info.needs_layer or name in FALLBACK_NEEDS_LAYER:
+    options = dict(info.quick_options)
+    if info.needs_layer:
         options["layer"] = CAM_LAYER
     return options
 
@@ -138,7 +126,7 @@ def _method_case(name: str) -> Case:
     return Case(
         function,
         lambda c: function(c.model, c.x, target=c.target, **options),
-        takes_target=name not in TARGET_FREE_METHODS,
+        takes_target=INFO[name].uses_target,
         error_at="block2.2" if name in STOPS_AT_THE_LAYER else "boom",
     )
 
@@ -306,22 +294,7 @@ def _public_callables() -> dict[str, Any]:
 # Combinations that fail today because of gradlens bugs being fixed elsewhere:
 # (entry point, mode, outcome) -> reason. strict: a fixed bug turns the xfail into a failure,
 # so the entry must then be removed.
-KNOWN_FAILURES: dict[tuple[str, str, str], str] = {
-    ("layer_integrated_gradients", "inference_mode", "success"): (
-        "attribution/integrated.py: the interpolated layer outputs are computed in the "
-        "caller's inference mode, so the substituted output is an inference tensor and the "
-        "Recorder's tape cannot start on it (RuntimeError: Setting requires_grad=True on "
-        "inference tensor outside InferenceMode)"
-    ),
-    ("layer_integrated_gradients", "inference_mode", "bad_target"): (
-        "the same inference-tensor RuntimeError comes before the target is checked"
-    ),
-    ("randomization_test", "inference_mode", "success"): (
-        "metrics.randomization_test deep-copies the model in the caller's inference mode, "
-        "so the copy's parameters are inference tensors and the gradient method cannot "
-        "save them for backward (RuntimeError: Inference tensors cannot be saved for backward)"
-    ),
-}
+KNOWN_FAILURES: dict[tuple[str, str, str], str] = {}
 
 
 def _params(outcome: str, names: list[str]) -> list[Any]:

@@ -270,7 +270,8 @@ def layer_integrated_gradients(
 
     def differentiate_path(points: Tensor) -> tuple[dict[int, Tensor], bool]:
         k = len(points)
-        substitute = _Substitute(_interpolate(start, end, points), name)
+        with torch.inference_mode(False):  # an ordinary tensor: the tape starts on it
+            substitute = _Substitute(_interpolate(start, end, points), name)
         result = differentiate(
             model,
             inputs.tile(k),

@@ -49,7 +49,7 @@ def first_component(values: Tensor) -> Tensor:
     return (projection * sign[:, None]).reshape(n, h, w)
 
 
-@register("eigencam", "cam", needs_layer=True, multi_target=False)
+@register("eigencam", "cam", needs_layer=True, multi_target=False, uses_target=False)
 def eigencam(
     model: nn.Module,
     x: Inputs,
