@@ -254,12 +254,14 @@ EXEMPT: dict[str, str] = {
     "OutputSelectionError": "an exception class",
     "RecorderStateError": "an exception class",
     "TargetError": "an exception class",
+    "NotRecordedError": "an exception class",
     # records and results: plain data
     "Call": "what a Recorder stores for one module call",
     "LayerInfo": "a row of gradlens.layers' table",
     "Manifest": "the description of a dataset output folder",
     "CurveResult": "a metric result",
     "RandomizationResult": "a metric result",
+    "CamOptions": "a TypedDict of keyword options",
     # pure helpers: they never run a model
     "select_layers": "resolves names to modules; runs no forward",
     "load_features": "reads .npy files",
