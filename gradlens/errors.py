@@ -12,6 +12,7 @@ __all__ = [
     "InPlaceBackwardHookError",
     "RecorderStateError",
     "ManifestMismatchError",
+    "InterventionError",
 ]
 
 
@@ -47,7 +48,8 @@ class TargetError(GradlensError, ValueError):
 
 
 class OutputSelectionError(GradlensError, ValueError):
-    """A structured output (tuple, dict, dataclass) needs ``output=`` / ``select=`` to pick a tensor."""
+    """A structured output (tuple, dict, dataclass) needs ``output=`` / ``select=`` to pick
+    a tensor."""
 
 
 class InPlaceBackwardHookError(GradlensError, RuntimeError):
@@ -61,3 +63,9 @@ class RecorderStateError(GradlensError, RuntimeError):
 class ManifestMismatchError(GradlensError, ValueError):
     """A dataset output directory holds results of another call (another model, other
     layers or options), so they cannot be resumed or merged with this one."""
+
+
+class InterventionError(GradlensError, ValueError):
+    """An edit or a patching run does not fit the model: a patch whose shape does not
+    broadcast to the layer's output, a position out of range, clean and corrupted inputs
+    of different shapes, or a metric that returns the wrong shape."""
