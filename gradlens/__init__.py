@@ -35,6 +35,7 @@ from .errors import (
     GradientNotAvailableError,
     GradlensError,
     InPlaceBackwardHookError,
+    InterventionError,
     LayerNotExecutedError,
     LayerNotFoundError,
     ManifestMismatchError,
@@ -43,6 +44,7 @@ from .errors import (
     TargetError,
 )
 from .extract import Extractor, extract
+from .interventions import activation_patching, attribution_patching, edits, patch
 from .recorder import Call, Recorder, record
 from .registry import METHODS
 from .selection import select_layers
@@ -54,9 +56,12 @@ __all__ = [
     "METHODS",
     "Manifest",
     "ablationcam",
+    "activation_patching",
+    "attribution_patching",
     "attribute_dataset",
     "attribution",
     "cam",
+    "edits",
     "eigencam",
     "eigengradcam",
     "extract_dataset",
@@ -73,6 +78,7 @@ __all__ = [
     "load_features",
     "merge_shards",
     "occlusion",
+    "patch",
     "saliency",
     "scorecam",
     "smoothgrad",
@@ -83,6 +89,7 @@ __all__ = [
     "GradientNotAvailableError",
     "GradlensError",
     "InPlaceBackwardHookError",
+    "InterventionError",
     "LayerInfo",
     "LayerNotExecutedError",
     "LayerNotFoundError",
