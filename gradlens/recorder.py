@@ -19,8 +19,6 @@ forwards inside the block are restored (``restore_buffers=True``).
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,16 +27,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._hooks import HookSet
+from ._pytree import flatten, partial_rebuild, selected_positions
 from .errors import (
     GradientNotAvailableError,
     InPlaceBackwardHookError,
     LayerNotExecutedError,
     LayerNotFoundError,
-    OutputSelectionError,
     RecorderStateError,
 )
 from .selection import Layers, close_names, select_layers
-from .targets import OutputSpec, select_output
+from .targets import OutputSpec
 
 __all__ = ["Call", "Recorder", "record"]
 
@@ -165,7 +164,7 @@ class Recorder:
         self.stop_early = stop_early
         self.restore_buffers = restore_buffers
         self._calls: dict[str, list[Call]] = {}
-        self._handles: list[Any] = []
+        self._hooks = HookSet()
         self._active = False
         self._counter = itertools.count()
         self._collect_hook_grads = True
@@ -201,15 +200,13 @@ class Recorder:
         try:
             for name, module in self.modules.items():
                 if self.record_inputs:
-                    self._handles.append(module.register_forward_pre_hook(self._input_hook(name)))
-                self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+                    self._hooks.forward_pre(module, self._input_hook(name))
+                self._hooks.forward(module, self._forward_hook(name))
                 if self.backward_hooks:
-                    self._handles.append(
-                        module.register_full_backward_hook(self._backward_hook(name))
-                    )
+                    self._hooks.full_backward(module, self._backward_hook(name))
             if self.tape_from_layers:
-                self._handles.append(self.model.register_forward_pre_hook(self._tape_off))
-                self._handles.append(self.model.register_forward_hook(self._tape_restore))
+                self._hooks.forward_pre(self.model, self._tape_off)
+                self._hooks.forward(self.model, self._tape_restore)
         except BaseException:
             self._close()
             raise
@@ -233,9 +230,7 @@ class Recorder:
         return False
 
     def _close(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.remove()
         if self.tape_from_layers:
             torch.set_grad_enabled(self._entry_grad_mode)
         with torch.no_grad():
@@ -317,17 +312,9 @@ class Recorder:
         return hook
 
     def _record_call(self, name: str, args: Any, output: Any) -> Any:
-        leaves, rebuild = _flatten(output)
+        leaves, rebuild = flatten(output)
         spec = self.select.get(name) if isinstance(self.select, Mapping) else self.select
-        positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
-        if spec is not None:
-            chosen = select_output(output, spec)
-            positions = [i for i in positions if leaves[i] is chosen]
-            if not positions:
-                raise OutputSelectionError(
-                    f"select={spec!r} for layer {name!r} must pick one of the tensors the "
-                    "module returned, not a tensor computed from them"
-                )
+        positions = selected_positions(output, leaves, spec, name)
         call = self._new_call(name)
         if self.record_inputs and self._pending_inputs[name]:
             call.inputs = self._pending_inputs[name].pop()
@@ -359,8 +346,8 @@ class Recorder:
             # rebuild records from a skeleton without tensors, so that no closure keeps
             # the module's live outputs (and their graph) alive after the block
             skeleton = [None if isinstance(leaf, Tensor) else leaf for leaf in leaves]
-            _, skeleton_rebuild = _flatten(rebuild(skeleton))
-            call._rebuild = _partial_rebuild(skeleton_rebuild, skeleton, positions)
+            _, skeleton_rebuild = flatten(rebuild(skeleton))
+            call._rebuild = partial_rebuild(skeleton_rebuild, skeleton, positions)
             call.activation = call._rebuild(stored)
         if self.backward_hooks:
             self._pending_backward[name].append(call)
@@ -511,8 +498,9 @@ class Recorder:
         if name not in self._calls:
             known = list(self._calls) or list(self.modules)
             hint = close_names(name, known)
+            listed = ", ".join(map(repr, known)) or "none"
             raise LayerNotFoundError(
-                f"{name!r} was not recorded; recorded layers: {', '.join(map(repr, known)) or 'none'}"
+                f"{name!r} was not recorded; recorded layers: {listed}"
                 + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
             )
         calls = self._calls[name]
@@ -620,70 +608,3 @@ def _shares_storage(a: Tensor, b: Tensor) -> bool:
         return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):
         return True
-
-
-def _flatten(obj: Any) -> tuple[list[Any], Callable[[list[Any]], Any]]:
-    """Leaves of a (nested) tensor/tuple/list/dict/dataclass structure and its rebuilder."""
-    if isinstance(obj, Tensor):
-        return [obj], lambda leaves: leaves[0]
-    if isinstance(obj, (tuple, list)):
-        return _flatten_children(list(obj), lambda items: _same_sequence(obj, items))
-    if isinstance(obj, Mapping):
-        keys = list(obj.keys())
-
-        def rebuild_mapping(items: list[Any]) -> Any:
-            new = copy.copy(obj)
-            for key, value in zip(keys, items):
-                new[key] = value
-            return new
-
-        return _flatten_children([obj[k] for k in keys], rebuild_mapping)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        names = [f.name for f in dataclasses.fields(obj) if f.init]
-        return _flatten_children(
-            [getattr(obj, n) for n in names],
-            lambda items: dataclasses.replace(obj, **dict(zip(names, items))),
-        )
-    return [obj], lambda leaves: leaves[0]
-
-
-def _flatten_children(
-    children: list[Any], build: Callable[[list[Any]], Any]
-) -> tuple[list[Any], Callable[[list[Any]], Any]]:
-    parts = [_flatten(c) for c in children]
-    sizes = [len(leaves) for leaves, _ in parts]
-    leaves = [leaf for part, _ in parts for leaf in part]
-
-    def rebuild(flat: list[Any]) -> Any:
-        items, start = [], 0
-        for (_, sub_rebuild), size in zip(parts, sizes):
-            items.append(sub_rebuild(flat[start : start + size]))
-            start += size
-        return build(items)
-
-    return leaves, rebuild
-
-
-def _same_sequence(template: tuple | list, items: list[Any]) -> Any:
-    if isinstance(template, list):
-        return items
-    if hasattr(template, "_fields"):  # namedtuple
-        return type(template)(*items)
-    try:
-        return type(template)(items)
-    except TypeError:
-        return tuple(items)
-
-
-def _partial_rebuild(
-    rebuild: Callable[[list[Any]], Any], leaves: list[Any], positions: list[int]
-) -> Callable[[list[Any]], Any]:
-    """A rebuilder that places values at ``positions`` of a tensor-free list of leaves."""
-
-    def rebuild_some(values: list[Any]) -> Any:
-        flat = list(leaves)
-        for pos, value in zip(positions, values):
-            flat[pos] = value
-        return rebuild(flat)
-
-    return rebuild_some
