@@ -8,10 +8,11 @@ from typing import Any, Union
 
 from torch import Tensor, nn
 
-from ..errors import LayerNotExecutedError, OutputSelectionError
-from ..recorder import Recorder, _flatten
+from ..buffers import preserve_buffers
+from ..errors import LayerNotExecutedError
+from ..outputs import replace_outputs
 from ..selection import LayerSpec, select_layers
-from ..targets import OutputSpec, select_output
+from ..targets import OutputSpec
 from .edits import Edit, as_edit
 
 __all__ = ["patch", "EditSpec"]
@@ -38,11 +39,13 @@ def patch(
             steered = lm.generate(ids, max_new_tokens=20)
 
     Every call of an edited module inside the block is edited, in any forward: a plain
-    call, ``model.generate(...)``, a backward through the edited forward. Edits compose
-    with :func:`gradlens.record`: a record of a *later* layer sees the edited forward and
-    its gradients; a record of an *edited* layer stores the edited value, whichever of the
-    two blocks is entered first (the edit runs before any other hook of that module), and
-    its gradient is the gradient with respect to the edited value.
+    call, each step of ``model.generate(...)``, a backward through the edited forward.
+    The edits are output-replacing hooks (:func:`gradlens.outputs.replace_outputs`), so
+    they compose with :func:`gradlens.record` entered *inside* the block: a record of a
+    later layer sees the edited forward and its gradients, and a record of an edited
+    layer stores the edited value (its gradient is the gradient with respect to the
+    edited value). A record entered *outside* the block stores an edited layer's output
+    as the module computed it, before the edit.
 
     Args:
         model: the model.
@@ -87,12 +90,14 @@ def patch(
 
     def edit_output(name: str, module: nn.Module, output: Any) -> Any:
         calls[name] += 1
-        spec = select.get(name) if isinstance(select, Mapping) else select
         for edit in plan[name]:
-            output = _edit_selected(name, output, edit, spec)
+            output = edit(name, output)
         return output
 
-    with Recorder(model, list(plan), modify=edit_output, store=False):
+    with (
+        preserve_buffers(model),
+        replace_outputs(model, dict.fromkeys(plan, edit_output), select=select),
+    ):
         yield model
     never = [name for name, count in calls.items() if count == 0]
     if never:
@@ -115,20 +120,3 @@ def _plan(
             plan.setdefault(name, []).append(edit)
     order = list(select_layers(model, list(plan)))
     return {name: plan[name] for name in order}
-
-
-def _edit_selected(name: str, output: Any, edit: Edit, spec: OutputSpec) -> Any:
-    """Apply ``edit`` to the tensor ``spec`` picks out of ``output``; keep the rest."""
-    if spec is None:
-        return edit(name, output)
-    chosen = select_output(output, spec)
-    leaves, rebuild = _flatten(output)
-    positions = [i for i, leaf in enumerate(leaves) if leaf is chosen]
-    if not positions:
-        raise OutputSelectionError(
-            f"select={spec!r} for layer {name!r} must pick one of the tensors the module "
-            "returned, not a tensor computed from them"
-        )
-    new_leaves = list(leaves)
-    new_leaves[positions[0]] = edit(name, chosen)
-    return rebuild(new_leaves)

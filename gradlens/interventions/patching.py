@@ -17,10 +17,10 @@ from torch import Tensor, nn
 
 from .._explain import differentiate
 from .._inputs import Inputs, as_args, batch_size
+from .._pytree import flatten
 from ..buffers import preserve_buffers
 from ..errors import InterventionError
 from ..extract import extract
-from ..recorder import _flatten
 from ..selection import Layers, select_layers
 from ..targets import OutputSpec
 from .edits import position_index
@@ -111,7 +111,7 @@ def activation_patching(
         }
         args = _repeat(as_args(corrupted), b, len(chunk))
         kwargs = _repeat(dict(forward_kwargs or {}), b, len(chunk))
-        with torch.inference_mode(), preserve_buffers(model), patch(model, edits, select=select):
+        with torch.inference_mode(), patch(model, edits, select=select):
             output = model(*args, **kwargs)
         values.extend(_metric_per_case(metric, output, b, len(chunk)))
     n_positions = 1 if index is None else len(index)
@@ -305,7 +305,7 @@ def _repeat(inputs: Any, b: int, times: int) -> Any:
 
 def _metric_per_case(metric: Metric, output: Any, b: int, cases: int) -> list[Tensor]:
     """The metric of each case's ``b`` rows of a batched output, averaged over the rows."""
-    leaves, rebuild = _flatten(output)
+    leaves, rebuild = flatten(output)
     values = []
     for k in range(cases):
         rows = slice(k * b, (k + 1) * b)
