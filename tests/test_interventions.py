@@ -179,7 +179,8 @@ def test_a_steering_vector_can_be_learned_through_the_patch(net, ids):
     torch.testing.assert_close(vector.grad, (active * net.head.weight[1]).sum((0, 1)).detach())
 
 
-def test_generate_runs_every_step_with_the_edit():
+@pytest.fixture(scope="module")
+def lm() -> nn.Module:
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(
         n_layer=2,
@@ -191,7 +192,21 @@ def test_generate_runs_every_step_with_the_edit():
         eos_token_id=0,
     )
     torch.manual_seed(0)
-    lm = transformers.GPT2LMHeadModel(config).eval()
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def test_a_model_output_is_edited_through_select_and_the_rest_is_kept(lm):
+    ids = torch.tensor([[5, 6, 7, 8]])
+    edits = {"transformer": E.zero()}
+    with torch.no_grad(), gradlens.patch(lm, edits, select="last_hidden_state"):
+        out = lm(ids)
+        inner = lm.transformer(ids)
+    assert torch.equal(out.logits, torch.zeros(1, 4, 40))  # lm_head has no bias
+    assert type(inner).__name__ == "BaseModelOutputWithPastAndCrossAttentions"
+    assert inner.past_key_values is not None  # the cache, kept
+
+
+def test_generate_runs_every_step_with_the_edit(lm):
     ids = torch.tensor([[5, 6, 7, 8]])
     steer = {"transformer.h.0": E.add(torch.randn(32), scale=4.0)}
     before = model_state(lm)
