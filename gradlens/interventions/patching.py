@@ -21,10 +21,10 @@ from .._pytree import flatten
 from ..buffers import preserve_buffers
 from ..errors import InterventionError
 from ..extract import extract
-from ..selection import Layers, select_layers
+from ..selection import Layers, LayerSpec, select_layers
 from ..targets import OutputSpec
 from .edits import position_index
-from .patch import patch
+from .patch import EditSpec, patch
 
 __all__ = ["activation_patching", "attribution_patching", "Metric", "PatchPositions"]
 
@@ -105,8 +105,8 @@ def activation_patching(
     values: list[Tensor] = []
     for start in range(0, len(cases), per_forward):
         chunk = cases[start : start + per_forward]
-        edits = {
-            (name,): _patch_rows(name, clean_acts[name], chunk, b)
+        edits: dict[LayerSpec | tuple[LayerSpec, ...], EditSpec] = {
+            name: _patch_rows(name, clean_acts[name], chunk, b)
             for name in dict.fromkeys(name for name, _ in chunk)
         }
         args = _repeat(as_args(corrupted), b, len(chunk))
