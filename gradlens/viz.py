@@ -332,7 +332,8 @@ def patching_heatmap(
         layers: the ``L`` row labels (e.g. the layer names); default ``0..L-1``.
         positions: the ``P`` column labels (e.g. the tokens); default ``0..P-1``.
         title: a title above the panels.
-        panel_size: the height of a panel in inches; wider panels for more positions.
+        panel_size: the height of a panel in inches; panels are wider for more
+            positions, up to three times that.
 
     Returns:
         The :class:`~matplotlib.figure.Figure`.
@@ -356,7 +357,7 @@ def patching_heatmap(
             f"{len(row_labels)} layer and {len(column_labels)} position labels for results "
             f"of shape ({n_layers}, {n_positions})"
         )
-    width = panel_size * max(1.0, n_positions / max(n_layers, 1)) * 0.8 + 1.5
+    width = min(max(1.5 + 0.3 * n_positions, panel_size), 3 * panel_size)  # per panel
     fig = Figure(figsize=(width * len(arrays), panel_size + 0.6), layout="constrained")
     for k, (name, array) in enumerate(arrays.items()):
         ax = fig.add_subplot(1, len(arrays), k + 1)
