@@ -47,7 +47,7 @@ def flatten(obj: Any) -> tuple[list[Any], Rebuild]:
         keys = list(obj.keys())
 
         def rebuild_mapping(items: list[Any]) -> Any:
-            new = copy.copy(obj)
+            new: Any = copy.copy(obj)
             for key, value in zip(keys, items):
                 new[key] = value
             return new

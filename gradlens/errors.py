@@ -11,6 +11,7 @@ __all__ = [
     "OutputSelectionError",
     "InPlaceBackwardHookError",
     "RecorderStateError",
+    "NotRecordedError",
     "ManifestMismatchError",
     "InterventionError",
 ]
@@ -57,7 +58,20 @@ class InPlaceBackwardHookError(GradlensError, RuntimeError):
 
 
 class RecorderStateError(GradlensError, RuntimeError):
-    """A Recorder was used in the wrong state (entered twice, read before entering)."""
+    """A Recorder (or a ``replace_outputs`` context) was used in the wrong state (entered
+    twice, used outside its ``with`` block)."""
+
+
+class NotRecordedError(GradlensError, KeyError):
+    """A Recorder was asked for something it was not told to record (a call's inputs
+    without ``inputs=True``, input gradients without ``backward_hooks=True``).
+
+    A :class:`KeyError`, like any failed lookup in the Recorder's record mappings; its
+    ``str()`` is the readable message.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class ManifestMismatchError(GradlensError, ValueError):

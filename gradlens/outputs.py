@@ -161,6 +161,7 @@ def replace_outputs(
         OutputSelectionError: (during the forward) ``select`` names nothing in a
             module's output.
     """
+    pairs: list[tuple[Any, Edit]]
     if isinstance(edits, Mapping):
         if layers is not None:
             raise ValueError(

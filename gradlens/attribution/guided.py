@@ -14,7 +14,7 @@ from .._inputs import Inputs
 from .._inputs import batch_size as count_samples
 from ..cam import gradcam
 from ..errors import LayerNotFoundError
-from ..recorder import Recorder
+from ..outputs import OutputReplacer, replace_outputs
 from ..registry import register
 from ..selection import Layers
 from ..summary import default_layer
@@ -47,10 +47,10 @@ def _guide(name: str, module: nn.Module, output: Any) -> Any:
     return _GuidedReLU.apply(output) if isinstance(output, Tensor) else output
 
 
-def _relu_guides(model: nn.Module) -> Recorder:
-    """A Recorder that wraps the output of every ``nn.ReLU`` in the guided ReLU."""
+def _relu_guides(model: nn.Module) -> OutputReplacer:
+    """A context that wraps the output of every ``nn.ReLU`` in the guided ReLU."""
     try:
-        return Recorder(model, nn.ReLU, modify=_guide, store=False)
+        return replace_outputs(model, {nn.ReLU: _guide})
     except LayerNotFoundError:
         raise LayerNotFoundError(
             f"guided backpropagation changes the backward pass of nn.ReLU modules, and "
@@ -74,7 +74,7 @@ def guided_backprop(
     Springenberg, Dosovitskiy, Brox & Riedmiller (2015), "Striving for Simplicity: The All
     Convolutional Net". During one forward and backward, the output of every ``nn.ReLU``
     module (each call: torchvision reuses one ReLU several times per block) is wrapped by
-    the Recorder's output-replacing hook in a guided-ReLU autograd function; the hooks come
+    :func:`gradlens.outputs.replace_outputs` in a guided-ReLU autograd function; the hooks come
     off afterwards and the modules, their ``inplace`` flags and their hooks are unchanged.
     In-place ReLUs work (full backward hooks, which Captum's ``GuidedBackprop`` uses, are
     not needed). Equal to Captum's ``GuidedBackprop``.
@@ -120,11 +120,12 @@ def guided_gradcam(
     Selvaraju et al. (2017), "Grad-CAM: Visual Explanations from Deep Networks via
     Gradient-based Localization": the raw Grad-CAM map of ``layer``
     (:func:`gradlens.cam.gradcam` with ``upsample=False, normalize=False``: ReLU of the
-    channel-weighted activations, weights = spatial mean of the gradients) upsampled to the input size, times :func:`guided_backprop`, element-wise (broadcast
-    over channels). The paper upsamples bilinearly (the default); Captum's
-    ``GuidedGradCam`` uses nearest-neighbour upsampling: ``interpolation="nearest"``
-    gives its result. Both passes explain the same class: ``target=None`` is fixed to the
-    top class found by the guided pass.
+    channel-weighted activations, weights = spatial mean of the gradients) upsampled to the
+    input size, times :func:`guided_backprop`, element-wise (broadcast over channels). The
+    paper upsamples bilinearly (the default); Captum's ``GuidedGradCam`` uses
+    nearest-neighbour upsampling: ``interpolation="nearest"`` gives its result. Both passes
+    explain the same class: ``target=None`` is fixed to the top class found by the guided
+    pass.
 
     Args:
         model: the model.

@@ -23,6 +23,7 @@ from .._explain import check_target, differentiate, repeat_target
 from .._inputs import Inputs, prepare
 from .._inputs import batch_size as count_samples
 from ..extract import extract
+from ..outputs import replace_outputs
 from ..recorder import Recorder
 from ..registry import register
 from ..selection import Layers
@@ -271,7 +272,7 @@ def layer_integrated_gradients(
             layers=name,
             output=output,
             forward_kwargs=tile_kwargs(kwargs, batch, k),
-            hooks=[Recorder(model, name, modify=substitute, store=False)],
+            hooks=[replace_outputs(model, {name: substitute})],
         )
         return {0: result.gradients[name]}, result.scores.ndim == 2
 
@@ -377,7 +378,8 @@ def _evaluate_with_layer(
 
 
 class _Substitute:
-    """A ``modify=`` hook that replaces the layer's output by the interpolated points."""
+    """An edit for :func:`~gradlens.outputs.replace_outputs`: the layer's output becomes
+    the interpolated points."""
 
     def __init__(self, points: Tensor, name: str) -> None:
         self.points = points

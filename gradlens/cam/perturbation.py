@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from .._folding import folded_copy
 from .._inputs import Inputs, prepare
 from .._inputs import batch_size as count_samples
+from ..buffers import preserve_buffers
+from ..outputs import replace_outputs
 from ..recorder import Recorder
 from ..registry import register
 from ..selection import Layers
@@ -527,7 +529,7 @@ class _Ablation:
 
 
 class _Replace:
-    """``modify`` for a Recorder: replaces the ``call``-th output of the layer by ``tensor``."""
+    """An edit for ``replace_outputs``: the ``call``-th output of the layer becomes ``tensor``."""
 
     def __init__(self, call: int, tensor: Tensor) -> None:
         self.call, self.tensor, self.seen = call, tensor, 0
@@ -593,7 +595,8 @@ class _AblatedRunner:
         rows = torch.full((1 if shared else n,), b, dtype=torch.long)
         args, kwargs = self.clean.row_inputs(rows)
         modify = _Replace(self.clean.calls[self.name] - 1, replacement)
-        with torch.inference_mode(), Recorder(self.model, self.name, modify=modify, store=False):
+        replaced = replace_outputs(self.model, {self.name: modify})
+        with torch.inference_mode(), preserve_buffers(self.model), replaced:
             out = self.model(*args, **kwargs)
             value = _row_scores(
                 out, self.clean.row_target(torch.full((n,), b)), n, self.output, "raw"
