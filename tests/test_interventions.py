@@ -170,6 +170,14 @@ def test_record_inside_patch_sees_the_edited_forward_and_its_gradients(net, ids)
     torch.testing.assert_close(rec.gradients["hidden"], expected.detach())
 
 
+def test_record_outside_patch_stores_the_output_before_the_edit(net, ids):
+    with gradlens.record(net, ["hidden", "relu"]) as rec:
+        with gradlens.patch(net, {"hidden": E.zero()}):
+            net(ids)
+    torch.testing.assert_close(rec["hidden"], net.hidden(net.embed(ids)).detach())
+    assert torch.equal(rec["relu"], torch.zeros(2, 3, 4))  # downstream of the edit
+
+
 def test_a_steering_vector_can_be_learned_through_the_patch(net, ids):
     vector = torch.zeros(4, requires_grad=True)
     with gradlens.patch(net, {"hidden": E.add(vector)}):
