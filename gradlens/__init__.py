@@ -6,6 +6,8 @@ and the methods built on it.
 
 from __future__ import annotations
 
+import sys
+
 from . import attribution, cam, errors, targets  # noqa: E402  (fill the registry)
 from .attribution import (
     guided_backprop,
@@ -50,6 +52,10 @@ from .recorder import Call, Recorder, record
 from .registry import METHODS
 from .selection import select_layers
 from .summary import LayerInfo, default_layer, layers
+
+# the edit helpers live in gradlens/interventions/edits.py; this makes
+# "from gradlens.edits import zero" work as well as "gradlens.edits.zero()"
+sys.modules[f"{__name__}.edits"] = edits
 
 __version__ = "0.1.0"
 

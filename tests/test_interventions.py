@@ -315,3 +315,9 @@ def test_a_value_that_is_no_edit_is_refused(net):
     with pytest.raises(TypeError, match="an edit is a tensor"):
         with gradlens.patch(net, {"hidden": "zero"}):
             pass
+
+
+def test_the_edit_helpers_import_as_gradlens_edits():
+    from gradlens.edits import zero
+
+    assert gradlens.edits.zero is zero is E.zero
