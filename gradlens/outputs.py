@@ -38,7 +38,14 @@ Edits = Union[Mapping[Union[LayerSpec, tuple[LayerSpec, ...]], Edit], Edit]
 
 
 class OutputReplacer:
-    """The context manager :func:`replace_outputs` returns.
+    """The context manager :func:`replace_outputs` returns (build it with that function,
+    which resolves and checks the layer specs).
+
+    Args:
+        model: the model.
+        modules: ``{name: module}`` of the modules to edit.
+        edits: ``{name: edit}`` with an entry for each of ``modules``.
+        select: as for :func:`replace_outputs`.
 
     Attributes:
         model: the model whose outputs are replaced.
