@@ -13,6 +13,7 @@ __all__ = [
     "RecorderStateError",
     "NotRecordedError",
     "ManifestMismatchError",
+    "InterventionError",
 ]
 
 
@@ -75,3 +76,9 @@ class NotRecordedError(GradlensError, KeyError):
 class ManifestMismatchError(GradlensError, ValueError):
     """A dataset output directory holds results of another call (another model, other
     layers or options), so they cannot be resumed or merged with this one."""
+
+
+class InterventionError(GradlensError, ValueError):
+    """An edit or a patching run does not fit the model: a patch whose shape does not
+    broadcast to the layer's output, a position out of range, clean and corrupted inputs
+    of different shapes, or a metric that returns the wrong shape."""
