@@ -170,6 +170,15 @@ def _randomization_test(c: Call) -> None:
     )
 
 
+def _patch(c: Call) -> None:
+    with gradlens.patch(c.model, {"block1": gradlens.edits.zero()}):
+        c.model(c.x)
+
+
+def _first_logit(output: torch.Tensor) -> torch.Tensor:
+    return output[:, 0]
+
+
 ENTRY_POINTS: dict[str, Case] = {
     **{name: _method_case(name) for name, info in INFO.items() if info.kind in KINDS_WITH_A_CASE},
     "cam": Case(
@@ -228,6 +237,21 @@ ENTRY_POINTS: dict[str, Case] = {
         ),
         takes_target=False,
     ),
+    "patch": Case(gradlens.patch, _patch, takes_target=False),
+    "activation_patching": Case(
+        gradlens.activation_patching,
+        lambda c: gradlens.activation_patching(
+            c.model, c.x, c.x.flip(0), ["block1", "block2"], _first_logit
+        ),
+        takes_target=False,
+    ),
+    "attribution_patching": Case(
+        gradlens.attribution_patching,
+        lambda c: gradlens.attribution_patching(
+            c.model, c.x, c.x.flip(0), ["block1", "block2"], _first_logit
+        ),
+        takes_target=False,
+    ),
     "attribute_dataset": Case(
         gradlens.attribute_dataset,
         lambda c: gradlens.attribute_dataset(
@@ -255,6 +279,7 @@ EXEMPT: dict[str, str] = {
     "RecorderStateError": "an exception class",
     "TargetError": "an exception class",
     "NotRecordedError": "an exception class",
+    "InterventionError": "an exception class",
     # records and results: plain data
     "Call": "what a Recorder stores for one module call",
     "LayerInfo": "a row of gradlens.layers' table",
@@ -275,6 +300,8 @@ EXEMPT: dict[str, str] = {
     "window_positions": "slices of an occlusion grid",
     "spearman": "rank correlation of two tensors",
     "gaussian_blur": "blurs images",
+    "logit_difference": "builds a metric function from class indices",
+    "normalized": "rescales a metric function between two given outputs",
 }
 
 PUBLIC_MODULES = (gradlens, gradlens.cam, gradlens.attribution, gradlens.metrics)
