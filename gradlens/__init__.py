@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from . import attribution, cam, errors, targets  # noqa: E402  (fill the registry)
+from . import attention, attribution, cam, errors, targets  # noqa: E402  (fill the registry)
+from .attention import AttentionCapture, attentions, capture_attention
 from .attribution import (
     guided_backprop,
     guided_gradcam,
@@ -34,6 +35,7 @@ from .cam import (
 )
 from .dataset import Manifest, attribute_dataset, extract_dataset, load_features, merge_shards
 from .errors import (
+    AttentionCaptureError,
     GradientNotAvailableError,
     GradlensError,
     InPlaceBackwardHookError,
@@ -65,6 +67,11 @@ __all__ = [
     "ablationcam",
     "activation_patching",
     "attribution_patching",
+    "attention",
+    "attentions",
+    "capture_attention",
+    "AttentionCapture",
+    "AttentionCaptureError",
     "attribute_dataset",
     "attribution",
     "cam",

@@ -33,13 +33,19 @@ class HookSet:
     def __init__(self) -> None:
         self._handles: list[RemovableHandle] = []
 
-    def forward(self, module: nn.Module, hook: Callable[[nn.Module, Any, Any], Any]) -> None:
-        """Register ``hook(module, args, output) -> new output or None`` on ``module``."""
-        self._handles.append(module.register_forward_hook(hook))
+    def forward(
+        self, module: nn.Module, hook: Callable[..., Any], *, always_call: bool = False
+    ) -> None:
+        """Register ``hook(module, args, output) -> new output or None`` on ``module``
+        (``always_call``: also when the module raises)."""
+        self._handles.append(module.register_forward_hook(hook, always_call=always_call))
 
-    def forward_pre(self, module: nn.Module, hook: Callable[[nn.Module, Any], Any]) -> None:
-        """Register ``hook(module, args) -> new args or None``, run before ``module``."""
-        self._handles.append(module.register_forward_pre_hook(hook))
+    def forward_pre(
+        self, module: nn.Module, hook: Callable[..., Any], *, with_kwargs: bool = False
+    ) -> None:
+        """Register ``hook(module, args) -> new args or None``, run before ``module``
+        (``with_kwargs``: ``hook(module, args, kwargs) -> (args, kwargs) or None``)."""
+        self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=with_kwargs))
 
     def full_backward(self, module: nn.Module, hook: Callable[[nn.Module, Any, Any], Any]) -> None:
         """Register ``hook(module, grad_input, grad_output)`` on ``module``.

@@ -14,6 +14,7 @@ __all__ = [
     "NotRecordedError",
     "ManifestMismatchError",
     "InterventionError",
+    "AttentionCaptureError",
 ]
 
 
@@ -82,3 +83,9 @@ class InterventionError(GradlensError, ValueError):
     """An edit or a patching run does not fit the model: a patch whose shape does not
     broadcast to the layer's output, a position out of range, clean and corrupted inputs
     of different shapes, or a metric that returns the wrong shape."""
+
+
+class AttentionCaptureError(GradlensError, RuntimeError):
+    """Attention probabilities could not be captured: the model has no attention module, or
+    an attention module computed its attention in a way gradlens cannot see (a flash or
+    flex-attention kernel, a custom operator), so its probabilities would be missing."""

@@ -26,7 +26,7 @@ import itertools
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,9 @@ from .errors import (
 )
 from .selection import Layers, close_names, select_layers
 from .targets import OutputSpec
+
+if TYPE_CHECKING:
+    from .attention.capture import AttentionCapture
 
 __all__ = ["Call", "Recorder", "record"]
 
@@ -140,9 +143,19 @@ class Recorder:
         restore_buffers: restore the model's buffers on exit (BatchNorm running
             statistics that train-mode forwards inside the block updated), with
             :func:`gradlens.buffers.preserve_buffers`.
+        attention: also capture attention probabilities, whatever kernel computes them
+            (see :mod:`gradlens.attention`): ``True`` for every attention module, or a layer
+            spec selecting some. They are read from :attr:`attentions`, and their
+            gradients, after ``backward()`` or :meth:`grad` (with the ``K`` leading
+            dimension of ``(B, K)`` scores), from :attr:`attention_gradients`; ``reduce``,
+            ``device`` and ``dtype`` do not apply to them. Probabilities computed without a
+            tape (``tape_from_layers``, a frozen model) start the tape.
 
     Raises:
         LayerNotFoundError: a layer spec selects nothing (raised at construction).
+        AttentionCaptureError: ``attention=True`` and the model has no attention module
+            (raised at construction), or an attention module's attention could not be
+            captured.
     """
 
     def __init__(
@@ -160,6 +173,7 @@ class Recorder:
         backward_hooks: bool = False,
         stop_early: bool = False,
         restore_buffers: bool = True,
+        attention: bool | Layers = False,
     ) -> None:
         self.model = model
         self.modules = select_layers(model, layers) if layers is not None else {}
@@ -184,6 +198,12 @@ class Recorder:
         self._buffer_guard = ExitStack()
         self._pending_backward: dict[str, list[Call]] = {}
         self._pending_inputs: dict[str, list[tuple[Any, ...]]] = {}
+        self._attention: AttentionCapture | None = None
+        if attention is not False and attention is not None:
+            from .attention.capture import AttentionCapture  # the attention package uses methods
+
+            spec = None if attention is True else attention
+            self._attention = AttentionCapture(model, spec, grad=True)
 
     # -- context management -------------------------------------------------------------
 
@@ -220,6 +240,8 @@ class Recorder:
             if self.tape_from_layers:
                 self._hooks.forward_pre(self.model, self._tape_off)
                 self._hooks.forward(self.model, self._tape_restore)
+            if self._attention is not None:
+                self._attention.__enter__()
         except BaseException:
             self._close()
             raise
@@ -243,6 +265,8 @@ class Recorder:
         return False
 
     def _close(self) -> None:
+        if self._attention is not None and self._attention._active:
+            self._attention.__exit__(None, None, None)
         self._hooks.remove()
         if self.tape_from_layers:
             torch.set_grad_enabled(self._entry_grad_mode)
@@ -452,7 +476,8 @@ class Recorder:
             for pos, t in enumerate(call._live)
             if t is not None
         ]
-        if not entries or not score.requires_grad:
+        attention = self._attention.graph_tensors() if self._attention is not None else []
+        if not (entries or attention) or not score.requires_grad:
             not_run = [name for name in self.modules if not self._calls[name]]
             if not_run:
                 raise LayerNotExecutedError(
@@ -469,7 +494,12 @@ class Recorder:
         tensors = [t for _, _, t in entries]
         self._collect_hook_grads = False
         try:
-            grads = batched_grad(score, tensors, retain_graph=retain_graph)
+            if self._attention is not None:
+                with self._attention.hooks_paused():
+                    grads = batched_grad(score, tensors + attention, retain_graph=retain_graph)
+                self._attention.store_gradients(grads[len(tensors) :])
+            else:
+                grads = batched_grad(score, tensors, retain_graph=retain_graph)
         finally:
             self._collect_hook_grads = True
         for (call, pos, _), g in zip(entries, grads):
@@ -501,6 +531,26 @@ class Recorder:
         """``{name: gradients w.r.t. the last call's inputs}``; raises
         :class:`~gradlens.errors.NotRecordedError` without ``backward_hooks=True``."""
         return _RecordView(self, "input_gradient")
+
+    @property
+    def attentions(self) -> Mapping[str, Tensor]:
+        """``{attention module name: probabilities (B, heads, N_query, N_key)}`` of each
+        module's last call, in execution order (``attention=`` only)."""
+        return self._attention_capture().probs
+
+    @property
+    def attention_gradients(self) -> Mapping[str, Tensor]:
+        """``{attention module name: gradient w.r.t. the last call's probabilities}``, after
+        ``backward()`` or :meth:`grad` (``attention=`` only)."""
+        return self._attention_capture().gradients
+
+    def _attention_capture(self) -> AttentionCapture:
+        if self._attention is None:
+            raise RecorderStateError(
+                "this Recorder does not capture attention: create it with attention=True "
+                "(or attention=<layer spec>)"
+            )
+        return self._attention
 
     def __getitem__(self, name: str) -> Any:
         return self.activations[name]

@@ -1,0 +1,227 @@
+"""Attention cost on CPU: capturing attention probabilities against a plain forward.
+
+    python benchmarks/bench_attention.py [--quick] [--repeats N] [--only SECTION] [--skip-memory]
+
+The model is ViT-S/16-shaped (width 384, 6 layers, 6 heads, 224x224, batch 8, random init)
+with fused ``scaled_dot_product_attention``: timm's ``VisionTransformer`` (``fused_attn``)
+and, with ``--hf``, Hugging Face's ``ViTForImageClassification`` (``sdpa``).
+
+1. Capture (issue 13): ``gradlens.attentions(model, x)`` -- every layer's probabilities,
+   recomputed in the maths form and copied out of inference mode -- against a plain
+   ``inference_mode`` forward. Target: <= 1.5x.
+2. Gradient rollout (E2 adds it here): ``gradient_attention_rollout`` against the reference
+   procedure (eager attention, ``output_attentions=True``, ``retain_grad`` on each map,
+   ``score.backward()`` over all parameters). Target: <= 0.75x.
+3. Peak memory: growth of the peak RSS (``VmHWM``, reset before the measured call) in a
+   fresh subprocess per case.
+
+Times are the median and the minimum of interleaved runs (the minimum is the figure least
+disturbed by other processes sharing the machine). ``--quick`` uses batch 2 at 112x112 and
+3 repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import io
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import gradlens
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import interleaved_times  # noqa: E402
+
+
+def measure(cases: dict, repeats: int, warmup: int = 1) -> dict[str, tuple[float, float]]:
+    """Median and minimum wall time (s) of each case, run round-robin."""
+    times = interleaved_times(cases, repeats, warmup)
+    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
+
+
+def print_table(results: dict[str, tuple[float, float]], baseline: str, title: str) -> None:
+    base_median, base_min = results[baseline]
+    width = max(len(n) for n in results)
+    print(f"\n{title}")
+    print(f"{'case':<{width}}  {'median ms':>10}  {'ratio':>6}  {'min ms':>9}  {'ratio':>6}")
+    for name, (med, low) in results.items():
+        print(
+            f"{name:<{width}}  {med * 1e3:>10.1f}  {med / base_median:>5.2f}x"
+            f"  {low * 1e3:>9.1f}  {low / base_min:>5.2f}x"
+        )
+
+
+def timm_vit(size: int) -> torch.nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        img_size=size, patch_size=16, embed_dim=384, depth=6, num_heads=6, num_classes=1000
+    ).eval()
+    assert all(block.attn.fused_attn for block in model.blocks)
+    return model
+
+
+def hf_vit(size: int) -> torch.nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=size,
+        patch_size=16,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        intermediate_size=1536,
+        num_labels=1000,
+    )
+    model = ViTForImageClassification(config).eval()
+    model.set_attn_implementation("sdpa")
+    return model
+
+
+def images(batch: int, size: int) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+# -- 1. capture -----------------------------------------------------------------------------
+
+
+def capture_cases(model: torch.nn.Module, x: torch.Tensor) -> dict:
+    def plain() -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    return {
+        "plain inference_mode forward": plain,
+        "gradlens.attentions": lambda: gradlens.attentions(model, x),
+    }
+
+
+def bench_capture(name: str, model: torch.nn.Module, batch: int, size: int, repeats: int) -> None:
+    x = images(batch, size)
+    print(
+        f"\n{name}, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, "
+        f"{repeats} repeats"
+    )
+    results = measure(capture_cases(model, x), repeats)
+    print_table(results, "plain inference_mode forward", "Capture (ratio to the plain forward)")
+    ours, base = results["gradlens.attentions"], results["plain inference_mode forward"]
+    print(
+        f"attentions / forward: median {ours[0] / base[0]:.2f}x, min {ours[1] / base[1]:.2f}x"
+        "  (target <= 1.5x)"
+    )
+
+
+# -- 2. gradient rollout (E2) ----------------------------------------------------------------
+# The gradient_attention_rollout case and its reference procedure go here.
+
+
+# -- 3. peak memory -------------------------------------------------------------------------
+
+MEMORY_CASES = ["inference forward", "gradlens.attentions"]
+
+
+def _reset_peak() -> None:
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with contextlib.suppress(OSError):
+        with open("/proc/self/clear_refs", "w") as f:  # resets the peak RSS to the current RSS
+            f.write("5")
+
+
+def _peak_mb() -> float:
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_case(name: str, batch: int, size: int) -> float:
+    """Peak RSS growth (MB) of one call of case ``name`` in this (fresh) process, after one
+    call on a tiny input (one-time lazy initialisation is not counted)."""
+    model = timm_vit(size)
+    cases = {
+        "inference forward": lambda x: capture_cases(model, x)["plain inference_mode forward"](),
+        "gradlens.attentions": lambda x: gradlens.attentions(model, x),
+    }
+    run = cases[name]
+    run(images(1, size))
+    _reset_peak()
+    before = _peak_mb()
+    result = run(images(batch, size))
+    grown = _peak_mb() - before
+    del result
+    return grown
+
+
+def bench_memory(batch: int, size: int, runs: int) -> None:
+    grown: dict[str, float] = {}
+    for name in MEMORY_CASES:
+        command = [sys.executable, os.path.abspath(__file__), "--memory-case", name]
+        command += ["--batch", str(batch), "--size", str(size)]
+        values = []
+        for _ in range(runs):
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                print(f"{name}: failed\n{done.stderr[-2000:]}")
+                break
+            values.append(float(done.stdout.strip().splitlines()[-1]))
+        if values:
+            grown[name] = statistics.median(values)
+    base = grown.get("inference forward")
+    print(
+        f"\nPeak RSS growth, timm ViT-S/16 shape, batch {batch}, {size}x{size} "
+        f"(median of {runs} fresh processes per case)"
+    )
+    width = max(len(n) for n in grown)
+    print(f"{'case':<{width}}  {'MB':>8}  {'ratio':>6}")
+    for name, mb in grown.items():
+        ratio = f"{mb / base:>5.2f}x" if base else "   n/a"
+        print(f"{name:<{width}}  {mb:>8.0f}  {ratio}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="batch 2, 112x112, 3 repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--only", choices=["capture", "memory"], default=None)
+    parser.add_argument("--hf", action="store_true", help="also the Hugging Face ViT (sdpa)")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_case:
+        with contextlib.redirect_stdout(io.StringIO()):
+            grown = memory_case(args.memory_case, args.batch, args.size)
+        print(f"{grown:.1f}")
+        return
+    batch, size, repeats = (2, 112, 3) if args.quick else (8, 224, 5)
+    repeats = args.repeats or repeats
+    start = time.perf_counter()
+    if args.only in (None, "capture"):
+        bench_capture("timm ViT-S/16 shape (fused_attn)", timm_vit(size), batch, size, repeats)
+        if args.hf:
+            bench_capture("Hugging Face ViT-S/16 shape (sdpa)", hf_vit(size), batch, size, repeats)
+    if args.only == "memory" or (args.only is None and not args.skip_memory):
+        bench_memory(batch, size, runs=3)
+    print(f"\n(total {time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

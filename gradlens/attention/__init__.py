@@ -1,0 +1,26 @@
+"""Attention: the attention probabilities of any attention layer, with their gradients.
+
+* :func:`attentions` -- ``{module name: (B, heads, N_query, N_key) probabilities}`` of a
+  forward pass, without an autograd tape;
+* :func:`capture_attention` / :class:`AttentionCapture` -- the context manager behind it,
+  which also keeps the probabilities in the autograd graph for their gradients (used by
+  ``gradlens.record(model, layers, attention=True)``);
+* :func:`attention_modules` -- which modules count as attention.
+
+The probabilities are captured whatever kernel computes them (fused
+``scaled_dot_product_attention``, ``nn.MultiheadAttention`` with ``need_weights=False``,
+eager attention); see :mod:`gradlens.attention.capture`.
+"""
+
+from __future__ import annotations
+
+from .capture import AttentionCall, AttentionCapture, attention_modules, capture_attention
+from .probabilities import attentions
+
+__all__ = [
+    "AttentionCall",
+    "AttentionCapture",
+    "attention_modules",
+    "attentions",
+    "capture_attention",
+]
