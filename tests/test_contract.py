@@ -280,6 +280,7 @@ EXEMPT: dict[str, str] = {
     "TargetError": "an exception class",
     "NotRecordedError": "an exception class",
     "InterventionError": "an exception class",
+    "AttentionCaptureError": "an exception class",
     # records and results: plain data
     "Call": "what a Recorder stores for one module call",
     "LayerInfo": "a row of gradlens.layers' table",
@@ -302,6 +303,11 @@ EXEMPT: dict[str, str] = {
     "gaussian_blur": "blurs images",
     "logit_difference": "builds a metric function from class indices",
     "normalized": "rescales a metric function between two given outputs",
+    # ContractNet has no attention module; tests/test_attention_capture.py checks that the
+    # capture leaves transformers untouched (hooks, fast path, attention settings, state)
+    "attentions": "needs an attention model",
+    "capture_attention": "needs an attention model",
+    "AttentionCapture": "needs an attention model",
 }
 
 PUBLIC_MODULES = (gradlens, gradlens.cam, gradlens.attribution, gradlens.metrics)
