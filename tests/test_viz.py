@@ -81,8 +81,8 @@ def test_mean_and_std_undo_the_input_normalisation():
 
 def test_alpha_zero_returns_the_image_and_alpha_one_the_colours():
     image = torch.rand(3, H, W, generator=torch.Generator().manual_seed(0))
-    assert np.array_equal(overlay(image, torch.rand(H, W), alpha=0.0),
-                          np.round(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8))  # fmt: skip
+    as_bytes = np.round(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    assert np.array_equal(overlay(image, torch.rand(H, W), alpha=0.0), as_bytes)
     cold = overlay(image, torch.zeros(H, W), alpha=1.0)  # a constant map is all "0": dark blue
     assert (cold == cold[0, 0]).all() and cold[0, 0, 2] > 100 and cold[0, 0, 0] == 0
 
