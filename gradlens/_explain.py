@@ -14,10 +14,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -34,9 +34,13 @@ __all__ = [
     "differentiate",
     "CleanPass",
     "clean_pass",
+    "CheckedTarget",
     "check_target",
     "repeat_target",
 ]
+
+# What check_target returns: a Target whose sequences have become an int64 tensor.
+CheckedTarget = Union[None, int, Tensor, Callable[[Any], Tensor]]
 
 
 @dataclass
@@ -246,7 +250,7 @@ def clean_pass(
     )
 
 
-def check_target(target: Target, batch: int) -> Target:
+def check_target(target: Target, batch: int) -> CheckedTarget:
     """Check the batch dimension of a per-sample target before inputs are tiled.
 
     Methods that evaluate stacked copies of the batch tile the target, so a target of the
@@ -259,8 +263,10 @@ def check_target(target: Target, batch: int) -> Target:
     Raises:
         TargetError: ragged lists, or a first dimension that is not ``batch``.
     """
-    if target is None or isinstance(target, (int, Tensor)) or callable(target):
-        if isinstance(target, Tensor) and target.ndim > 0 and target.shape[0] != batch:
+    if target is None or isinstance(target, int) or callable(target):
+        return target
+    if isinstance(target, Tensor):
+        if target.ndim > 0 and target.shape[0] != batch:
             raise TargetError(
                 f"target has shape {tuple(target.shape)}; expected ({batch},) for one class "
                 f"per sample or ({batch}, K) for K classes per sample"
@@ -276,14 +282,13 @@ def check_target(target: Target, batch: int) -> Target:
     return check_target(as_tensor, batch)
 
 
-def repeat_target(target: Target, batch: int, times: int) -> Target:
+def repeat_target(target: Target, batch: int, times: int) -> CheckedTarget:
     """The target for an input repeated ``times`` times along dim 0 (``x.repeat(times, ...)``):
     per-sample targets (checked against ``batch`` first) are tiled; ints, ``None`` and
     callables are unchanged."""
-    target = check_target(target, batch)
-    if target is None or isinstance(target, int) or callable(target):
-        return target
-    t = target
-    if t.ndim == 0:
-        return int(t)
-    return t.repeat(times, *([1] * (t.ndim - 1)))
+    checked = check_target(target, batch)
+    if checked is None or isinstance(checked, int) or callable(checked):
+        return checked
+    if checked.ndim == 0:
+        return int(checked)
+    return checked.repeat(times, *([1] * (checked.ndim - 1)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,8 @@ from torch import Tensor, nn
 __all__ = ["Inputs", "ModelInput", "as_args", "usable", "prepare", "batch_size"]
 
 Inputs = Any  # a tensor, or a tuple of positional inputs
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +95,7 @@ class ModelInput:
         """The position of the image (the first 4-D positional tensor), or ``None``."""
         return next((i for i, a in enumerate(self.args) if _is_image(a)), None)
 
-    def rebuild(self, values: Sequence[Any]) -> Any:
+    def rebuild(self, values: Sequence[T]) -> T | tuple[T, ...]:
         """Per-position results in the form of the user's input: the one value for a
         single input, a tuple aligned with the positional inputs for a tuple input."""
         return tuple(values) if self.is_tuple else values[0]

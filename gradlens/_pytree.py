@@ -131,7 +131,7 @@ def _flatten_children(children: list[Any], build: Rebuild) -> tuple[list[Any], R
     return leaves, rebuild
 
 
-def _same_sequence(template: tuple | list, items: list[Any]) -> Any:
+def _same_sequence(template: tuple[Any, ...] | list[Any], items: list[Any]) -> Any:
     if isinstance(template, list):
         return items
     if hasattr(template, "_fields"):  # namedtuple

@@ -100,7 +100,7 @@ class ShapesData:
         )
 
 
-class ShapesDataset(torch.utils.data.Dataset):
+class ShapesDataset(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
     """A :class:`torch.utils.data.Dataset` view of a :class:`ShapesData`.
 
     Example: ``ShapesDataset(make_shapes(1000, seed=1))[0]`` is ``(image, label)`` with an
@@ -213,7 +213,8 @@ def _shape_masks(
     circle = dx**2 + dy**2 <= r**2
     triangle = inside_box & (np.abs(dx) <= (dy + r) / 2)  # apex up, base at cy + r
     kind = shape[:, None, None]
-    return np.where(kind == 0, circle, np.where(kind == 1, inside_box, triangle))
+    masks: np.ndarray = np.where(kind == 0, circle, np.where(kind == 1, inside_box, triangle))
+    return masks
 
 
 def _draw(
@@ -225,12 +226,12 @@ def _draw(
     distractors: int,
     noise: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    n = shape.shape[0]
+    n: int = shape.shape[0]
     f32 = np.float32
     # Background: grey level + smooth luminance texture + faint smooth tint.
     # Texture: 6 x 6 random values per channel, bilinearly upsampled (as two matrix products).
-    up = F.interpolate(torch.eye(6)[None], size=size, mode="linear", align_corners=False)[0].T
-    up = up.numpy().astype(f32)  # (size, 6)
+    interpolated = F.interpolate(torch.eye(6)[None], size=size, mode="linear", align_corners=False)
+    up = interpolated[0].T.numpy().astype(f32)  # (size, 6)
     coarse = (
         rng.uniform(-1, 1, (n, 4, 6, 6)).astype(f32)
         * np.array([0.15, 0.05, 0.05, 0.05], f32)[:, None, None]
@@ -268,8 +269,8 @@ def _draw(
 def _boxes(masks: np.ndarray) -> np.ndarray:
     """Tight ``(x0, y0, x1, y1)`` boxes (exclusive end) of ``(N, H, W)`` non-empty masks."""
     n, height, width = masks.shape
-    cols = masks.any(axis=1)
-    rows = masks.any(axis=2)
+    cols: np.ndarray = np.any(masks, axis=1)
+    rows: np.ndarray = np.any(masks, axis=2)
     x0 = cols.argmax(axis=1)
     x1 = width - cols[:, ::-1].argmax(axis=1)
     y0 = rows.argmax(axis=1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,15 @@ def run_demo(
     for name, method in METHODS.items():
         options = _options(name, layer)
 
-        def explain(m: nn.Module, x: Tensor, target: Any = None, _f=method, _o=options) -> Tensor:
-            return _f(m, x, target=target, **_o)
+        def explain(
+            m: nn.Module,
+            x: Tensor,
+            target: Any = None,
+            _f: Callable[..., Any] = method,
+            _o: dict[str, Any] = options,
+        ) -> Tensor:
+            explanation: Tensor = _f(m, x, target=target, **_o)
+            return explanation
 
         start = time.perf_counter()
         maps = _spatial(explain(model, images))

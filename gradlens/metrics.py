@@ -103,7 +103,7 @@ class RandomizationResult:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _reduce_maps(maps: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+def _reduce_maps(maps: Tensor, size: Sequence[int] | None = None) -> Tensor:
     """``(B, H, W)`` float maps from ``(B, H, W)`` or ``(B, C, H, W)``
     (:func:`gradlens.maps.to_2d`), resized to ``size``."""
     if not isinstance(maps, Tensor):
@@ -568,8 +568,9 @@ def _reinitialise(module: nn.Module) -> None:
         own = list(sub.parameters(recurse=False))
         if not own:
             continue
-        if callable(getattr(sub, "reset_parameters", None)):
-            sub.reset_parameters()
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset):
+            reset()
             continue
         with torch.no_grad():
             for parameter in own:

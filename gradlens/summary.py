@@ -37,7 +37,7 @@ class LayerInfo:
     default: bool = False
 
 
-class LayerTable(list):
+class LayerTable(list[LayerInfo]):
     """A list of :class:`LayerInfo` that prints as a table."""
 
     def __str__(self) -> str:

@@ -96,7 +96,8 @@ class TinyCNN(nn.Module):
         return self.features[-1]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.pool(self.features(x)).flatten(1))
+        logits: Tensor = self.classifier(self.pool(self.features(x)).flatten(1))
+        return logits
 
 
 def _tensors(data: ShapesData | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:

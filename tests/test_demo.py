@@ -1,4 +1,7 @@
-"""`gradlens demo --quick`: trains, runs every registered method, writes the figure and the table."""
+"""`gradlens demo --quick`.
+
+It trains, runs every registered method, writes the figure and the table.
+"""
 
 from __future__ import annotations
 

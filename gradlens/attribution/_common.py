@@ -45,7 +45,10 @@ def require_float_inputs(args: Sequence[Any], method: str) -> list[int]:
 def as_result(inputs: ModelInput, per_input: Mapping[int, Tensor]) -> Attribution:
     """A tensor for a single-tensor input, else a tuple aligned with the inputs (``None``
     for inputs without an attribution)."""
-    return inputs.rebuild([per_input.get(i) for i in range(len(inputs.args))])
+    result = inputs.rebuild([per_input.get(i) for i in range(len(inputs.args))])
+    # a single input has an attribution: every method first requires a floating-point input
+    assert result is not None
+    return result
 
 
 def targets_first_to_dim1(gradient: Tensor, multi: bool) -> Tensor:
@@ -98,11 +101,11 @@ def broadcast_to_input(value: Any, like: Tensor, name: str) -> Tensor:
         raise TypeError(
             f"{name} must be a number, a tensor or a callable, got {type(value).__name__}"
         )
-    value = value.to(device=like.device, dtype=like.dtype)
-    if value.shape == like.shape[1:]:
-        value = value.unsqueeze(0)
+    tensor = value.to(device=like.device, dtype=like.dtype)
+    if tensor.shape == like.shape[1:]:
+        tensor = tensor.unsqueeze(0)
     try:
-        return value.expand_as(like)
+        return tensor.expand_as(like)
     except RuntimeError:
         raise ValueError(
             f"{name} of shape {tuple(value.shape)} does not fit the input of shape "

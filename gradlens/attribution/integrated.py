@@ -72,8 +72,8 @@ def quadrature(rule: str, steps: int) -> tuple[Tensor, Tensor]:
         raise ValueError(f"{rule} needs at least {minimum} step(s), got steps={steps}")
     n = steps
     if rule == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(n)
-        return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(weights / 2)
+        gauss_nodes, gauss_weights = np.polynomial.legendre.leggauss(n)
+        return torch.from_numpy((gauss_nodes + 1) / 2), torch.from_numpy(gauss_weights / 2)
     index = torch.arange(n, dtype=torch.float64)
     uniform = torch.full((n,), 1 / n, dtype=torch.float64)
     if rule == "riemann_left":
@@ -189,6 +189,7 @@ def integrated_gradients(
     result = as_result(inputs, attributions)
     if not return_delta:
         return result
+    assert endpoint_scores is not None  # the clean pass above ran because of return_delta
     return result, _delta(attributions, endpoint_scores, batch, multi)
 
 
@@ -287,6 +288,7 @@ def layer_integrated_gradients(
     attributions = (difference.unsqueeze(1) if multi else difference) * totals[0]
     if not return_delta:
         return attributions
+    assert endpoint_scores is not None  # the clean pass above ran because of return_delta
     return attributions, _delta({0: attributions}, endpoint_scores, batch, multi)
 
 

@@ -144,7 +144,8 @@ def _occlude_input(
     output: OutputSpec,
 ) -> Tensor:
     """The attribution to positional input ``index``: ``(B, [K,] *sample_shape)``."""
-    x, batch = inputs.args[index], inputs.batch_size
+    x: Tensor = inputs.args[index]
+    batch = inputs.batch_size
     multi = clean.ndim == 2
     lead = (slice(None), slice(None)) if multi else (slice(None),)
     # attribution per sample (and target): (B, [K,] *sample_shape)
@@ -157,7 +158,8 @@ def _occlude_input(
             k = len(chunk)
             occluded = x.expand(k, *x.shape).clone()
             for j, window in enumerate(chunk):
-                occluded[(j, slice(None), *window)] = baseline[(slice(None), *window)]
+                in_sample = (slice(None),) + window
+                occluded[(j,) + in_sample] = baseline[in_sample]
             stacked = inputs.tile(k).with_args({index: occluded.view(k * batch, *x.shape[1:])})
             with torch.inference_mode():
                 out = stacked.call(model)
@@ -165,7 +167,7 @@ def _occlude_input(
             drops = (clean.repeat(k, *([1] * (clean.ndim - 1))) - values).view(k, *clean.shape)
             for j, window in enumerate(chunk):
                 view = drops[j].reshape(*drops[j].shape, *([1] * (x.ndim - 1)))
-                total[(*lead, *window)] += view
+                total[lead + window] += view
                 covered[window] += 1
     return total / covered
 

@@ -147,7 +147,8 @@ class _Ablation:
             owner = torch.full(
                 (activation[:1].numel(),), -1, dtype=torch.long, device=activation.device
             )
-            mapped = reshape(index)  # type: ignore[misc]
+            assert callable(reshape)  # channel_axis gives no axis only for a callable
+            mapped = reshape(index)
             owner[mapped[0].reshape(self.channels, -1)] = torch.arange(
                 self.channels, device=activation.device
             )[:, None]
@@ -223,7 +224,7 @@ class _AblatedRunner:
     def _evaluate(self, b: int, ks: Tensor) -> Tensor:
         if self.reuse:
             try:
-                value = self._run(b, ks, shared=True)
+                value = self._run_shared(b, ks)
             except Exception:  # the layers after this one do not broadcast over the batch
                 value = None
             if value is not None:
@@ -231,10 +232,22 @@ class _AblatedRunner:
             self.reuse = False
         return self._run(b, ks, shared=False)
 
-    def _run(self, b: int, ks: Tensor, *, shared: bool) -> Tensor | None:
-        control = shared and not self.checked
-        if control:
-            ks = torch.cat([ks, torch.tensor([self.ablation.channels])])  # ablates nothing
+    def _run_shared(self, b: int, ks: Tensor) -> Tensor | None:
+        """:meth:`_run` with the upstream part shared; the first time with one more row that
+        ablates nothing, and ``None`` when that row does not give the clean score."""
+        if self.checked:
+            return self._run(b, ks, shared=True)
+        control = torch.tensor([self.ablation.channels])  # ablates nothing
+        value = self._run(b, torch.cat([ks, control]), shared=True)
+        self.checked = True
+        expected = self.clean.scores[b].to(value.device)
+        if not torch.allclose(
+            value[-1], expected, rtol=1e-4, atol=1e-5 * (1 + expected.abs().max().item())
+        ):
+            return None
+        return value[:-1]
+
+    def _run(self, b: int, ks: Tensor, *, shared: bool) -> Tensor:
         replacement = self.ablation.rows(b, ks)
         n = ks.numel()
         rows = torch.full((1 if shared else n,), b, dtype=torch.long)
@@ -244,13 +257,4 @@ class _AblatedRunner:
             out = self.inputs.take(rows).call(self.model)
             target = row_target(self.clean.target, torch.full((n,), b))
             value, _ = scores(out, target, n, self.output)
-        value = value.float()
-        if control:
-            self.checked = True
-            expected = self.clean.scores[b].to(value.device)
-            if not torch.allclose(
-                value[-1], expected, rtol=1e-4, atol=1e-5 * (1 + expected.abs().max().item())
-            ):
-                return None
-            value = value[:-1]
-        return value
+        return value.float()

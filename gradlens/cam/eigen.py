@@ -41,7 +41,7 @@ def first_component(values: Tensor) -> Tensor:
     n, c, h, w = values.shape
     matrix = values.float().reshape(n, c, h * w).transpose(1, 2)  # (N, hw, C)
     centred = matrix - matrix.mean(dim=1, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    vh: Tensor = torch.linalg.svd(centred, full_matrices=False).Vh
     projection = (centred @ vh[:, 0, :, None]).squeeze(-1)  # (N, hw), zero mean
     channel_mean = matrix.mean(dim=2)
     agreement = (projection * (channel_mean - channel_mean.mean(dim=1, keepdim=True))).sum(dim=1)

@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        return args.run(args)
+        status: int = args.run(args)
     except KeyboardInterrupt:
         print("gradlens: interrupted", file=sys.stderr)
         return 130
@@ -48,3 +48,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"gradlens: error: {describe_error(exc)}", file=sys.stderr)
         return 2
+    return status

@@ -95,7 +95,9 @@ def extract(args: argparse.Namespace) -> int:
         if rank == 0:
             _note(random_weights_note(args.model, args.weights, "features"))
         model.to(device)
-        dataset.transform = preprocess
+        # both folder layouts (ImageFiles, torchvision's ImageFolder) apply .transform to each
+        # image; the Dataset type that image_folder declares has no such attribute
+        dataset.transform = preprocess  # type: ignore[attr-defined]
         names = dataset.names if isinstance(dataset, ImageFiles) else None
         loader = torch.utils.data.DataLoader(
             dataset,

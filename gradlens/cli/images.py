@@ -54,7 +54,8 @@ class Preprocess:
         tensor = TF.resize(
             tensor, [self.resize], InterpolationMode(self.interpolation), antialias=True
         )
-        return TF.center_crop(tensor, [self.crop, self.crop]).float() / 255
+        cropped: Tensor = TF.center_crop(tensor, [self.crop, self.crop])
+        return cropped.float() / 255
 
     def normalize(self, image: Tensor) -> Tensor:
         """Normalise a ``(..., 3, H, W)`` image in [0, 1] with ``mean`` and ``std``."""

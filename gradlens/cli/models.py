@@ -58,20 +58,20 @@ def load_model(
         FileNotFoundError: a weights path that does not exist.
         ConnectionError: torchvision weights that cannot be downloaded.
     """
-    random_init = _is_random(weights)
+    chosen = _chosen_weights(weights)
     with torch.random.fork_rng(devices=[]):  # a seeded random init, the caller's RNG untouched
         torch.manual_seed(0)
         if _is_user_model(spec):
             model, enum = _user_model(spec), None
-            if not random_init and not Path(weights).exists() and not _looks_like_path(weights):
+            if chosen is not None and not Path(chosen).exists() and not _looks_like_path(chosen):
                 raise ValueError(
                     f"--weights {weights!r}: a model of your own takes a state-dict file"
                 )
         else:
-            enum = _weights_enum(spec, weights)
+            enum = _weights_enum(spec, chosen)
             model = _torchvision_model(spec, enum, num_classes)
-    if not random_init and enum is None:
-        _load_state_dict(model, Path(weights))
+    if chosen is not None and enum is None:
+        _load_state_dict(model, Path(chosen))
     preprocess = (
         _preprocess_of(enum, image_size)
         if enum is not None
@@ -131,10 +131,13 @@ def _user_model(spec: str) -> nn.Module:
 
 
 def _weights_enum(model_name: str, weights: str | None) -> Any:
-    """The torchvision weights enum named by ``weights``, or ``None`` (random or a file)."""
+    """The torchvision weights enum named by ``weights``, or ``None`` (random or a file).
+
+    ``weights`` is a file or an enum name, or ``None`` for a random initialisation (as
+    :func:`_chosen_weights` gives it)."""
     from torchvision import models
 
-    if _is_random(weights) or Path(weights).exists():
+    if weights is None or Path(weights).exists():
         return None
     if _looks_like_path(weights):
         raise FileNotFoundError(f"no such weights file: {weights}")
@@ -175,7 +178,8 @@ def _torchvision_model(name: str, enum: Any, num_classes: int | None) -> nn.Modu
         options["num_classes"] = num_classes
     if enum is not None:
         _download(enum)
-    return models.get_model(name, weights=enum, **options)
+    model: nn.Module = models.get_model(name, weights=enum, **options)
+    return model
 
 
 def _download(enum: Any) -> None:
@@ -263,8 +267,10 @@ def random_weights_note(spec: str, weights: str | None, what: str) -> str | None
     )
 
 
-def _is_random(weights: str | None) -> bool:
-    return weights is None or weights.lower() == "none"
+def _chosen_weights(weights: str | None) -> str | None:
+    """The ``--weights`` value, or ``None`` for a random initialisation (no value, or
+    ``"none"``)."""
+    return None if weights is None or weights.lower() == "none" else weights
 
 
 def _is_user_model(spec: str) -> bool:

@@ -63,7 +63,7 @@ def prepare(out: Path, wanted: Manifest, overwrite: bool) -> State:
             return State(existing, [(0, existing.n_samples)], complete=True)
         if _files_ok(out, existing):
             return State(
-                existing, merge([tuple(i) for i in existing.completed] + read_progress(out))
+                existing, merge([(a, b) for a, b in existing.completed] + read_progress(out))
             )
     if existing is not None:
         for name in existing.files.values():
@@ -143,7 +143,7 @@ def load_features(
             f"{out} holds no gradlens {MANIFEST_NAME}: it was not written by extract_dataset"
         )
     if not manifest.complete:
-        done = merge([tuple(i) for i in manifest.completed] + read_progress(out))
+        done = merge([(a, b) for a, b in manifest.completed] + read_progress(out))
         manifest.completed = [list(i) for i in done]
         if not allow_partial:
             raise ValueError(

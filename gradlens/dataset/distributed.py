@@ -13,7 +13,7 @@ import dataclasses
 import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -22,6 +22,8 @@ from ..errors import ManifestMismatchError
 from . import directory
 from .manifest import Manifest, PathLike
 from .rows import count, merge
+
+T = TypeVar("T")
 
 
 class Dist:
@@ -39,7 +41,7 @@ class Dist:
         self.rank = torch.distributed.get_rank() if self.active else 0
         self.world = torch.distributed.get_world_size() if self.active else 1
 
-    def from_rank0(self, function: Callable[[], Any]) -> Any:
+    def from_rank0(self, function: Callable[[], T]) -> T:
         """Run ``function`` on rank 0 and give every rank its result (or raise its error)."""
         payload: list[Any] = [None]
         if self.rank == 0:
@@ -57,7 +59,8 @@ class Dist:
             if self.rank == 0:
                 raise error
             raise value
-        return value
+        # what rank 0's function returned (sent as a pickle, which loses the static type)
+        return cast(T, value)
 
     def all_gather(self, obj: Any) -> list[Any]:
         """``obj`` of every rank, in rank order."""
@@ -136,6 +139,7 @@ def merge_shards(
     out = Path(out)
     state = directory.prepare(out, merged, overwrite)
     if state.complete:
+        assert state.manifest is not None  # prepare finds complete results only by their manifest
         return state.manifest
     directory.create(out, merged)
     with directory.writer(out, merged) as writer:

@@ -79,7 +79,7 @@ def storage_dtype(dtype: np.dtype | torch.dtype | str | None) -> tuple[np.dtype,
         np_dtype = np.dtype(dtype)
     except TypeError:
         np_dtype = None
-    if np_dtype not in STORAGE_DTYPES:
+    if np_dtype is None or np_dtype not in STORAGE_DTYPES:
         raise ValueError(
             f"dtype must be float16, float32 or float64 (numpy has no bfloat16), got {dtype!r}"
         )
@@ -140,6 +140,7 @@ def run(
     )
     state: directory.State = dist.from_rank0(lambda: directory.prepare(out, wanted, overwrite))
     if state.complete:
+        assert state.manifest is not None  # prepare finds complete results only by their manifest
         return state.manifest
     mine = shard_range(n, dist.rank, dist.world)
     todo = subtract(mine, state.completed)

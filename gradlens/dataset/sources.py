@@ -60,12 +60,13 @@ class Source:
 
 
 class LoaderSource(Source):
-    """An ordered DataLoader over a map-style dataset: each interval gets a loader over a
-    :class:`~torch.utils.data.Subset`, so no finished sample is loaded again."""
+    """An ordered DataLoader over a map-style dataset of ``size`` samples: each interval gets
+    a loader over a :class:`~torch.utils.data.Subset`, so no finished sample is loaded
+    again."""
 
-    def __init__(self, loader: DataLoader) -> None:
+    def __init__(self, loader: DataLoader[Any], size: int) -> None:
         self.loader = loader
-        self.size = len(loader.dataset)
+        self.size = size
 
     def batches(
         self, todo: list[Interval], start: int, input_fn: Callable[[Any], Inputs]
@@ -128,7 +129,7 @@ def source(loader: Iterable[Any], n_samples: int | None, one_process: bool) -> S
                     f"n_samples={n_samples} but the loader's dataset has {size} samples; to "
                     "process part of a dataset, wrap it in torch.utils.data.Subset"
                 )
-            return LoaderSource(loader)
+            return LoaderSource(loader, size)
     if n_samples is None:
         raise ValueError(
             "n_samples is required for an iterable of batches (or a dataset without len): "
@@ -145,10 +146,10 @@ def source(loader: Iterable[Any], n_samples: int | None, one_process: bool) -> S
 
 def model_device(model: nn.Module) -> torch.device | None:
     """The device of the model's first parameter or buffer (``None`` if it has neither)."""
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
+    for parameter in model.parameters():
+        return parameter.device
+    for buffer in model.buffers():
+        return buffer.device
     return None
 
 
@@ -170,7 +171,7 @@ def to_device(x: Any, device: torch.device | None) -> Any:
 # -- image folders ------------------------------------------------------------------------------
 
 
-class ImageFiles(Dataset):
+class ImageFiles(Dataset[Any]):
     """The image files directly inside a folder, in sorted order, without labels.
 
     Hidden files (names starting with ``.``) are left out.
@@ -203,7 +204,7 @@ class ImageFiles(Dataset):
         return image if self.transform is None else self.transform(image)
 
 
-def image_folder(root: PathLike, transform: Callable[[Any], Any] | None = None) -> Dataset:
+def image_folder(root: PathLike, transform: Callable[[Any], Any] | None = None) -> Dataset[Any]:
     """The images of a folder as a dataset, in either of two layouts.
 
     * One sub-folder per class (``root/<class>/<image>``): torchvision's ``ImageFolder``,
@@ -242,12 +243,13 @@ def image_folder(root: PathLike, transform: Callable[[Any], Any] | None = None) 
     from torchvision.datasets import ImageFolder
 
     try:
-        return ImageFolder(str(root), transform=transform)
+        folder: Dataset[Any] = ImageFolder(str(root), transform=transform)
     except (FileNotFoundError, RuntimeError) as exc:
         raise FileNotFoundError(
             f"{root} holds no images: give a folder of image files, or one with one sub-folder "
             f"of images per class ({' '.join(str(exc).split())})"
         ) from None
+    return folder
 
 
 def _is_image(path: Path) -> bool:
@@ -257,7 +259,7 @@ def _is_image(path: Path) -> bool:
 # -- DataLoaders --------------------------------------------------------------------------------
 
 
-def _check_ordered(loader: DataLoader) -> None:
+def _check_ordered(loader: DataLoader[Any]) -> None:
     batches = loader.batch_sampler
     if batches is None:
         raise ValueError("the DataLoader must batch its samples (batch_size=None is not supported)")
@@ -287,10 +289,12 @@ def _length(dataset: Any) -> int | None:
         return None
 
 
-def _subset_loader(loader: DataLoader, indices: range) -> DataLoader:
+def _subset_loader(loader: DataLoader[Any], indices: range) -> DataLoader[Any]:
     """A DataLoader like ``loader`` over ``Subset(loader.dataset, indices)``."""
+    batches = loader.batch_sampler
+    assert isinstance(batches, BatchSampler)  # _check_ordered accepted only a BatchSampler
     options: dict[str, Any] = dict(
-        batch_size=loader.batch_sampler.batch_size,
+        batch_size=batches.batch_size,
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,

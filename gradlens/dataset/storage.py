@@ -81,7 +81,7 @@ class RowWriter:
     def write(self, name: str, row: int, rows: np.ndarray) -> None:
         """Write ``rows`` (of the file's dtype) into file ``name`` from row ``row`` on."""
         fd, offset, row_bytes = self.files[name]
-        view = memoryview(np.ascontiguousarray(rows)).cast("B")
+        view = np.ascontiguousarray(rows).data.cast("B")
         position = offset + row * row_bytes
         while view:  # a single pwrite may write less than asked (e.g. > 2 GiB)
             written = _pwrite(fd, view, position)
