@@ -47,7 +47,7 @@ def padded_output_hooks(model: nn.Module, fastpath_enabled: bool, hooks: HookSet
 
 
 def _remember(pending: list[Tensor | None]) -> Callable[..., None]:
-    def hook(module: nn.TransformerEncoder, args: Any, kwargs: dict) -> None:
+    def hook(module: nn.TransformerEncoder, args: Any, kwargs: dict[str, Any]) -> None:
         bound = _SIGNATURE.bind(module, *args, **kwargs).arguments
         src, padding = bound["src"], bound.get("src_key_padding_mask")
         pending.append(padding if _would_nest(module, src, padding, bound.get("mask")) else None)

@@ -452,7 +452,7 @@ class _CallView(Mapping[str, Tensor]):
         self._attr = attr
 
     def __getitem__(self, name: str) -> Tensor:
-        value = getattr(self._capture._calls_of(name)[-1], self._attr)
+        value: Tensor | None = getattr(self._capture._calls_of(name)[-1], self._attr)
         if value is None:
             raise GradientNotAvailableError(
                 f"no gradient has reached the attention probabilities of {name!r}: capture "
@@ -542,7 +542,7 @@ class _AttentionMode(TorchFunctionMode):
             capture._frames[-1].uncaptured.append(str(getattr(func, "__qualname__", name)))
         return func(*args, **kwargs)
 
-    def _sdpa(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict) -> Any:
+    def _sdpa(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         capture = self.capture
         target = capture._target()
         if target is None or len(args) > len(_SDPA_ARGUMENTS):
@@ -560,7 +560,7 @@ class _AttentionMode(TorchFunctionMode):
         return attended.output
 
     def _multi_head(
-        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...], kwargs: dict
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         capture = self.capture
         if capture._target() is None:
@@ -593,7 +593,7 @@ class _AttentionMode(TorchFunctionMode):
             weights = weights.squeeze(0)
         return output, weights
 
-    def _softmax(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict) -> Any:
+    def _softmax(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         output = func(*args, **kwargs)
         target = self.capture._target()
         if target is None or not isinstance(output, Tensor) or output.ndim != 4:

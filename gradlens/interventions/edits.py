@@ -348,7 +348,7 @@ def position_index(name: str, output: Tensor, positions: Positions) -> Tensor:
 
 def _broadcasts(source: torch.Size, target: torch.Size) -> bool:
     try:
-        return torch.broadcast_shapes(source, target) == target
+        return bool(torch.broadcast_shapes(source, target) == target)
     except RuntimeError:
         return False
 
