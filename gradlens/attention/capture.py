@@ -593,7 +593,9 @@ class _AttentionMode(TorchFunctionMode):
             weights = weights.squeeze(0)
         return output, weights
 
-    def _softmax(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _softmax(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         output = func(*args, **kwargs)
         target = self.capture._target()
         if target is None or not isinstance(output, Tensor) or output.ndim != 4:
