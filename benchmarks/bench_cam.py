@@ -28,13 +28,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import ctypes
-import gc
 import io
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -48,6 +44,7 @@ import gradlens.cam as C  # noqa: E402
 import gradlens.cam.score_cam as score_cam  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _memory import growth, median_growth, print_growth  # noqa: E402
 from _timing import interleaved_times  # noqa: E402
 
 
@@ -240,27 +237,6 @@ def bench_scorecam(size: int, repeats: int) -> dict[str, float]:
 # -- 3. peak memory -----------------------------------------------------------------------
 
 
-def _reset_peak() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # hand freed heap back to the OS first
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w") as f:  # resets the peak RSS to the current RSS
-            f.write("5")
-
-
-def _peak_mb() -> float:
-    """The process's peak RSS (MB): ``VmHWM``, which ``_reset_peak`` resets, where Linux
-    offers it. (``ru_maxrss`` of a child starts at the parent's RSS at the time of the fork,
-    which hides the child's own growth when the parent is large.)"""
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def memory_case(name: str, batch: int, size: int) -> float:
     """Peak RSS growth (MB) of one call of case ``name``, in this (fresh) process, after one
     call of the same case on a tiny input (thread pools, kernels and other one-time lazy
@@ -295,48 +271,17 @@ def memory_case(name: str, batch: int, size: int) -> float:
     else:
         raise ValueError(name)
     run(x[:1, :, :64, :64], top[:1])
-    _reset_peak()
-    before = _peak_mb()
-    result = run(x, top)
-    grown = _peak_mb() - before
-    del result
-    return grown
+    return growth(lambda: run(x, top))
 
 
 def bench_memory(batch: int, size: int, runs: int) -> dict[str, float]:
-    """Median over ``runs`` fresh processes of each case's peak RSS growth (MB): a single
-    process varies by 10-20 MB with how the allocator's per-thread arenas happen to grow."""
-    grown: dict[str, float] = {}
-    for name in MEMORY_CASES:
-        command = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--memory-case",
-            name,
-            "--batch",
-            str(batch),
-            "--size",
-            str(size),
-        ]
-        values = []
-        for _ in range(runs):
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                print(f"{name}: failed\n{done.stderr[-2000:]}")
-                break
-            values.append(float(done.stdout.strip().splitlines()[-1]))
-        if values:
-            grown[name] = statistics.median(values)
-    base = grown.get("inference forward")
-    print(
-        f"\nPeak RSS growth, ResNet-50 batch {batch}, {size}x{size} "
+    """Median over ``runs`` fresh processes of each case's peak RSS growth (MB)."""
+    grown = median_growth(os.path.abspath(__file__), MEMORY_CASES, batch, size, runs)
+    title = (
+        f"Peak RSS growth, ResNet-50 batch {batch}, {size}x{size} "
         f"(median of {runs} fresh processes per case)"
     )
-    width = max(len(n) for n in grown)
-    print(f"{'case':<{width}}  {'MB':>8}  {'ratio':>6}")
-    for name, mb in grown.items():
-        ratio = f"{mb / base:>5.2f}x" if base else "   n/a"
-        print(f"{name:<{width}}  {mb:>8.0f}  {ratio}")
+    print_growth(grown, title, "inference forward")
     return grown
 
 
