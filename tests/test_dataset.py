@@ -404,8 +404,8 @@ def test_a_killed_run_resumes_and_gives_files_identical_to_an_uninterrupted_run(
             assert time.monotonic() < deadline, "the extraction did not start"
             try:
                 done = load_features(out, allow_partial=True)[1].rows_done
-            except (FileNotFoundError, ValueError):
-                pass  # the manifest or the .npy files are not created yet
+            except (FileNotFoundError, ValueError, EOFError):
+                pass  # the manifest or the .npy files are not (completely) created yet
             time.sleep(0.01)
         job.send_signal(signal.SIGKILL)
     finally:
