@@ -9,10 +9,7 @@ and, with ``--hf``, Hugging Face's ``ViTForImageClassification`` (``sdpa``).
 1. Capture (issue 13): ``gradlens.attentions(model, x)`` -- every layer's probabilities,
    recomputed in the maths form and copied out of inference mode -- against a plain
    ``inference_mode`` forward. Target: <= 1.5x.
-2. Gradient rollout (E2 adds it here): ``gradient_attention_rollout`` against the reference
-   procedure (eager attention, ``output_attentions=True``, ``retain_grad`` on each map,
-   ``score.backward()`` over all parameters). Target: <= 0.75x.
-3. Peak memory: growth of the peak RSS (``VmHWM``, reset before the measured call) in a
+2. Peak memory: growth of the peak RSS (``VmHWM``, reset before the measured call) in a
    fresh subprocess per case.
 
 Times are the median and the minimum of interleaved runs (the minimum is the figure least
@@ -24,13 +21,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import io
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -39,6 +32,7 @@ import torch
 import gradlens
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _memory import growth, median_growth, print_growth  # noqa: E402
 from _timing import interleaved_times  # noqa: E402
 
 
@@ -122,31 +116,9 @@ def bench_capture(name: str, model: torch.nn.Module, batch: int, size: int, repe
     )
 
 
-# -- 2. gradient rollout (E2) ----------------------------------------------------------------
-# The gradient_attention_rollout case and its reference procedure go here.
-
-
-# -- 3. peak memory -------------------------------------------------------------------------
+# -- 2. peak memory -------------------------------------------------------------------------
 
 MEMORY_CASES = ["inference forward", "gradlens.attentions"]
-
-
-def _reset_peak() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w") as f:  # resets the peak RSS to the current RSS
-            f.write("5")
-
-
-def _peak_mb() -> float:
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_case(name: str, batch: int, size: int) -> float:
@@ -159,38 +131,17 @@ def memory_case(name: str, batch: int, size: int) -> float:
     }
     run = cases[name]
     run(images(1, size))
-    _reset_peak()
-    before = _peak_mb()
-    result = run(images(batch, size))
-    grown = _peak_mb() - before
-    del result
-    return grown
+    return growth(lambda: run(images(batch, size)))
 
 
 def bench_memory(batch: int, size: int, runs: int) -> None:
-    grown: dict[str, float] = {}
-    for name in MEMORY_CASES:
-        command = [sys.executable, os.path.abspath(__file__), "--memory-case", name]
-        command += ["--batch", str(batch), "--size", str(size)]
-        values = []
-        for _ in range(runs):
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                print(f"{name}: failed\n{done.stderr[-2000:]}")
-                break
-            values.append(float(done.stdout.strip().splitlines()[-1]))
-        if values:
-            grown[name] = statistics.median(values)
-    base = grown.get("inference forward")
-    print(
-        f"\nPeak RSS growth, timm ViT-S/16 shape, batch {batch}, {size}x{size} "
+    """Median over ``runs`` fresh processes of each case's peak RSS growth (MB)."""
+    grown = median_growth(os.path.abspath(__file__), MEMORY_CASES, batch, size, runs)
+    title = (
+        f"Peak RSS growth, timm ViT-S/16 shape, batch {batch}, {size}x{size} "
         f"(median of {runs} fresh processes per case)"
     )
-    width = max(len(n) for n in grown)
-    print(f"{'case':<{width}}  {'MB':>8}  {'ratio':>6}")
-    for name, mb in grown.items():
-        ratio = f"{mb / base:>5.2f}x" if base else "   n/a"
-        print(f"{name:<{width}}  {mb:>8.0f}  {ratio}")
+    print_growth(grown, title, "inference forward")
 
 
 def main() -> None:
