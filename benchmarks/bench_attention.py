@@ -26,21 +26,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import io
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
 import gradlens
+import gradlens.maps
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _memory import growth, median_growth, print_growth  # noqa: E402
 from _timing import interleaved_times  # noqa: E402
 
 
@@ -177,7 +175,7 @@ def bench_rollout(batch: int, size: int, repeats: int) -> None:
     ours = gradlens.gradient_attention_rollout(model, x, output="logits", upsample=False)
     grid = size // 16
     expected = reference_gradient_rollout(eager, x).reshape(batch, grid, grid)
-    expected = gradlens.cam.normalize_maps(expected)
+    expected = gradlens.maps.normalize(expected)
     assert torch.allclose(ours, expected, atol=1e-4), "the two procedures disagree"
     print(
         f"\nHugging Face ViT-S/16 shape (sdpa; the reference: eager), batch {batch}, "
@@ -205,24 +203,6 @@ ROLLOUT_MEMORY_CASES = [
 ]
 
 
-def _reset_peak() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w") as f:  # resets the peak RSS to the current RSS
-            f.write("5")
-
-
-def _peak_mb() -> float:
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def memory_case(name: str, batch: int, size: int) -> float:
     """Peak RSS growth (MB) of one call of case ``name`` in this (fresh) process, after one
     call on a tiny input (one-time lazy initialisation is not counted)."""
@@ -248,12 +228,7 @@ def memory_case(name: str, batch: int, size: int) -> float:
         }
     run = cases[name]
     run(images(1, size))
-    _reset_peak()
-    before = _peak_mb()
-    result = run(images(batch, size))
-    grown = _peak_mb() - before
-    del result
-    return grown
+    return growth(lambda: run(images(batch, size)))
 
 
 def bench_memory(
@@ -261,31 +236,15 @@ def bench_memory(
     size: int,
     runs: int,
     names: list[str] = MEMORY_CASES,
-    title: str = "timm ViT-S/16 shape",
+    model_name: str = "timm ViT-S/16 shape",
 ) -> None:
-    grown: dict[str, float] = {}
-    for name in names:
-        command = [sys.executable, os.path.abspath(__file__), "--memory-case", name]
-        command += ["--batch", str(batch), "--size", str(size)]
-        values = []
-        for _ in range(runs):
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                print(f"{name}: failed\n{done.stderr[-2000:]}")
-                break
-            values.append(float(done.stdout.strip().splitlines()[-1]))
-        if values:
-            grown[name] = statistics.median(values)
-    base = grown.get(names[0])
-    print(
-        f"\nPeak RSS growth, {title}, batch {batch}, {size}x{size} "
+    """Median over ``runs`` fresh processes of each case's peak RSS growth (MB)."""
+    grown = median_growth(os.path.abspath(__file__), names, batch, size, runs)
+    title = (
+        f"Peak RSS growth, {model_name}, batch {batch}, {size}x{size} "
         f"(median of {runs} fresh processes per case)"
     )
-    width = max(len(n) for n in grown)
-    print(f"{'case':<{width}}  {'MB':>8}  {'ratio':>6}")
-    for name, mb in grown.items():
-        ratio = f"{mb / base:>5.2f}x" if base else "   n/a"
-        print(f"{name:<{width}}  {mb:>8.0f}  {ratio}")
+    print_growth(grown, title, names[0])
 
 
 def main() -> None:

@@ -161,7 +161,8 @@ def report(rows, clock: int, title: str) -> None:
         ours = {int(name.split("@")[1]): t[clock] for name, t in times.items() if name != "captum"}
         best = min(ours, key=ours.get)
         print(
-            f"{label:<40} {captum:9.3f} {ours[same]:14.3f} (@{same:>3}) {ours[same] / captum:5.2f}x   "
+            f"{label:<40} {captum:9.3f} {ours[same]:14.3f} (@{same:>3}) "
+            f"{ours[same] / captum:5.2f}x   "
             f"{best:>10} {ours[best]:8.3f} {ours[best] / captum:5.2f}x   {check:10.1e}"
         )
     print("  sweep (gradlens batch size: median s):")
@@ -202,7 +203,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18().eval()
     print(
-        f"ResNet-18 (random init), CPU, {torch.get_num_threads()} thread(s), torch {torch.__version__}; "
+        f"ResNet-18 (random init), CPU, {torch.get_num_threads()} thread(s), "
+        f"torch {torch.__version__}; "
         f"medians of {repeats} interleaved rounds after 1 warm-up"
     )
     rows = []

@@ -1,6 +1,7 @@
 """CAM cost on CPU: gradlens against pytorch-grad-cam, Captum and torchcam, measured in one run.
 
-    python benchmarks/bench_cam.py [--quick] [--repeats N] [--only SECTION] [--skip-scorecam] [--skip-memory]
+    python benchmarks/bench_cam.py [--quick] [--repeats N] [--only SECTION] [--skip-scorecam]
+        [--skip-memory]
 
 1. Grad-CAM on ResNet-50 (random init, batch 8, 224x224, layer4): median time and ratio to a
    plain ``inference_mode`` forward, for a forward with autograd, gradlens.gradcam,
@@ -14,8 +15,8 @@ figure least disturbed by other processes sharing the machine).
    (inference_mode -> no_grad, batch 16 -> 32, constant-channel skipping off,
    channels-last masked inputs off, BatchNorm folding off).
 3. Peak memory: growth of the peak RSS (``VmHWM``, reset before the measured call; else
-   ``ru_maxrss``) in a fresh subprocess per case: inference forward, gradlens.gradcam, Captum LayerGradCam, a
-   forward with the whole-network tape.
+   ``ru_maxrss``) in a fresh subprocess per case: inference forward, gradlens.gradcam, Captum
+   LayerGradCam, a forward with the whole-network tape.
 
 Targets (issue 3): gradcam <= 1.10x the inference forward; 10 targets <= 2x one target;
 gradcam peak memory <= 1.1x the inference forward's; Score-CAM <= 0.8x the faster peer.
@@ -27,13 +28,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import ctypes
-import gc
 import io
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 
@@ -44,9 +41,10 @@ import torchvision  # noqa: E402
 
 import gradlens  # noqa: E402
 import gradlens.cam as C  # noqa: E402
-import gradlens.cam.perturbation as perturbation  # noqa: E402
+import gradlens.cam.score_cam as score_cam  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _memory import growth, median_growth, print_growth  # noqa: E402
 from _timing import interleaved_times  # noqa: E402
 
 
@@ -65,7 +63,8 @@ def print_table(medians: dict[str, tuple[float, float]], baseline: str, title: s
     print(f"{'case':<{width}}  {'median ms':>10}  {'ratio':>6}  {'min ms':>9}  {'ratio':>6}")
     for name, (med, low) in medians.items():
         print(
-            f"{name:<{width}}  {med * 1e3:>10.1f}  {med / base_median:>5.2f}x  {low * 1e3:>9.1f}  {low / base_min:>5.2f}x"
+            f"{name:<{width}}  {med * 1e3:>10.1f}  {med / base_median:>5.2f}x  "
+            f"{low * 1e3:>9.1f}  {low / base_min:>5.2f}x"
         )
 
 
@@ -135,7 +134,8 @@ def bench_gradcam(batch: int, size: int, repeats: int) -> dict[str, float]:
     ten = torch.randint(0, 1000, (batch, 10), generator=torch.Generator().manual_seed(2))
     cases["gradlens.gradcam, 10 targets"] = lambda: C.gradcam(model, x, "layer4", ten)
     print(
-        f"\nResNet-50, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, {repeats} repeats"
+        f"\nResNet-50, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, "
+        f"{repeats} repeats"
     )
     medians = measure(cases, repeats=repeats)
     print_table(
@@ -145,7 +145,8 @@ def bench_gradcam(batch: int, size: int, repeats: int) -> dict[str, float]:
     )
     ten, one = medians["gradlens.gradcam, 10 targets"], medians["gradlens.gradcam"]
     print(
-        f"10 targets / 1 target (gradlens): median {ten[0] / one[0]:.2f}x, min {ten[1] / one[1]:.2f}x  (target <= 2x)"
+        f"10 targets / 1 target (gradlens): median {ten[0] / one[0]:.2f}x, "
+        f"min {ten[1] / one[1]:.2f}x  (target <= 2x)"
     )
     return medians
 
@@ -165,11 +166,11 @@ class _NoGradTorch:
 
 @contextlib.contextmanager
 def without_inference_mode():
-    perturbation.torch = _NoGradTorch()
+    score_cam.torch = _NoGradTorch()
     try:
         yield
     finally:
-        perturbation.torch = torch
+        score_cam.torch = torch
 
 
 def bench_scorecam(size: int, repeats: int) -> dict[str, float]:
@@ -218,7 +219,8 @@ def bench_scorecam(size: int, repeats: int) -> dict[str, float]:
     )
     print(
         f"\nResNet-18, batch 1, {size}x{size}, layer4 (512 channels, {zero} constant), "
-        f"{torch.get_num_threads()} threads, {repeats} repeats, no warm-up (each run is 500+ forwards)"
+        f"{torch.get_num_threads()} threads, {repeats} repeats, no warm-up "
+        "(each run is 500+ forwards)"
     )
     medians = measure(cases, repeats=repeats, warmup=0)
     print_table(
@@ -233,27 +235,6 @@ def bench_scorecam(size: int, repeats: int) -> dict[str, float]:
 
 
 # -- 3. peak memory -----------------------------------------------------------------------
-
-
-def _reset_peak() -> None:
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # hand freed heap back to the OS first
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w") as f:  # resets the peak RSS to the current RSS
-            f.write("5")
-
-
-def _peak_mb() -> float:
-    """The process's peak RSS (MB): ``VmHWM``, which ``_reset_peak`` resets, where Linux
-    offers it. (``ru_maxrss`` of a child starts at the parent's RSS at the time of the fork,
-    which hides the child's own growth when the parent is large.)"""
-    with contextlib.suppress(OSError):
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_case(name: str, batch: int, size: int) -> float:
@@ -290,47 +271,17 @@ def memory_case(name: str, batch: int, size: int) -> float:
     else:
         raise ValueError(name)
     run(x[:1, :, :64, :64], top[:1])
-    _reset_peak()
-    before = _peak_mb()
-    result = run(x, top)
-    grown = _peak_mb() - before
-    del result
-    return grown
+    return growth(lambda: run(x, top))
 
 
 def bench_memory(batch: int, size: int, runs: int) -> dict[str, float]:
-    """Median over ``runs`` fresh processes of each case's peak RSS growth (MB): a single
-    process varies by 10-20 MB with how the allocator's per-thread arenas happen to grow."""
-    grown: dict[str, float] = {}
-    for name in MEMORY_CASES:
-        command = [
-            sys.executable,
-            os.path.abspath(__file__),
-            "--memory-case",
-            name,
-            "--batch",
-            str(batch),
-            "--size",
-            str(size),
-        ]
-        values = []
-        for _ in range(runs):
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                print(f"{name}: failed\n{done.stderr[-2000:]}")
-                break
-            values.append(float(done.stdout.strip().splitlines()[-1]))
-        if values:
-            grown[name] = statistics.median(values)
-    base = grown.get("inference forward")
-    print(
-        f"\nPeak RSS growth, ResNet-50 batch {batch}, {size}x{size} (median of {runs} fresh processes per case)"
+    """Median over ``runs`` fresh processes of each case's peak RSS growth (MB)."""
+    grown = median_growth(os.path.abspath(__file__), MEMORY_CASES, batch, size, runs)
+    title = (
+        f"Peak RSS growth, ResNet-50 batch {batch}, {size}x{size} "
+        f"(median of {runs} fresh processes per case)"
     )
-    width = max(len(n) for n in grown)
-    print(f"{'case':<{width}}  {'MB':>8}  {'ratio':>6}")
-    for name, mb in grown.items():
-        ratio = f"{mb / base:>5.2f}x" if base else "   n/a"
-        print(f"{name:<{width}}  {mb:>8.0f}  {ratio}")
+    print_growth(grown, title, "inference forward")
     return grown
 
 

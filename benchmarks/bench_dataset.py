@@ -177,10 +177,12 @@ def main() -> None:
         return
 
     print(
-        f"gradlens {gradlens.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"gradlens {gradlens.__version__}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
     )
     print(
-        f"\n1. Throughput: resnet18 (random init), {args.samples} images 3x64x64, layers {' + '.join(LAYERS)}, "
+        f"\n1. Throughput: resnet18 (random init), {args.samples} images 3x64x64, "
+        f"layers {' + '.join(LAYERS)}, "
         f"batch 64, median of {args.repeats}"
     )
     times = throughput(args.samples, args.repeats)
@@ -194,12 +196,14 @@ def main() -> None:
         for name, t in times.items()
     }
     print(
-        f"{'':<20}{'median s':>9}{'samples/s':>10}{'ratio':>7}{'best s':>8}{'ratio':>7}{'CPU s':>7}{'ratio':>7}"
+        f"{'':<20}{'median s':>9}{'samples/s':>10}{'ratio':>7}"
+        f"{'best s':>8}{'ratio':>7}{'CPU s':>7}{'ratio':>7}"
     )
     for name, st in stats.items():
         ratios = {k: stats[base][k] / st[k] for k in st}
         print(
-            f"{name:<20}{st['median']:>9.2f}{args.samples / st['median']:>10.1f}{ratios['median']:>7.3f}"
+            f"{name:<20}{st['median']:>9.2f}{args.samples / st['median']:>10.1f}"
+            f"{ratios['median']:>7.3f}"
             f"{st['best']:>8.2f}{ratios['best']:>7.3f}{st['cpu']:>7.2f}{ratios['cpu']:>7.3f}"
         )
     ratio = stats[base]["median"] / stats["extract_dataset"]["median"]
@@ -214,7 +218,8 @@ def main() -> None:
     )
     for n, r in results.items():
         print(
-            f"{n:>8}{r['before'] / 1024:>14.1f}{r['peak'] / 1024:>12.1f}{r['written'] / 2**20:>15.1f}{r['seconds']:>9.1f}"
+            f"{n:>8}{r['before'] / 1024:>14.1f}{r['peak'] / 1024:>12.1f}"
+            f"{r['written'] / 2**20:>15.1f}{r['seconds']:>9.1f}"
         )
     ratio = results[4096]["peak"] / results[512]["peak"]
     print(f"target: peak(4096) <= 1.10 x peak(512) -> {ratio:.3f}")

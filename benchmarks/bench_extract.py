@@ -79,7 +79,8 @@ def main() -> None:
         te_all = None
 
     print(
-        f"ResNet-50, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, {repeats} repeats"
+        f"ResNet-50, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, "
+        f"{repeats} repeats"
     )
     medians = interleaved_medians(cases, repeats=repeats)
     print_table(medians, "plain inference_mode forward", "feature extraction")
@@ -88,7 +89,8 @@ def main() -> None:
         ours = medians["gradlens.extract layer2"] / base
         theirs = medians["torchvision feature_extractor layer2"] / base
         print(
-            f"\nlayer2 alone: gradlens {ours:.2f}x vs torchvision {theirs:.2f}x (difference {ours - theirs:+.2f}; target <= +0.03)"
+            f"\nlayer2 alone: gradlens {ours:.2f}x vs torchvision {theirs:.2f}x "
+            f"(difference {ours - theirs:+.2f}; target <= +0.03)"
         )
     print(
         f"layer1..4: gradlens {medians['gradlens.extract layer1..4'] / base:.2f}x (target <= 1.02x)"

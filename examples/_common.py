@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from gradlens import data
+from gradlens import data, training
 
 
 def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
@@ -29,21 +29,22 @@ def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
 
 
 @functools.lru_cache(maxsize=2)
-def shapes_model(quick: bool) -> tuple[data.TinyCNN, data.ShapesData, float]:
-    """A :class:`~gradlens.data.TinyCNN` trained on synthetic shapes, its held-out data and accuracy.
+def shapes_model(quick: bool) -> tuple[training.TinyCNN, data.ShapesData, float]:
+    """A :class:`~gradlens.training.TinyCNN` trained on synthetic shapes, its held-out data
+    and accuracy.
 
-    The full run is ``gradlens.data.train_demo_model()`` (>= 95 % held-out accuracy in
+    The full run is ``gradlens.training.train_demo_model()`` (>= 95 % held-out accuracy in
     about a minute); ``quick`` trains one short epoch, enough to exercise the code paths.
     Cached, so that several examples run in one process train only once.
     """
     if not quick:
-        return data.train_demo_model(seed=0, progress=False)
+        return training.train_demo_model(seed=0, progress=False)
     train_data, test_data = data.make_shapes(256, seed=0), data.make_shapes(64, seed=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = data.TinyCNN(num_classes=len(train_data.class_names))
-    data.train(model, train_data, epochs=1, progress=False)
-    return model, test_data, data.accuracy(model, test_data.images, test_data.labels)
+        model = training.TinyCNN(num_classes=len(train_data.class_names))
+    training.train(model, train_data, epochs=1, progress=False)
+    return model, test_data, training.accuracy(model, test_data.images, test_data.labels)
 
 
 def save_figure(fig, path: Path, *, dpi: int = 80, colours: int = 128) -> Path:

@@ -1,6 +1,6 @@
 """Gradient attributions on the synthetic-shapes model: every method of ``gradlens.attribution``.
 
-Trains the tiny CNN of ``gradlens.data`` (``--quick``: one short epoch), computes saliency,
+Trains the tiny CNN of ``gradlens.training`` (``--quick``: one short epoch), computes saliency,
 Input x Gradient, SmoothGrad, VarGrad, Integrated Gradients, Guided Backprop, Guided
 Grad-CAM and Occlusion on held-out images, and writes ``attributions.png`` (images x methods)
 and ``attributions.txt`` (Integrated Gradients' completeness error for each rule and number
@@ -95,7 +95,7 @@ def completeness(model: nn.Module, images: Tensor, steps_list: list[int]) -> lis
         row = []
         for steps in steps_list:
             _, delta = integrated_gradients(
-                model, images, classes, steps=steps, method=rule, return_delta=True
+                model, images, classes, steps=steps, rule=rule, return_delta=True
             )
             row.append(float((delta.abs() / gap.abs()).mean()))
         lines.append(f"{rule:<18}" + "".join(f"{r:>10.1e}" for r in row))

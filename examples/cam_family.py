@@ -1,6 +1,6 @@
 """The CAM family on the synthetic-shapes model: every method of ``gradlens.cam.METHODS``.
 
-Trains the tiny CNN of ``gradlens.data`` (``--quick``: one short epoch), runs every CAM
+Trains the tiny CNN of ``gradlens.training`` (``--quick``: one short epoch), runs every CAM
 method on held-out images, and writes ``cam_family.png`` (images x methods, ground-truth
 box drawn) and ``cam_family.txt`` (shapes, and each method's pointing-game accuracy).
 
@@ -93,12 +93,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         f"TinyCNN held-out accuracy: {accuracy:.3f}",
         f"shapes: {options(model, scored.images[:2])}",
     ]
-    lines += [
-        f"custom LayerCAM-like weights vs layercam, max |difference|: {custom_variant(model, scored.images[:2]):.1e}"
-    ]
-    lines += [
-        f"scorecam, default and as pytorch-grad-cam: {perturbation_options(model, scored.images[:2])}"
-    ]
+    difference = custom_variant(model, scored.images[:2])
+    lines += [f"custom LayerCAM-like weights vs layercam, max |difference|: {difference:.1e}"]
+    variants = perturbation_options(model, scored.images[:2])
+    lines += [f"scorecam, default and as pytorch-grad-cam: {variants}"]
     lines += [
         f"pointing game on {len(scored)} held-out images (map peak within 4 px of the object):"
     ]

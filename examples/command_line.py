@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shlex
@@ -77,6 +78,15 @@ def run(argv: list[str]) -> tuple[int, str]:
     return status, out.getvalue() + "\n".join(progress)
 
 
+def visible_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def abridged_list(items: list[str], shown: int = 3) -> str:
+    head = ", ".join(repr(item) for item in items[:shown])
+    return f"[{head}, ...] ({len(items)} names)" if len(items) > shown else f"[{head}]"
+
+
 def abridged(text: str, lines: int = 8) -> str:
     rows = text.rstrip().splitlines()
     return "\n".join(rows if len(rows) <= lines else rows[: lines - 2] + ["...", rows[-1]])
@@ -102,12 +112,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
                         "",
                     ]
                 if section == "extract":
-                    log += [
-                        "$ ls features",
-                        *sorted(
-                            p.name for p in Path("features").iterdir() if not p.name.startswith(".")
-                        ),
-                    ]
+                    for folder in ["features", "circles"]:
+                        log += [f"$ ls {folder}", *visible_files(Path(folder)), ""]
+                    names = json.loads(Path("circles/manifest.json").read_text())["sample_names"]
+                    log += [f"manifest.json of circles: sample_names {abridged_list(names)}"]
                 if section == "cam":
                     log += ["$ ls maps", *sorted(p.name for p in Path("maps").iterdir())]
                 path = args.out / f"cli_{section}.txt"

@@ -6,7 +6,7 @@ set -euo pipefail
 
 # --8<-- [start:layers]
 gradlens layers resnet18 --input-size 3 64 64
-gradlens layers gradlens.data:TinyCNN --input-size 3 64 64      # module:callable of your own code
+gradlens layers gradlens.training:TinyCNN --input-size 3 64 64  # module:callable of your own code
 # --8<-- [end:layers]
 
 # --8<-- [start:cam]
@@ -19,6 +19,8 @@ gradlens cam shapes/square/square0.png --model resnet18 --image-size 64 --method
 # --8<-- [start:extract]
 gradlens extract --model resnet18 --image-size 64 --data shapes --layers layer3 layer4 \
     --pool avg --out features
+gradlens extract --model resnet18 --image-size 64 --data shapes/circle --layers layer4 \
+    --pool avg --out circles      # a folder of image files: no classes, file names in the manifest
 # --8<-- [end:extract]
 
 # --8<-- [start:errors]

@@ -1,10 +1,10 @@
 """Dataset-scale extraction: stream features and maps to disk, resume, shard, and ``torchrun``.
 
-Runs on the synthetic shapes (``gradlens.data``) with a random-init tiny CNN: extracts pooled
-features of two layers for every image, Grad-CAM maps for every image, interrupts a run and
-resumes it, splits the work into shards and merges them, and runs the same extraction with
-``torchrun --nproc_per_node=2`` (CPU, ``gloo``), checking that every route writes the same
-arrays. Writes ``dataset_extraction.txt``.
+Runs on the synthetic shapes (``gradlens.data``) with a random-init tiny CNN
+(``gradlens.training``): extracts pooled features of two layers for every image, Grad-CAM
+maps for every image, interrupts a run and resumes it, splits the work into shards and
+merges them, and runs the same extraction with ``torchrun --nproc_per_node=2`` (CPU,
+``gloo``), checking that every route writes the same arrays. Writes ``dataset_extraction.txt``.
 
 Run: ``python examples/dataset_extraction.py [--quick] [--out DIR]``
 """
@@ -24,8 +24,9 @@ from _common import parse_args
 from torch.utils.data import DataLoader, Dataset
 
 import gradlens.cam  # noqa: F401  (registers the CAM methods by name)
-from gradlens.data import ShapesDataset, TinyCNN, make_shapes
+from gradlens.data import ShapesDataset, make_shapes
 from gradlens.dataset import attribute_dataset, extract_dataset, load_features, merge_shards
+from gradlens.training import TinyCNN
 
 
 def build(n: int) -> tuple[TinyCNN, ShapesDataset]:
@@ -146,8 +147,9 @@ WORKER = textwrap.dedent("""
     import torch
     import torch.distributed as dist
     from torch.utils.data import DataLoader
-    from gradlens.data import ShapesDataset, TinyCNN, make_shapes
+    from gradlens.data import ShapesDataset, make_shapes
     from gradlens.dataset import extract_dataset
+    from gradlens.training import TinyCNN
 
     # --8<-- [start:torchrun]
     dist.init_process_group("gloo")                       # "nccl" for one GPU per process

@@ -1,4 +1,5 @@
-"""Feature extraction: ``extract`` with early stop, ``Extractor``, ONNX, TorchScript, ``torch.compile``.
+"""Feature extraction: ``extract`` with early stop, ``Extractor``, ONNX, TorchScript and
+``torch.compile``.
 
 Writes ``extraction.txt`` (what ``docs/extraction.md`` quotes); the ONNX file goes to a
 temporary folder.
@@ -18,7 +19,7 @@ from _common import parse_args
 from torch import nn
 
 import gradlens
-from gradlens.data import TinyCNN
+from gradlens.training import TinyCNN
 
 
 def extract_features(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:
@@ -178,9 +179,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     ]
     guard = torch._dynamo.config.skip_nnmodule_hook_guards
     try:
-        lines += [
-            f"torch.compile vs eager (TinyCNN), max |difference|: {compiled_model(torch.randn(2, 3, 64, 64))}"
-        ]
+        difference = compiled_model(torch.randn(2, 3, 64, 64))
+        lines += [f"torch.compile vs eager (TinyCNN), max |difference|: {difference}"]
     finally:
         torch._dynamo.config.skip_nnmodule_hook_guards = guard
     report = args.out / "extraction.txt"

@@ -1,8 +1,8 @@
 """Getting started: a first Grad-CAM in ten lines, and a first look at the Recorder.
 
-Trains the tiny CNN of ``gradlens.data`` on synthetic shapes (``train_demo_model(quick=True)``,
-about ten seconds; ``--quick`` trains even less), explains four held-out images with
-Grad-CAM and writes ``first_gradcam.png``.
+Trains the tiny CNN of ``gradlens.training`` on synthetic shapes
+(``train_demo_model(quick=True)``; ``--quick`` trains even less), explains four held-out
+images with Grad-CAM and writes ``first_gradcam.png``.
 
 Run: ``python examples/getting_started.py [--quick] [--out DIR]``
 """
@@ -18,7 +18,7 @@ from _common import parse_args, save_figure, shapes_model
 import gradlens
 import gradlens.viz
 from gradlens.cam import gradcam
-from gradlens.data import train_demo_model
+from gradlens.training import train_demo_model
 
 # --8<-- [end:imports]
 

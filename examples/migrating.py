@@ -117,7 +117,8 @@ def all_cams(model: nn.Module, x: Tensor, quick: bool) -> dict[str, float]:
                 cam.batch_size = 64
             reference = cam(input_tensor=x, targets=[ClassifierOutputTarget(281)] * len(x))
         model.zero_grad(set_to_none=True)
-        # pytorch-grad-cam's Score-CAM: softmax over channels, masks upsampled with align_corners=True
+        # pytorch-grad-cam's Score-CAM: softmax over channels, masks upsampled with
+        # align_corners=True
         options = (
             {"score": "channel_softmax", "masks": "align_corners"} if name == "scorecam" else {}
         )

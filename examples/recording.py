@@ -273,9 +273,11 @@ def main(argv: list[str] | None = None) -> list:
         "layer4.1.bn2 (then `out += identity` and relu_ in place):",
         f"  min of the tensor a naive hook keeps: {inplace['naive_min']:.3f}",
         f"  min of the value bn2 produced (gradlens records this): {inplace['true_min']:.3f}",
-        f"  Grad-CAM from the naive reference vs the true value: correlation {inplace['gradcam_correlation']:.3f}",
+        "  Grad-CAM from the naive reference vs the true value: "
+        f"correlation {inplace['gradcam_correlation']:.3f}",
         f"full backward hook on layer4.1.bn2: RuntimeError: {torch_message}",
-        f"gradlens, backward_hooks=True on an in-place ReLU: InPlaceBackwardHookError: {gradlens_message}",
+        "gradlens, backward_hooks=True on an in-place ReLU: "
+        f"InPlaceBackwardHookError: {gradlens_message}",
         f"shapes: {shapes}",
         "tensors saved for backward (Grad-CAM of layer4):",
         f"  whole-network tape: {memory['whole_tape_mb']:.1f} MiB",

@@ -6,6 +6,8 @@ and the methods built on it.
 
 from __future__ import annotations
 
+import sys
+
 from . import attention, attribution, cam, errors, targets  # noqa: E402  (fill the registry)
 from .attention import (
     AttentionCapture,
@@ -44,18 +46,25 @@ from .errors import (
     GradientNotAvailableError,
     GradlensError,
     InPlaceBackwardHookError,
+    InterventionError,
     LayerNotExecutedError,
     LayerNotFoundError,
     ManifestMismatchError,
+    NotRecordedError,
     OutputSelectionError,
     RecorderStateError,
     TargetError,
 )
 from .extract import Extractor, extract
+from .interventions import activation_patching, attribution_patching, edits, patch
 from .recorder import Call, Recorder, record
 from .registry import METHODS
 from .selection import select_layers
 from .summary import LayerInfo, default_layer, layers
+
+# the edit helpers live in gradlens/interventions/edits.py; this makes
+# "from gradlens.edits import zero" work as well as "gradlens.edits.zero()"
+sys.modules[f"{__name__}.edits"] = edits
 
 __version__ = "0.1.0"
 
@@ -63,6 +72,8 @@ __all__ = [
     "METHODS",
     "Manifest",
     "ablationcam",
+    "activation_patching",
+    "attribution_patching",
     "attention",
     "attention_rollout",
     "attentions",
@@ -74,6 +85,7 @@ __all__ = [
     "attribute_dataset",
     "attribution",
     "cam",
+    "edits",
     "eigencam",
     "eigengradcam",
     "extract_dataset",
@@ -90,6 +102,7 @@ __all__ = [
     "load_features",
     "merge_shards",
     "occlusion",
+    "patch",
     "saliency",
     "scorecam",
     "smoothgrad",
@@ -100,10 +113,12 @@ __all__ = [
     "GradientNotAvailableError",
     "GradlensError",
     "InPlaceBackwardHookError",
+    "InterventionError",
     "LayerInfo",
     "LayerNotExecutedError",
     "LayerNotFoundError",
     "ManifestMismatchError",
+    "NotRecordedError",
     "OutputSelectionError",
     "Recorder",
     "RecorderStateError",

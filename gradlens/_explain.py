@@ -1,28 +1,46 @@
-"""The one forward-and-differentiate step shared by every gradient method.
+"""The two model passes every method is built from.
 
-Methods (CAMs, saliency, integrated gradients, ...) call :func:`differentiate`, which runs
-the model under a :class:`~gradlens.Recorder`, turns the target into scores with
-:func:`gradlens.targets.scores` and takes gradients with :meth:`Recorder.grad` -- so no
-method holds hook code, target parsing or grad-mode handling of its own.
+* :func:`differentiate` -- one forward and one (batched) backward: runs the model under a
+  :class:`~gradlens.Recorder`, turns the target into scores with
+  :func:`gradlens.targets.scores` and takes gradients with :meth:`Recorder.grad`, so no
+  gradient method holds hook code, target parsing or grad-mode handling of its own.
+* :func:`clean_pass` -- one inference forward on the unmodified input that fixes the
+  target (``None`` becomes each sample's top class), for methods that then evaluate the
+  model on modified inputs (noise, interpolation, occlusion, masks, ablations) and for
+  the metrics.
+
+:func:`check_target` and :func:`repeat_target` prepare targets for stacked copies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
 
-from ._inputs import Inputs, as_args, batch_size, prepare
+from ._inputs import Inputs, ModelInput
+from .buffers import preserve_buffers
 from .errors import TargetError
 from .recorder import Recorder
 from .selection import Layers
 from .targets import OutputSpec, Target, scores
 
-__all__ = ["Differentiated", "differentiate", "top_classes", "check_target", "repeat_target"]
+__all__ = [
+    "Differentiated",
+    "differentiate",
+    "CleanPass",
+    "clean_pass",
+    "CheckedTarget",
+    "check_target",
+    "repeat_target",
+]
+
+# What check_target returns: a Target whose sequences have become an int64 tensor.
+CheckedTarget = Union[None, int, Tensor, Callable[[Any], Tensor]]
 
 
 @dataclass
@@ -53,7 +71,7 @@ class Differentiated:
 
 def differentiate(
     model: nn.Module,
-    x: Inputs,
+    x: Inputs | ModelInput,
     target: Target = None,
     *,
     layers: Layers | None = None,
@@ -61,7 +79,7 @@ def differentiate(
     output: OutputSpec = None,
     forward_kwargs: Mapping[str, Any] | None = None,
     select: OutputSpec | Mapping[str, OutputSpec] = None,
-    hooks: Sequence[Recorder] = (),
+    hooks: Sequence[AbstractContextManager[Any]] = (),
 ) -> Differentiated:
     """One forward pass and one (batched) backward, for the layers and/or the inputs.
 
@@ -72,21 +90,26 @@ def differentiate(
 
     Args:
         model: the model.
-        x: its input (a tuple for several positional inputs).
+        x: its input (a tuple for several positional inputs), or a parsed
+            :class:`~gradlens._inputs.ModelInput`.
         target: see :mod:`gradlens.targets`.
         layers: layers whose activations and gradients to record.
         wrt_inputs: also differentiate with respect to the floating-point inputs.
         output: picks the logits out of a structured model output.
-        forward_kwargs: keyword inputs for the model.
+        forward_kwargs: keyword inputs for the model (not with a ``ModelInput``).
         select: picks one tensor of a layer's structured output.
-        hooks: further Recorders (e.g. output-modifying ones) active during the pass.
+        hooks: further context managers active during the pass (e.g.
+            :func:`~gradlens.outputs.replace_outputs` contexts).
 
     Returns:
         A :class:`Differentiated`.
+
+    Raises:
+        LayerNotExecutedError: a selected layer exists but did not run in the forward pass.
+        TargetError, OutputSelectionError: see :func:`gradlens.targets.scores`.
     """
-    n = batch_size(x)
+    inputs = ModelInput.parse(x, forward_kwargs)
     with torch.inference_mode(False), ExitStack() as stack:
-        args, kwargs = prepare(x, forward_kwargs)
         for extra in hooks:
             stack.enter_context(extra)
         recorder = stack.enter_context(
@@ -94,6 +117,7 @@ def differentiate(
                 model, layers, select=select, tape_from_layers=layers is not None and not wrt_inputs
             )
         )
+        args = inputs.args
         if wrt_inputs:
             args = tuple(
                 a.detach().clone().requires_grad_(True)
@@ -105,8 +129,10 @@ def differentiate(
                 if isinstance(a, Tensor) and a.requires_grad:
                     recorder.watch(f"__input{i}__", a)
         with torch.enable_grad():
-            out = recorder.forward(*args, **kwargs)
-            score, classes = scores(out, target, n, output)
+            out = recorder.forward(*args, **inputs.kwargs)
+            for name in recorder.names:
+                recorder.calls(name)  # a layer that never ran: LayerNotExecutedError naming it
+            score, classes = scores(out, target, inputs.batch_size, output)
         recorder.grad(score)
         layer_names = recorder.names
         activations = {name: recorder.activations[name] for name in layer_names}
@@ -125,9 +151,7 @@ def differentiate(
         classes=classes,
         activations=activations,
         gradients=gradients,
-        inputs=tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
-        if wrt_inputs
-        else (),
+        inputs=tuple(_detach(a) for a in args) if wrt_inputs else (),
         input_gradients=input_grads,
     )
 
@@ -136,33 +160,97 @@ def _detach(value: Any) -> Any:
     return value.detach() if isinstance(value, Tensor) else value
 
 
-def top_classes(
+@dataclass
+class CleanPass:
+    """The result of :func:`clean_pass`.
+
+    Attributes:
+        target: the target with ``None`` replaced by each sample's top class on the clean
+            input (``(B,)`` int64); class targets as ``(B,)`` or ``(B, K)`` int64 tensors;
+            callable targets, and ``None`` for models with one output per sample, unchanged.
+            Pass it to every later evaluation, so all explain the same classes.
+        scores: the target's scores on every row of the input, ``(rows,)`` or
+            ``(rows, K)`` (ordinary tensors, usable by autograd).
+        classes: the class indices of ``target`` (``None`` where it is not classes).
+        activations: ``{layer: output of its last call}`` of the recorded layers.
+        calls: ``{layer: how many times it ran}``.
+    """
+
+    target: Target
+    scores: Tensor
+    classes: Tensor | None
+    activations: dict[str, Any] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+def clean_pass(
     model: nn.Module,
-    x: Inputs,
-    target: Target,
+    inputs: ModelInput,
+    target: Target = None,
     *,
     output: OutputSpec = None,
-    forward_kwargs: Mapping[str, Any] | None = None,
-) -> Target:
-    """``target`` itself, or for ``target=None`` the model's top class per sample on ``x``.
+    layers: Layers | None = None,
+    select: OutputSpec | Mapping[str, OutputSpec] = None,
+    copies: int = 1,
+) -> CleanPass:
+    """Fix the target on one inference forward of the clean input.
 
-    Methods that evaluate the model on modified inputs (integrated gradients, SmoothGrad,
-    occlusion, Score-CAM) explain the class predicted for the *original* input; this
-    fixes it with one inference forward. Returns a ``(B,)`` int64 tensor for ``None``
-    (``None`` stays ``None`` for models with one output per sample).
+    Methods that evaluate the model on modified inputs explain the class predicted for
+    the *original* input; this forward finds it, gives the target's scores, and records
+    the layers the method needs. It runs under :func:`torch.inference_mode` and leaves
+    the model's buffers as they were (:func:`gradlens.buffers.preserve_buffers`), so
+    train-mode forwards do not move BatchNorm statistics.
+
+    Args:
+        model: the model.
+        inputs: the input; with ``copies > 1``, ``copies`` inputs of ``B`` samples each
+            stacked copy-major (e.g. the input and a baseline), of which the first is the
+            clean one.
+        target: see :mod:`gradlens.targets`; it refers to one copy.
+        output: picks the logits out of a structured model output.
+        layers: layers whose outputs to record (``None``: none, no hooks).
+        select: picks one tensor of a layer's structured output.
+        copies: the number of stacked copies in ``inputs``.
+
+    Returns:
+        A :class:`CleanPass`.
+
+    Raises:
+        TargetError, OutputSelectionError: see :func:`gradlens.targets.scores`.
+        LayerNotExecutedError: a selected layer exists but did not run.
     """
-    if target is not None:
-        return target
-    n = batch_size(x)
-    # a Recorder without layers only restores the buffers a train-mode forward changes
-    with torch.inference_mode(), Recorder(model):
-        args, kwargs = as_args(x), dict(forward_kwargs or {})
-        out = model(*args, **kwargs)
-        _, classes = scores(out, None, n, output)
-    return None if classes is None else classes.clone()
+    rows = inputs.batch_size
+    batch = rows // copies
+    with ExitStack() as stack:
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(preserve_buffers(model))
+        recorder = None
+        if layers is not None:
+            recorder = stack.enter_context(
+                Recorder(model, layers, select=select, restore_buffers=False)
+            )
+        out = inputs.call(model)
+        if target is None and copies > 1:
+            _, top = scores(out, None, rows, output)
+            target = None if top is None else top[:batch]
+        values, classes = scores(out, repeat_target(target, batch, copies), rows, output)
+        activations: dict[str, Any] = {}
+        calls: dict[str, int] = {}
+        if recorder is not None:
+            activations = {name: recorder.activations[name] for name in recorder.names}
+            calls = {name: len(recorder.calls(name)) for name in recorder.names}
+    if classes is not None:
+        classes = classes[:batch].clone()
+    return CleanPass(
+        target=classes if classes is not None else target,
+        scores=values.clone(),
+        classes=classes,
+        activations=activations,
+        calls=calls,
+    )
 
 
-def check_target(target: Target, batch: int) -> Target:
+def check_target(target: Target, batch: int) -> CheckedTarget:
     """Check the batch dimension of a per-sample target before inputs are tiled.
 
     Methods that evaluate stacked copies of the batch tile the target, so a target of the
@@ -175,8 +263,10 @@ def check_target(target: Target, batch: int) -> Target:
     Raises:
         TargetError: ragged lists, or a first dimension that is not ``batch``.
     """
-    if target is None or isinstance(target, (int, Tensor)) or callable(target):
-        if isinstance(target, Tensor) and target.ndim > 0 and target.shape[0] != batch:
+    if target is None or isinstance(target, int) or callable(target):
+        return target
+    if isinstance(target, Tensor):
+        if target.ndim > 0 and target.shape[0] != batch:
             raise TargetError(
                 f"target has shape {tuple(target.shape)}; expected ({batch},) for one class "
                 f"per sample or ({batch}, K) for K classes per sample"
@@ -192,14 +282,13 @@ def check_target(target: Target, batch: int) -> Target:
     return check_target(as_tensor, batch)
 
 
-def repeat_target(target: Target, batch: int, times: int) -> Target:
+def repeat_target(target: Target, batch: int, times: int) -> CheckedTarget:
     """The target for an input repeated ``times`` times along dim 0 (``x.repeat(times, ...)``):
     per-sample targets (checked against ``batch`` first) are tiled; ints, ``None`` and
     callables are unchanged."""
-    target = check_target(target, batch)
-    if target is None or isinstance(target, int) or callable(target):
-        return target
-    t = target
-    if t.ndim == 0:
-        return int(t)
-    return t.repeat(times, *([1] * (t.ndim - 1)))
+    checked = check_target(target, batch)
+    if checked is None or isinstance(checked, int) or callable(checked):
+        return checked
+    if checked.ndim == 0:
+        return int(checked)
+    return checked.repeat(times, *([1] * (checked.ndim - 1)))

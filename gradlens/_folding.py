@@ -2,10 +2,10 @@
 
 In eval mode a BatchNorm after a convolution is an affine map per channel, so it can be
 folded into the convolution's weights and bias: one layer instead of two, the same
-function up to float rounding. Methods that run the same model hundreds of times without
-gradients (Score-CAM's masked forwards) run about 1.15-1.2x faster on a folded ResNet on
-CPU. The copy is made with :func:`torch.fx.experimental.optimization.fuse`; the model
-itself is never changed.
+function up to float rounding, and a faster one for methods that run the same model
+hundreds of times without gradients (Score-CAM's masked forwards; the documentation's
+Performance page has the gain). The copy is made with
+:func:`torch.fx.experimental.optimization.fuse`; the model itself is never changed.
 """
 
 from __future__ import annotations

@@ -2,19 +2,22 @@
 against ground truth.
 
 On a fresh machine, with nothing downloaded: generate the synthetic shapes
-(:mod:`gradlens.data`), train the tiny CNN, then for a held-out set run every method in
-:data:`gradlens.METHODS` but the attention methods (see :mod:`gradlens.vit_demo`) and
-score it with the pointing game (against the object's mask), deletion and insertion AUC,
-and the model-parameter randomisation sanity check (:mod:`gradlens.metrics`) against the
-fully randomised model: every layer re-initialised in one step, the state the cascade ends
-in, which is all the table reports. Writes ``demo.png``, ``metrics.csv`` and prints the
-table.
+(:mod:`gradlens.data`), train the tiny CNN (:mod:`gradlens.training`), then for a held-out
+set run every method in :data:`gradlens.METHODS` but the attention methods (a CNN has no
+attention; see :mod:`gradlens.vit_demo`), each with its registered quick options
+(:attr:`gradlens.registry.MethodInfo.quick_options`: fewer noise samples, integration
+steps or occlusion windows than its defaults), and score it with the pointing game
+(against the object's mask), deletion and insertion AUC, and the model-parameter
+randomisation sanity check (:mod:`gradlens.metrics`) against the fully randomised model:
+every layer re-initialised in one step, the state the cascade ends in, which is all the
+table reports. Writes ``demo.png``, ``metrics.csv`` and prints the table.
 """
 
 from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics, viz
-from .data import train_demo_model
-from .registry import ATTENTION_METHODS, CAM_METHODS, METHODS
+from .maps import to_2d
+from .registry import INFO, METHODS
+from .training import train_demo_model
 
 __all__ = ["DemoRow", "DemoResult", "run_demo"]
 
@@ -61,37 +65,31 @@ class DemoResult:
     table: Path
 
 
-def _options(name: str, layer: str, quick: bool) -> dict[str, Any]:
-    """Per-method options: the CAM layer, and fewer samples/steps in quick mode."""
-    options: dict[str, Any] = {}
-    if name in CAM_METHODS or name == "guided_gradcam":
+def _options(name: str, layer: str) -> dict[str, Any]:
+    """Per-method options from the registry: its quick options, and the CAM layer for
+    methods that take one."""
+    info = INFO[name]
+    options: dict[str, Any] = dict(info.quick_options)
+    if info.needs_layer:
         options["layer"] = layer
-    if name in ("smoothgrad", "vargrad"):
-        options.update(n=8 if quick else 16, seed=0)
-    if name == "integrated_gradients":
-        options["steps"] = 8 if quick else 16
-    if name == "occlusion":
-        options.update(window=8, stride=8 if quick else 4)
     return options
 
 
 def _spatial(maps: Tensor) -> Tensor:
-    """``(B, H, W)`` maps: input-shaped attributions are reduced by summing ``|.|`` over
-    channels."""
-    maps = maps.detach().float()
-    return maps.abs().sum(1) if maps.ndim == 4 else maps
+    """``(B, H, W)`` float maps (:func:`gradlens.maps.to_2d`)."""
+    return to_2d(maps.detach()).float()
 
 
 def run_demo(
     out: str | Path = "gradlens-demo", *, seed: int = 0, quick: bool = False, progress: bool = True
 ) -> DemoResult:
-    """Train the tiny CNN on synthetic shapes and score every registered method.
+    """Train the tiny CNN on synthetic shapes and score every CAM and attribution method.
 
     Args:
         out: output folder (created): ``demo.png`` (images x methods, ground-truth box
             drawn) and ``metrics.csv``.
         seed: seeds the data, the training and the randomisation test.
-        quick: a smaller data set, fewer held-out images and method samples (seconds).
+        quick: a smaller data set and fewer held-out images.
         progress: show the training progress bar.
 
     Returns:
@@ -105,15 +103,22 @@ def run_demo(
     images, masks = test.images[:n_eval], test.masks[:n_eval]
     tolerance = max(1, round(15 * images.shape[-1] / 224))  # the paper's 15 px at 224 px
     # a CNN has no attention: the attention methods are in the ViT demo (gradlens.vit_demo)
-    methods = {name: f for name, f in METHODS.items() if name not in ATTENTION_METHODS}
+    methods = {name: f for name, f in METHODS.items() if INFO[name].kind != "attention"}
     print(f"held-out accuracy {acc:.3f}; evaluating {len(methods)} methods on {n_eval} images")
 
     rows, shown = [], {}
     for name, method in methods.items():
-        options = _options(name, layer, quick)
+        options = _options(name, layer)
 
-        def explain(m: nn.Module, x: Tensor, target: Any = None, _f=method, _o=options) -> Tensor:
-            return _f(m, x, target=target, **_o)
+        def explain(
+            m: nn.Module,
+            x: Tensor,
+            target: Any = None,
+            _f: Callable[..., Any] = method,
+            _o: dict[str, Any] = options,
+        ) -> Tensor:
+            explanation: Tensor = _f(m, x, target=target, **_o)
+            return explanation
 
         start = time.perf_counter()
         maps = _spatial(explain(model, images))

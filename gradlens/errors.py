@@ -11,7 +11,9 @@ __all__ = [
     "OutputSelectionError",
     "InPlaceBackwardHookError",
     "RecorderStateError",
+    "NotRecordedError",
     "ManifestMismatchError",
+    "InterventionError",
     "AttentionCaptureError",
     "AttentionRolloutError",
 ]
@@ -49,8 +51,7 @@ class TargetError(GradlensError, ValueError):
 
 
 class OutputSelectionError(GradlensError, ValueError):
-    """A structured output (tuple, dict, dataclass) needs ``output=`` / ``select=`` to pick
-    a tensor."""
+    """A structured output (tuple, dict, dataclass) needs ``output=``/``select=`` to pick one."""
 
 
 class InPlaceBackwardHookError(GradlensError, RuntimeError):
@@ -58,12 +59,31 @@ class InPlaceBackwardHookError(GradlensError, RuntimeError):
 
 
 class RecorderStateError(GradlensError, RuntimeError):
-    """A Recorder was used in the wrong state (entered twice, read before entering)."""
+    """A Recorder (or a ``replace_outputs`` context) was used in the wrong state (entered
+    twice, used outside its ``with`` block)."""
+
+
+class NotRecordedError(GradlensError, KeyError):
+    """A Recorder was asked for something it was not told to record (a call's inputs
+    without ``inputs=True``, input gradients without ``backward_hooks=True``).
+
+    A :class:`KeyError`, like any failed lookup in the Recorder's record mappings; its
+    ``str()`` is the readable message.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class ManifestMismatchError(GradlensError, ValueError):
     """A dataset output directory holds results of another call (another model, other
     layers or options), so they cannot be resumed or merged with this one."""
+
+
+class InterventionError(GradlensError, ValueError):
+    """An edit or a patching run does not fit the model: a patch whose shape does not
+    broadcast to the layer's output, a position out of range, clean and corrupted inputs
+    of different shapes, or a metric that returns the wrong shape."""
 
 
 class AttentionCaptureError(GradlensError, RuntimeError):

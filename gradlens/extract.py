@@ -1,4 +1,4 @@
-"""Feature extraction: :func:`extract` (no tape, early stop) and :class:`Extractor` (a wrapper module)."""
+"""Feature extraction: :func:`extract` (no tape, early stop) and :class:`Extractor` (a wrapper)."""
 
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 Conventions shared by every function here:
 
 * ``maps`` are ``(B, H, W)``, or ``(B, C, H, W)`` which are reduced to ``(B, H, W)`` by
-  summing ``|.|`` over channels (so per-channel gradients become one importance per
-  pixel; a ``(B, 1, H, W)`` map becomes its absolute value). Maps whose ``(H, W)`` differ
-  from the images' are resized bilinearly to the image size.
+  summing ``|.|`` over channels (:func:`gradlens.maps.to_2d`: per-channel gradients become
+  one importance per pixel; a ``(B, 1, H, W)`` map becomes its absolute value). Maps whose
+  ``(H, W)`` differ from the images' are resized bilinearly to the image size
+  (:func:`gradlens.maps.resize`).
 * ``images`` are ``(B, C, H, W)``, already preprocessed the way the model expects.
 * ``target`` is read by :func:`gradlens.targets.scores`: ``None`` is the model's top class
   on the clean image, an int one class for all, a sequence or tensor one class per sample.
@@ -33,8 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._explain import clean_pass
+from ._inputs import ModelInput
+from .buffers import preserve_buffers
 from .errors import LayerNotFoundError, TargetError
-from .targets import OutputSpec, Target, scores, select_output
+from .maps import normalize, resize, to_2d
+from .targets import OutputSpec, Target, select_output
 
 __all__ = [
     "CurveResult",
@@ -47,6 +52,8 @@ __all__ = [
     "randomization_test",
     "spearman",
     "gaussian_blur",
+    "logit_difference",
+    "normalized",
 ]
 
 Fill = Literal["zero", "blur", "mean"] | Tensor
@@ -96,19 +103,13 @@ class RandomizationResult:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _reduce_maps(maps: Tensor, size: tuple[int, int] | None = None) -> Tensor:
-    """``(B, H, W)`` float maps from ``(B, H, W)`` or ``(B, C, H, W)``, resized to ``size``."""
+def _reduce_maps(maps: Tensor, size: Sequence[int] | None = None) -> Tensor:
+    """``(B, H, W)`` float maps from ``(B, H, W)`` or ``(B, C, H, W)``
+    (:func:`gradlens.maps.to_2d`), resized to ``size``."""
     if not isinstance(maps, Tensor):
         maps = torch.as_tensor(maps)
-    maps = maps.detach()
-    if maps.ndim == 4:
-        maps = maps.abs().sum(dim=1)
-    elif maps.ndim != 3:
-        raise ValueError(f"maps must have shape (B, H, W) or (B, C, H, W), got {tuple(maps.shape)}")
-    maps = maps.float()
-    if size is not None and tuple(maps.shape[-2:]) != tuple(size):
-        maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return maps
+    maps = to_2d(maps.detach()).float()
+    return maps if size is None else resize(maps, size)
 
 
 def _check_images(images: Tensor, maps: Tensor) -> None:
@@ -121,24 +122,15 @@ def _check_images(images: Tensor, maps: Tensor) -> None:
 @contextlib.contextmanager
 def _untouched(model: nn.Module) -> Iterator[None]:
     """Run forwards that leave ``model`` as it was (restores buffers in training mode)."""
-    if not model.training:
-        with torch.inference_mode():
-            yield
-        return
-    warnings.warn(
-        "the model is in training mode; metrics are usually computed in eval mode "
-        "(call model.eval()). Its buffers will be restored afterwards.",
-        UserWarning,
-        stacklevel=5,
-    )
-    saved = {name: buffer.clone() for name, buffer in model.named_buffers()}
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        with torch.no_grad():
-            for name, buffer in model.named_buffers():
-                buffer.copy_(saved[name])
+    if model.training:
+        warnings.warn(
+            "the model is in training mode; metrics are usually computed in eval mode "
+            "(call model.eval()). Its buffers will be restored afterwards.",
+            UserWarning,
+            stacklevel=5,
+        )
+    with preserve_buffers(model), torch.inference_mode():
+        yield
 
 
 def _logits(model: nn.Module, x: Tensor, output: OutputSpec) -> Tensor:
@@ -159,7 +151,7 @@ def _classes(
         part = target
         if target is not None and not isinstance(target, int):
             part = _class_slice(target, images.shape[0], start, start + x.shape[0])
-        _, classes = scores(_logits(model, x, output), part, x.shape[0])
+        classes = clean_pass(model, ModelInput.parse(x), part, output=output).classes
         if classes is None or classes.ndim != 1:
             raise TargetError(
                 "this metric needs logits of shape (B, num_classes) and one class per sample"
@@ -369,7 +361,8 @@ def pointing_game(
     *,
     tolerance: float = 0,
 ) -> Tensor:
-    """The pointing game (Zhang et al., "Top-down neural attention by excitation backprop", ECCV 2016).
+    """The pointing game (Zhang et al., "Top-down neural attention by excitation backprop",
+    ECCV 2016).
 
     A sample is a hit when the map's maximum lies within ``tolerance`` pixels (Euclidean
     distance between pixel centres) of a pixel of the object; ``tolerance=0`` requires the
@@ -443,9 +436,7 @@ def _confidences(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     maps = _reduce_maps(maps, tuple(images.shape[-2:]))
     _check_images(images, maps)
-    low = maps.flatten(1).amin(dim=1).view(-1, 1, 1)
-    span = maps.flatten(1).amax(dim=1).view(-1, 1, 1) - low
-    weights = torch.where(span > 0, (maps - low) / torch.where(span > 0, span, 1.0), 0.0)
+    weights = normalize(maps)
     images = images.detach()
     explanations = images * weights[:, None].to(images.device, images.dtype)
     with _untouched(model):
@@ -577,8 +568,9 @@ def _reinitialise(module: nn.Module) -> None:
         own = list(sub.parameters(recurse=False))
         if not own:
             continue
-        if callable(getattr(sub, "reset_parameters", None)):
-            sub.reset_parameters()
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset):
+            reset()
             continue
         with torch.no_grad():
             for parameter in own:
@@ -610,7 +602,8 @@ def randomization_test(
     keep_maps: bool = False,
     output: OutputSpec = None,
 ) -> RandomizationResult:
-    """Cascading model-parameter randomisation (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018).
+    """Cascading model-parameter randomisation (Adebayo et al., "Sanity checks for saliency
+    maps", NeurIPS 2018).
 
     A method whose maps barely change when the weights are destroyed explains the input,
     not the model. The test works on a deep copy (the model itself -- parameters,
@@ -671,18 +664,14 @@ def randomization_test(
             if missing
             else "the model has no parameters to randomise"
         )
-    working = copy.deepcopy(model)
+    with torch.inference_mode(False):  # ordinary parameters, which autograd can save
+        working = copy.deepcopy(model)
     working_modules = dict(working.named_modules())
     images = images.detach()
     classes: Any = target
     if not (callable(target) and not isinstance(target, Tensor)):
         step = images.shape[0] if batch_size is None else batch_size
-        with torch.inference_mode():
-            classes = _classes(working, images, target, output, step)
-        classes = classes.clone()  # a normal tensor: method may use it in autograd
-        if working.training:  # the forward may have moved BatchNorm statistics: start afresh
-            working = copy.deepcopy(model)
-            working_modules = dict(working.named_modules())
+        classes = _classes(working, images, target, output, step)  # buffers are kept
 
     devices = [images.device.index or 0] if images.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -701,3 +690,101 @@ def randomization_test(
         original_maps=original,
         maps=torch.stack(kept) if keep_maps else None,
     )
+
+
+# -- metrics for activation patching ------------------------------------------------------
+
+
+def logit_difference(
+    correct: int | Sequence[int] | Tensor,
+    wrong: int | Sequence[int] | Tensor,
+    *,
+    position: int | None = -1,
+    output: OutputSpec = None,
+) -> Callable[[Any], Tensor]:
+    """A patching metric: the logit of the correct answer minus that of the wrong one.
+
+    For :func:`gradlens.activation_patching` and :func:`gradlens.attribution_patching`,
+    e.g. ``logit_difference(tok(" Mary"), tok(" John"))`` for the indirect-object task
+    (Wang et al. 2022).
+
+    Args:
+        correct: the correct class or token id: one for all samples, or one per sample.
+        wrong: the wrong one, likewise.
+        position: for ``(B, T, V)`` language-model logits, the token position whose
+            logits are compared (default the last); ignored for ``(B, K)`` logits.
+        output: picks the logits out of a structured output (e.g. ``"logits"`` for a
+            Hugging Face ``ModelOutput``; see :func:`gradlens.targets.select_output`).
+
+    Returns:
+        ``metric(output) -> (B,)``, differentiable.
+
+    Raises:
+        TargetError: (when called) a per-sample index list whose length is not ``B``, an
+            index out of range, or logits that are neither ``(B, K)`` nor ``(B, T, V)``.
+    """
+
+    def metric(model_output: Any) -> Tensor:
+        logits = select_output(model_output, output)
+        if logits.ndim == 3 and position is not None:
+            logits = logits[:, position]
+        if logits.ndim != 2:
+            raise TargetError(
+                f"logit_difference needs logits of shape (B, K) or (B, T, V); got "
+                f"{tuple(logits.shape)} (position={position!r})"
+            )
+        picked = [
+            logits.gather(1, _class_column(ids, logits, name))[:, 0]
+            for ids, name in ((correct, "correct"), (wrong, "wrong"))
+        ]
+        return picked[0] - picked[1]
+
+    return metric
+
+
+def normalized(
+    metric: Callable[[Any], Tensor], clean_output: Any, corrupted_output: Any
+) -> Callable[[Any], Tensor]:
+    """A patching metric rescaled so that the corrupted run scores 0 and the clean run 1.
+
+    ``(metric(output) - metric(corrupted)) / (metric(clean) - metric(corrupted))``, per
+    sample for a per-sample metric, so that :func:`gradlens.activation_patching` reads as
+    "the fraction of the clean behaviour this patch restores".
+
+    Args:
+        metric: ``metric(output) -> (B,) or scalar``, e.g. :func:`logit_difference`.
+        clean_output: the model's output on the clean input.
+        corrupted_output: its output on the corrupted input.
+
+    Returns:
+        ``normalized_metric(output)``, of the shape ``metric`` returns.
+
+    Raises:
+        ValueError: the metric does not differ between the clean and corrupted outputs
+            (for some sample), so there is nothing to normalise by.
+    """
+    with torch.no_grad():
+        clean_value = metric(clean_output).detach()
+        corrupted_value = metric(corrupted_output).detach()
+    gap = clean_value - corrupted_value
+    if bool((gap == 0).any()):
+        raise ValueError(
+            "the metric has the same value on the clean and the corrupted output "
+            f"({clean_value.tolist()}), so it cannot be normalised: choose inputs (or a "
+            "metric) on which the model's behaviour differs"
+        )
+
+    def normalized_metric(model_output: Any) -> Tensor:
+        return (metric(model_output) - corrupted_value) / gap
+
+    return normalized_metric
+
+
+def _class_column(ids: int | Sequence[int] | Tensor, logits: Tensor, name: str) -> Tensor:
+    n, k = logits.shape
+    column = torch.as_tensor(ids, dtype=torch.long, device=logits.device).reshape(-1, 1)
+    if column.shape[0] not in (1, n):
+        raise TargetError(f"{name} holds {column.shape[0]} indices for {n} samples")
+    if bool(((column < 0) | (column >= k)).any()):
+        raise TargetError(f"{name}={column.flatten().tolist()} is out of range for {k} logits")
+    return column.expand(n, 1)

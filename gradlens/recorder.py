@@ -13,43 +13,58 @@ and records for every call of each module:
   or from :meth:`Recorder.grad`, which calls :func:`torch.autograd.grad` with respect to
   the recorded outputs only (no parameter gradient is computed or stored).
 
-All hooks come off on exit, also when the block raises; buffers changed by train-mode
-forwards inside the block are restored (``restore_buffers=True``).
+Its hooks (module hooks, and tensor hooks on recorded outputs and watched tensors) are
+registered through ``gradlens._hooks.HookSet`` and all come off on exit, also when the
+block raises; buffers changed by train-mode forwards inside the block are restored with
+:func:`gradlens.buffers.preserve_buffers` (``restore_buffers=True``). Replacing module
+outputs is the job of :func:`gradlens.outputs.replace_outputs`, on the same hook core.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import itertools
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
+from ._batched_grad import batched_grad
+from ._hooks import HookSet
+from ._pytree import flatten, partial_rebuild, selected_positions
+from .buffers import preserve_buffers
 from .errors import (
     GradientNotAvailableError,
     InPlaceBackwardHookError,
     LayerNotExecutedError,
     LayerNotFoundError,
-    OutputSelectionError,
+    NotRecordedError,
     RecorderStateError,
 )
 from .selection import Layers, close_names, select_layers
-from .targets import OutputSpec, select_output
+from .targets import OutputSpec
 
 if TYPE_CHECKING:
     from .attention.capture import AttentionCapture
 
 __all__ = ["Call", "Recorder", "record"]
 
-Modify = Callable[[str, nn.Module, Any], Any]
 
+class _StopForward(BaseException):
+    """Raised from a hook to end a forward pass once every selected layer has run.
 
-class _StopForward(Exception):
-    """Raised from a hook to end a forward pass once every selected layer has run."""
+    It names the Recorder that raised it, and only that Recorder ends the pass (in
+    :meth:`Recorder.forward` or on exit): another Recorder's ``forward`` or block lets it
+    through. It is a ``BaseException``, like ``KeyboardInterrupt``, so that an
+    ``except Exception:`` in a model's forward (a fallback path) or in code around the
+    model cannot catch it and carry on with the pass.
+    """
+
+    def __init__(self, owner: Recorder) -> None:
+        super().__init__(f"forward stopped early by {owner!r}")
+        self.owner = owner
 
 
 @dataclass
@@ -121,15 +136,13 @@ class Recorder:
             inputs (``rec.input_gradients``). PyTorch cannot hook a module whose input or
             output is modified in place (``ReLU(inplace=True)``, ``out += identity``):
             such modules raise :class:`~gradlens.errors.InPlaceBackwardHookError`.
-        modify: a function ``(name, module, output) -> new output`` applied to each
-            selected module's output, whose result replaces the output in the forward
-            pass (e.g. to wrap ReLU outputs for guided backprop).
-        store: record activations (default); ``False`` with ``modify`` only edits outputs.
         stop_early: end the forward pass as soon as every selected layer has run once
             (use :meth:`forward`, or call the model inside the block: the block then ends
-            there without an error).
+            there without an error). The stop passes through ``except Exception`` clauses
+            and through other Recorders' ``forward`` and blocks, up to this Recorder.
         restore_buffers: restore the model's buffers on exit (BatchNorm running
-            statistics that train-mode forwards inside the block updated).
+            statistics that train-mode forwards inside the block updated), with
+            :func:`gradlens.buffers.preserve_buffers`.
         attention: also capture attention probabilities, whatever kernel computes them
             (see :mod:`gradlens.attention`): ``True`` for every attention module, or a layer
             spec selecting some. They are read from :attr:`attentions`, and their
@@ -158,8 +171,6 @@ class Recorder:
         select: OutputSpec | Mapping[str, OutputSpec] = None,
         tape_from_layers: bool = False,
         backward_hooks: bool = False,
-        modify: Modify | None = None,
-        store: bool = True,
         stop_early: bool = False,
         restore_buffers: bool = True,
         attention: bool | Layers = False,
@@ -174,18 +185,17 @@ class Recorder:
         self.select = select
         self.tape_from_layers = tape_from_layers
         self.backward_hooks = backward_hooks
-        self.modify = modify
-        self.store = store
         self.stop_early = stop_early
         self.restore_buffers = restore_buffers
         self._calls: dict[str, list[Call]] = {}
-        self._handles: list[Any] = []
+        self._hooks = HookSet()
         self._active = False
+        self._session: object | None = None  # a new token per entry; hooks check theirs
         self._counter = itertools.count()
         self._collect_hook_grads = True
         self._grad_mode_stack: list[bool] = []
         self._entry_grad_mode = True
-        self._saved_buffers: list[tuple[Tensor, Tensor]] = []
+        self._buffer_guard = ExitStack()
         self._pending_backward: dict[str, list[Call]] = {}
         self._pending_inputs: dict[str, list[tuple[Any, ...]]] = {}
         self._attention: AttentionCapture | None = None
@@ -216,20 +226,20 @@ class Recorder:
         self._counter = itertools.count()
         self._entry_grad_mode = torch.is_grad_enabled()
         self._grad_mode_stack = []
-        self._saved_buffers = self._snapshot_buffers() if self.restore_buffers else []
         self._active = True
+        self._session = object()
         try:
+            if self.restore_buffers:
+                self._buffer_guard.enter_context(preserve_buffers(self.model))
             for name, module in self.modules.items():
                 if self.record_inputs:
-                    self._handles.append(module.register_forward_pre_hook(self._input_hook(name)))
-                self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+                    self._hooks.forward_pre(module, self._input_hook(name))
+                self._hooks.forward(module, self._forward_hook(name))
                 if self.backward_hooks:
-                    self._handles.append(
-                        module.register_full_backward_hook(self._backward_hook(name))
-                    )
+                    self._hooks.full_backward(module, self._backward_hook(name))
             if self.tape_from_layers:
-                self._handles.append(self.model.register_forward_pre_hook(self._tape_off))
-                self._handles.append(self.model.register_forward_hook(self._tape_restore))
+                self._hooks.forward_pre(self.model, self._tape_off)
+                self._hooks.forward(self.model, self._tape_restore)
             if self._attention is not None:
                 self._attention.__enter__()
         except BaseException:
@@ -239,7 +249,7 @@ class Recorder:
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         self._close()
-        if exc_type is not None and issubclass(exc_type, _StopForward):
+        if isinstance(exc, _StopForward) and exc.owner is self:
             return True
         if (
             self.backward_hooks
@@ -257,27 +267,17 @@ class Recorder:
     def _close(self) -> None:
         if self._attention is not None and self._attention._active:
             self._attention.__exit__(None, None, None)
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.remove()
         if self.tape_from_layers:
             torch.set_grad_enabled(self._entry_grad_mode)
-        with torch.no_grad():
-            for buf, saved in self._saved_buffers:
-                buf.copy_(saved)
-        self._saved_buffers = []
+        self._buffer_guard.close()
         for calls in self._calls.values():
             for call in calls:
                 call._live = [None] * len(call._live)
         self._pending_backward = {}
         self._pending_inputs = {}
         self._active = False
-
-    def _snapshot_buffers(self) -> list[tuple[Tensor, Tensor]]:
-        # Only train-mode modules change their buffers in a forward pass.
-        if not any(m.training for m in self.model.modules()):
-            return []
-        return [(b, b.detach().clone()) for b in self.model.buffers()]
+        self._session = None
 
     # -- running the model --------------------------------------------------------------
 
@@ -286,7 +286,9 @@ class Recorder:
         self._require_active("forward")
         try:
             return self.model(*args, **kwargs)
-        except _StopForward:
+        except _StopForward as stop:
+            if stop.owner is not self:
+                raise
             return None
 
     __call__ = forward
@@ -303,7 +305,7 @@ class Recorder:
         call._live = [tensor if tensor.requires_grad else None]
         call.activation = self._stored(tensor, copy_if_shared=False)
         if tensor.requires_grad:
-            tensor.register_hook(self._grad_hook(call, 0))
+            self._hooks.tensor(tensor, self._grad_hook(call, 0))
         return tensor
 
     # -- hooks --------------------------------------------------------------------------
@@ -330,28 +332,17 @@ class Recorder:
 
     def _forward_hook(self, name: str) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if self.modify is not None:
-                output = self.modify(name, module, output)
-            if self.store:
-                output = self._record_call(name, args, output)
+            output = self._record_call(name, args, output)
             if self.stop_early and all(self._calls[n] for n in self.modules):
-                raise _StopForward
+                raise _StopForward(self)
             return output
 
         return hook
 
     def _record_call(self, name: str, args: Any, output: Any) -> Any:
-        leaves, rebuild = _flatten(output)
+        leaves, rebuild = flatten(output)
         spec = self.select.get(name) if isinstance(self.select, Mapping) else self.select
-        positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
-        if spec is not None:
-            chosen = select_output(output, spec)
-            positions = [i for i in positions if leaves[i] is chosen]
-            if not positions:
-                raise OutputSelectionError(
-                    f"select={spec!r} for layer {name!r} must pick one of the tensors the "
-                    "module returned, not a tensor computed from them"
-                )
+        positions = selected_positions(output, leaves, spec, name)
         call = self._new_call(name)
         if self.record_inputs and self._pending_inputs[name]:
             call.inputs = self._pending_inputs[name].pop()
@@ -369,7 +360,7 @@ class Recorder:
                 # value and the gradient taken w.r.t. it) is immune to later in-place ops.
                 with torch.enable_grad():
                     new_leaves[pos] = tensor.clone()
-                tensor.register_hook(self._grad_hook(call, len(live)))
+                self._hooks.tensor(tensor, self._grad_hook(call, len(live)))
                 stored.append(self._stored(tensor, copy_if_shared=False))
                 live.append(tensor)
             else:
@@ -383,8 +374,8 @@ class Recorder:
             # rebuild records from a skeleton without tensors, so that no closure keeps
             # the module's live outputs (and their graph) alive after the block
             skeleton = [None if isinstance(leaf, Tensor) else leaf for leaf in leaves]
-            _, skeleton_rebuild = _flatten(rebuild(skeleton))
-            call._rebuild = _partial_rebuild(skeleton_rebuild, skeleton, positions)
+            _, skeleton_rebuild = flatten(rebuild(skeleton))
+            call._rebuild = partial_rebuild(skeleton_rebuild, skeleton, positions)
             call.activation = call._rebuild(stored)
         if self.backward_hooks:
             self._pending_backward[name].append(call)
@@ -393,16 +384,22 @@ class Recorder:
         return output
 
     def _grad_hook(self, call: Call, position: int) -> Callable[[Tensor], None]:
+        session = self._session
+
         def hook(grad: Tensor) -> None:
-            if self._collect_hook_grads and not self.backward_hooks:
+            if session is self._session and self._collect_hook_grads and not self.backward_hooks:
                 call._set_gradient(position, self._stored(grad, copy_if_shared=False))
 
         return hook
 
     def _backward_hook(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        session = self._session
+
         def hook(module: nn.Module, grad_input: Any, grad_output: Any) -> None:
+            # PyTorch picks a forward's full backward hooks when the forward runs, so this
+            # may fire after exit, or in a later session of this Recorder: then it does nothing
             pending = self._pending_backward.get(name)
-            if not pending or not self._collect_hook_grads:
+            if session is not self._session or not pending or not self._collect_hook_grads:
                 return
             call = pending.pop()
             for pos, g in enumerate(grad_output[: len(call._live)]):
@@ -449,7 +446,9 @@ class Recorder:
                 differentiated, which gives each sample's own gradient when samples do
                 not interact, as in eval mode); or ``(B, K)`` for ``K`` scores per sample,
                 differentiated in one batched backward -- each gradient then has a
-                leading dimension ``K``.
+                leading dimension ``K``. A backward that cannot be batched falls back to
+                ``K`` backwards; for that the batched backward keeps the graph (see
+                :func:`gradlens._batched_grad.batched_grad`).
             retain_graph: keep the graph for another backward.
 
         Returns:
@@ -457,8 +456,11 @@ class Recorder:
             (``rec.gradients``, ``rec.calls(name)[i].gradient``).
 
         Raises:
+            LayerNotExecutedError: no recorded activation is part of the score's graph
+                and a selected layer did not run (named in the message).
             GradientNotAvailableError: ``score`` has another shape, or no recorded
-                activation is part of its autograd graph.
+                activation is part of its autograd graph although every layer ran.
+            RecorderStateError: called outside the ``with`` block.
         """
         self._require_active("grad")
         if not isinstance(score, Tensor) or score.ndim > 2:
@@ -476,6 +478,13 @@ class Recorder:
         ]
         attention = self._attention.graph_tensors() if self._attention is not None else []
         if not (entries or attention) or not score.requires_grad:
+            not_run = [name for name in self.modules if not self._calls[name]]
+            if not_run:
+                raise LayerNotExecutedError(
+                    f"cannot differentiate with respect to {_names(not_run)}: selected but "
+                    "did not run during the forward pass (is it used by the model's "
+                    "forward() for this input? was the pass stopped early?)"
+                )
             raise GradientNotAvailableError(
                 "no recorded activation is part of the score's autograd graph: the forward "
                 "ran without grad (torch.no_grad / inference_mode, a frozen model and an "
@@ -487,10 +496,10 @@ class Recorder:
         try:
             if self._attention is not None:
                 with self._attention.hooks_paused():
-                    grads = _autograd_grad(score, tensors + attention, retain_graph)
+                    grads = batched_grad(score, tensors + attention, retain_graph=retain_graph)
                 self._attention.store_gradients(grads[len(tensors) :])
             else:
-                grads = _autograd_grad(score, tensors, retain_graph)
+                grads = batched_grad(score, tensors, retain_graph=retain_graph)
         finally:
             self._collect_hook_grads = True
         for (call, pos, _), g in zip(entries, grads):
@@ -513,12 +522,14 @@ class Recorder:
 
     @property
     def inputs(self) -> _RecordView:
-        """``{name: positional inputs of the last call}`` (``inputs=True`` only)."""
+        """``{name: positional inputs of the last call}``; raises
+        :class:`~gradlens.errors.NotRecordedError` without ``inputs=True``."""
         return _RecordView(self, "inputs")
 
     @property
     def input_gradients(self) -> _RecordView:
-        """``{name: gradients w.r.t. the last call's inputs}`` (``backward_hooks=True`` only)."""
+        """``{name: gradients w.r.t. the last call's inputs}``; raises
+        :class:`~gradlens.errors.NotRecordedError` without ``backward_hooks=True``."""
         return _RecordView(self, "input_gradient")
 
     @property
@@ -561,16 +572,17 @@ class Recorder:
         if name not in self._calls:
             known = list(self._calls) or list(self.modules)
             hint = close_names(name, known)
+            listed = ", ".join(map(repr, known)) or "none"
             raise LayerNotFoundError(
-                f"{name!r} was not recorded; recorded layers: "
-                f"{', '.join(map(repr, known)) or 'none'}"
+                f"{name!r} was not recorded; recorded layers: {listed}"
                 + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
             )
         calls = self._calls[name]
         if not calls:
             raise LayerNotExecutedError(
                 f"layer {name!r} was selected but did not run during the forward pass "
-                "(is it used by the model's forward()? was the pass stopped early?)"
+                "(is it used by the model's forward() for this input? was the pass stopped "
+                "early?)"
             )
         return calls
 
@@ -593,17 +605,25 @@ class _RecordView(Mapping[str, Any]):
         self._attr = attr
 
     def __getitem__(self, name: str) -> Any:
-        call = self._recorder._calls_of(name)[-1]
+        recorder = self._recorder
+        call = recorder._calls_of(name)[-1]
+        if self._attr == "inputs" and not recorder.record_inputs:
+            raise NotRecordedError(
+                f"the inputs of {name!r} were not recorded: record with inputs=True "
+                f"(gradlens.record(model, {name!r}, inputs=True))"
+            )
+        if self._attr == "input_gradient" and not recorder.backward_hooks:
+            raise NotRecordedError(
+                f"gradients with respect to the inputs of {name!r} are only recorded with "
+                "backward_hooks=True (full backward hooks); for the model's own inputs, "
+                "rec.watch() them instead"
+            )
         value = getattr(call, self._attr)
         if value is None and self._attr in ("gradient", "input_gradient"):
             raise GradientNotAvailableError(
                 f"no gradient has reached layer {name!r} yet: run score.backward() or "
                 "rec.grad(score) inside the block first (and check that the score depends "
                 "on this layer and the forward ran with grad enabled)"
-            )
-        if value is None and self._attr == "inputs":
-            raise GradientNotAvailableError(
-                f"inputs of {name!r} were not recorded: pass inputs=True"
             )
         return value
 
@@ -628,42 +648,11 @@ def record(model: nn.Module, layers: Layers | None = None, **options: Any) -> Re
 # -- helpers ---------------------------------------------------------------------------
 
 
-def _autograd_grad(score: Tensor, tensors: list[Tensor], retain_graph: bool) -> list[Tensor | None]:
-    if score.ndim < 2:
-        total = score.sum() if score.ndim == 1 else score
-        return list(
-            torch.autograd.grad(total, tensors, retain_graph=retain_graph, allow_unused=True)
-        )
-    k = score.shape[1]
-    # grad_outputs[k] selects score[:, k] for every sample: one vmapped backward for all K.
-    eye = torch.eye(k, dtype=score.dtype, device=score.device)
-    grad_outputs = eye[:, None, :].expand(k, score.shape[0], k)
-    try:
-        return list(
-            torch.autograd.grad(
-                score,
-                tensors,
-                grad_outputs,
-                retain_graph=retain_graph,
-                allow_unused=True,
-                is_grads_batched=True,
-            )
-        )
-    except RuntimeError:
-        # Some operations have no batching rule for their backward; fall back to K passes.
-        per_k = [
-            torch.autograd.grad(
-                score[:, i].sum(),
-                tensors,
-                retain_graph=True if i < k - 1 else retain_graph,
-                allow_unused=True,
-            )
-            for i in range(k)
-        ]
-        return [
-            None if per_k[0][j] is None else torch.stack([p[j] for p in per_k])
-            for j in range(len(tensors))
-        ]
+def _names(names: list[str]) -> str:
+    quoted = [repr(n) for n in names]
+    if len(quoted) == 1:
+        return f"layer {quoted[0]}"
+    return f"layers {', '.join(quoted)}"
 
 
 def _shares_storage(a: Tensor, b: Tensor) -> bool:
@@ -671,70 +660,3 @@ def _shares_storage(a: Tensor, b: Tensor) -> bool:
         return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
     except (RuntimeError, NotImplementedError):
         return True
-
-
-def _flatten(obj: Any) -> tuple[list[Any], Callable[[list[Any]], Any]]:
-    """Leaves of a (nested) tensor/tuple/list/dict/dataclass structure and its rebuilder."""
-    if isinstance(obj, Tensor):
-        return [obj], lambda leaves: leaves[0]
-    if isinstance(obj, (tuple, list)):
-        return _flatten_children(list(obj), lambda items: _same_sequence(obj, items))
-    if isinstance(obj, Mapping):
-        keys = list(obj.keys())
-
-        def rebuild_mapping(items: list[Any]) -> Any:
-            new = copy.copy(obj)
-            for key, value in zip(keys, items):
-                new[key] = value
-            return new
-
-        return _flatten_children([obj[k] for k in keys], rebuild_mapping)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        names = [f.name for f in dataclasses.fields(obj) if f.init]
-        return _flatten_children(
-            [getattr(obj, n) for n in names],
-            lambda items: dataclasses.replace(obj, **dict(zip(names, items))),
-        )
-    return [obj], lambda leaves: leaves[0]
-
-
-def _flatten_children(
-    children: list[Any], build: Callable[[list[Any]], Any]
-) -> tuple[list[Any], Callable[[list[Any]], Any]]:
-    parts = [_flatten(c) for c in children]
-    sizes = [len(leaves) for leaves, _ in parts]
-    leaves = [leaf for part, _ in parts for leaf in part]
-
-    def rebuild(flat: list[Any]) -> Any:
-        items, start = [], 0
-        for (_, sub_rebuild), size in zip(parts, sizes):
-            items.append(sub_rebuild(flat[start : start + size]))
-            start += size
-        return build(items)
-
-    return leaves, rebuild
-
-
-def _same_sequence(template: tuple | list, items: list[Any]) -> Any:
-    if isinstance(template, list):
-        return items
-    if hasattr(template, "_fields"):  # namedtuple
-        return type(template)(*items)
-    try:
-        return type(template)(items)
-    except TypeError:
-        return tuple(items)
-
-
-def _partial_rebuild(
-    rebuild: Callable[[list[Any]], Any], leaves: list[Any], positions: list[int]
-) -> Callable[[list[Any]], Any]:
-    """A rebuilder that places values at ``positions`` of a tensor-free list of leaves."""
-
-    def rebuild_some(values: list[Any]) -> Any:
-        flat = list(leaves)
-        for pos, value in zip(positions, values):
-            flat[pos] = value
-        return rebuild(flat)
-
-    return rebuild_some

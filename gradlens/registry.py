@@ -58,6 +58,7 @@ class MethodInfo:
         kind: its family, ``"cam"``, ``"attribution"`` or ``"attention"``.
         needs_layer: it takes a ``layer`` argument (the CAMs, Guided Grad-CAM).
         multi_target: it accepts ``K`` targets per sample (a ``(B, K)`` target).
+        uses_target: its result depends on the target (Eigen-CAM's does not).
         quick_options: options that make it fast enough for smoke runs (fewer samples,
             steps or window positions), used by the demo's quick mode and the tests.
     """
@@ -66,6 +67,7 @@ class MethodInfo:
     kind: Kind
     needs_layer: bool = False
     multi_target: bool = True
+    uses_target: bool = True
     quick_options: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +81,7 @@ def register(
     *,
     needs_layer: bool | None = None,
     multi_target: bool = True,
+    uses_target: bool = True,
     quick_options: Mapping[str, Any] | None = None,
 ) -> Callable[[F], F]:
     """Decorator adding a method to :data:`METHODS`, to its family and to :data:`INFO`.
@@ -88,6 +91,7 @@ def register(
         kind: ``"cam"``, ``"attribution"`` or ``"attention"``.
         needs_layer: it takes a ``layer`` argument; defaults to ``True`` for CAMs.
         multi_target: it accepts ``(B, K)`` targets.
+        uses_target: its result depends on the target.
         quick_options: options for a fast smoke run (see :class:`MethodInfo`).
 
     Raises:
@@ -101,6 +105,7 @@ def register(
         kind=kind,
         needs_layer=kind == "cam" if needs_layer is None else needs_layer,
         multi_target=multi_target,
+        uses_target=uses_target,
         quick_options=dict(quick_options or {}),
     )
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Sequence
 from fnmatch import fnmatchcase
-from typing import Union
+from typing import Union, cast
 
 from torch import nn
 
@@ -57,7 +57,10 @@ def select_layers(model: nn.Module, layers: Layers) -> dict[str, nn.Module]:
         TypeError: a spec is of an unsupported kind.
     """
     named = named_modules(model)
-    specs = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    # only a list or tuple is a list of specs (a str is a Sequence too, but one spec)
+    specs: list[LayerSpec] = (
+        list(layers) if isinstance(layers, (list, tuple)) else [cast(LayerSpec, layers)]
+    )
     if not specs:
         raise LayerNotFoundError(
             "the layer selection is empty; name at least one layer "
@@ -101,7 +104,7 @@ def _resolve(spec: LayerSpec, named: dict[str, nn.Module], model: nn.Module) -> 
                 f"{type(model).__name__}"
             )
         return hits
-    if callable(spec):
+    if callable(spec) and not isinstance(spec, type):  # a class that is not a Module: no filter
         hits = [n for n, m in named.items() if spec(n, m)]
         if not hits:
             raise LayerNotFoundError(

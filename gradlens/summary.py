@@ -1,4 +1,4 @@
-"""Listing a model's layers (:func:`layers`) and choosing the default CAM layer (:func:`default_layer`)."""
+"""Listing layers (:func:`layers`) and choosing the default CAM layer (:func:`default_layer`)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class LayerInfo:
     default: bool = False
 
 
-class LayerTable(list):
+class LayerTable(list[LayerInfo]):
     """A list of :class:`LayerInfo` that prints as a table."""
 
     def __str__(self) -> str:
@@ -138,9 +138,12 @@ def layers(
         return LayerTable(LayerInfo(n, type(m).__name__) for n, m in named)
     recorder = _probe(model, example_input, forward_kwargs)
     default = _default_from(recorder)
+    calls_of: dict[str, list[Any]] = {}
+    for call in recorder.all_calls():
+        calls_of.setdefault(call.name, []).append(call)
     table = LayerTable()
     for name, module in named:
-        calls = recorder._calls.get(name, [])
+        calls = calls_of.get(name, [])
         shape = _shape_of(calls[-1].activation) if calls else None
         table.append(LayerInfo(name, type(module).__name__, shape, len(calls), name == default))
     return table

@@ -66,7 +66,9 @@ def select_output(output: Any, output_spec: OutputSpec = None) -> Tensor:
         selected = output_spec(output)
     else:
         try:
-            if isinstance(output, (Mapping, Sequence)):
+            if isinstance(output, Mapping):
+                selected = output[output_spec]
+            elif isinstance(output, Sequence) and isinstance(output_spec, int):
                 selected = output[output_spec]
             elif dataclasses.is_dataclass(output) and isinstance(output_spec, str):
                 selected = getattr(output, output_spec)
@@ -186,8 +188,11 @@ def _class_tensor(
                     f"target must be None, an int, a sequence of ints, a (B, K) tensor or a "
                     f"callable, got {type(target).__name__}"
                 ) from None
-            if any(isinstance(r, (Sequence, Tensor)) and not isinstance(r, str) for r in rows):
-                lengths = {len(r) for r in rows}
+            nested = [
+                r for r in rows if isinstance(r, (Sequence, Tensor)) and not isinstance(r, str)
+            ]
+            if nested:
+                lengths = {len(r) for r in nested}
                 if len(lengths) > 1:
                     raise TargetError(
                         f"every sample needs the same number of targets; got lists of "
@@ -258,7 +263,15 @@ def segmentation(
 
 
 def regression(index: int | None = None, output_spec: OutputSpec = None) -> Callable[[Any], Tensor]:
-    """Target a regression output: column ``index`` of a ``(B, D)`` output, or a ``(B,)``/``(B, 1)`` output."""
+    """Target a regression output.
+
+    Args:
+        index: the column of a ``(B, D)`` output; ``None`` for a ``(B,)`` or ``(B, 1)`` output.
+        output_spec: picks the tensor out of a structured output (see :func:`select_output`).
+
+    Returns:
+        A callable target, ``output -> (B,)`` scores.
+    """
 
     def target(output: Any) -> Tensor:
         values = select_output(output, output_spec)

@@ -8,7 +8,7 @@ four-head self-attention computed with
 class token. It is the ground-truth model of the attention methods: the pointing game of
 their maps is measured against the shapes' masks (:func:`gradlens.metrics.pointing_game`).
 
-Two choices make it learn the shapes in about 1500 steps of :func:`gradlens.data.train`
+Two choices make it learn the shapes in about 1500 steps of :func:`gradlens.training.train`
 (Adam, one-cycle schedule): each patch is layer-normalised before and after its linear
 embedding, and the learned position embeddings start from 2-D sine-cosine ones (both from
 Beyer et al. 2022, "Better plain ViT baselines for ImageNet-1k"). With a plain linear
@@ -16,7 +16,7 @@ patch embedding and small random position embeddings, the same model reached 0.6
 steps) and 0.80 (1500 steps) held-out accuracy: it tells the colours apart at once, the
 shapes only slowly.
 
-:func:`train_vit_model` trains it with :func:`gradlens.data.train` (the same loop as the
+:func:`train_vit_model` trains it with :func:`gradlens.training.train` (the same loop as the
 tiny CNN) on :data:`VIT_RECIPE`.
 """
 
@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ShapesData, accuracy, make_shapes, train
+from .data import ShapesData, make_shapes
+from .training import accuracy, train
 
 __all__ = [
     "TinyViT",
@@ -211,7 +212,7 @@ class ViTRecipe:
     Attributes:
         n_train: training images (``make_shapes(n_train, seed=seed)``).
         n_test: held-out images (``make_shapes(n_test, seed=seed + 1)``).
-        epochs, batch_size, lr: passed to :func:`gradlens.data.train`.
+        epochs, batch_size, lr: passed to :func:`gradlens.training.train`.
     """
 
     n_train: int

@@ -27,13 +27,15 @@ from typing import Any, Union
 import matplotlib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
-__all__ = ["overlay", "show", "save", "DIVERGING_CMAP"]
+from .maps import normalize, resize
+
+__all__ = ["overlay", "show", "save", "patching_heatmap", "DIVERGING_CMAP"]
 
 ArrayLike = Union[torch.Tensor, np.ndarray]
 Maps = Union[ArrayLike, Sequence[ArrayLike], Mapping[str, ArrayLike]]
@@ -44,10 +46,10 @@ DIVERGING_CMAP = "bwr"
 
 def _numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype in (torch.bfloat16, torch.float16):
-            x = x.float()
-        return x.numpy()
+        tensor = x.detach().cpu()
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            tensor = tensor.float()
+        return tensor.numpy()
     return np.asarray(x)
 
 
@@ -88,20 +90,14 @@ def _heat(heatmap: Any, size: tuple[int, int] | None = None) -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(f"a heatmap must have shape (h, w), got {array.shape}")
     array = np.nan_to_num(array)
-    if size is not None and array.shape != tuple(size):
-        resized = F.interpolate(
-            torch.from_numpy(array)[None, None], size=size, mode="bilinear", align_corners=False
-        )
-        array = resized[0, 0].numpy()
+    if size is not None:
+        array = resize(torch.from_numpy(array), size).numpy()
     return array
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
-    """Min-max scaled to [0, 1]; a constant array becomes zeros."""
-    low, high = float(array.min()), float(array.max())
-    if high <= low:
-        return np.zeros_like(array)
-    return (array - low) / (high - low)
+    """A ``(H, W)`` array min-max scaled to [0, 1]; a constant array becomes zeros."""
+    return normalize(torch.from_numpy(array)).numpy()
 
 
 def overlay(
@@ -137,13 +133,14 @@ def overlay(
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     rgb = _rgb(image, mean, std)
     heat = _unit(_heat(heatmap, rgb.shape[:2]))
-    colour = matplotlib.colormaps[cmap](heat)[..., :3]
+    colour = np.asarray(matplotlib.colormaps[cmap](heat))[..., :3]
     blended = (1.0 - alpha) * rgb + alpha * colour
     return np.round(blended * 255.0).astype(np.uint8)
 
 
 def _columns(maps: Maps, titles: Sequence[str] | None, batch: int) -> list[tuple[str, np.ndarray]]:
     """``[(title, (B, H, W) array), ...]`` from the ``maps`` argument of :func:`show`."""
+    named: list[tuple[str | None, ArrayLike]]
     if isinstance(maps, Mapping):
         named = list(maps.items())
     elif isinstance(maps, (torch.Tensor, np.ndarray)):
@@ -248,6 +245,7 @@ def show(
             heat = column[b]
             ax = fig.add_subplot(grid[row, first * per_group + 1 + c])
             is_signed = bool((heat < 0).any()) if signed is None else signed
+            shown: AxesImage | ScalarMappable
             if is_signed:
                 limit = float(np.abs(heat).max()) or 1.0
                 shown = ax.imshow(
@@ -310,3 +308,72 @@ def save(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format=fmt, dpi=dpi)
     return path
+
+
+def patching_heatmap(
+    results: ArrayLike | Mapping[str, ArrayLike],
+    layers: Sequence[str] | None = None,
+    positions: Sequence[str] | None = None,
+    *,
+    title: str | None = None,
+    panel_size: float = 3.0,
+) -> Figure:
+    """Heat maps of patching results, layer x position, one panel per result.
+
+    For :func:`gradlens.activation_patching` and :func:`gradlens.attribution_patching`:
+    pass ``{"activation patching": ap, "attribution patching": atp}`` to see the
+    estimate beside the measured effect. Each panel has its own colour scale, symmetric
+    around 0 (blue negative, white 0, red positive) with a colour bar.
+
+    Args:
+        results: an ``(L, P)`` array, or ``{panel title: (L, P) array}``; all of one shape.
+        layers: the ``L`` row labels (e.g. the layer names); default ``0..L-1``.
+        positions: the ``P`` column labels (e.g. the tokens); default ``0..P-1``.
+        title: a title above the panels.
+        panel_size: the height of a panel in inches; panels are wider for more
+            positions, up to three times that.
+
+    Returns:
+        The :class:`~matplotlib.figure.Figure`.
+
+    Raises:
+        ValueError: a result is not 2-D, the results differ in shape, or a label list
+            has the wrong length.
+    """
+    panels = dict(results) if isinstance(results, Mapping) else {"": results}
+    arrays = {name: _numpy(value).astype(np.float64) for name, value in panels.items()}
+    shapes = {name: array.shape for name, array in arrays.items()}
+    if any(len(shape) != 2 for shape in shapes.values()) or len(set(shapes.values())) != 1:
+        raise ValueError(
+            f"patching results must be 2-D arrays (layers, positions) of one shape; got {shapes}"
+        )
+    n_layers, n_positions = next(iter(shapes.values()))
+    row_labels = [str(label) for label in (range(n_layers) if layers is None else layers)]
+    column_labels = [str(p) for p in (range(n_positions) if positions is None else positions)]
+    if len(row_labels) != n_layers or len(column_labels) != n_positions:
+        raise ValueError(
+            f"{len(row_labels)} layer and {len(column_labels)} position labels for results "
+            f"of shape ({n_layers}, {n_positions})"
+        )
+    width = min(max(1.5 + 0.3 * n_positions, panel_size), 3 * panel_size)  # per panel
+    fig = Figure(figsize=(width * len(arrays), panel_size + 0.6), layout="constrained")
+    for k, (name, array) in enumerate(arrays.items()):
+        ax = fig.add_subplot(1, len(arrays), k + 1)
+        limit = float(np.abs(array).max()) or 1.0
+        shown = ax.imshow(
+            array,
+            cmap=DIVERGING_CMAP,
+            vmin=-limit,
+            vmax=limit,
+            aspect="auto",
+            interpolation="nearest",
+        )
+        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+        ax.set_xticks(range(n_positions), column_labels, rotation=90, fontsize=7)
+        ax.set_yticks(range(n_layers), row_labels if k == 0 else [""] * n_layers, fontsize=7)
+        ax.set_xlabel("position", fontsize=8)
+        if name:
+            ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -1,4 +1,7 @@
-"""Small models for tests: in-place residual blocks, a shared module, an LSTM, structured outputs."""
+"""Small models for tests.
+
+In-place residual blocks, a shared module, an LSTM, structured outputs.
+"""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import gradlens
-from gradlens.data import TinyCNN
+from gradlens.training import TinyCNN
 from gradlens.errors import AttentionCaptureError, AttentionRolloutError
 from gradlens.registry import ATTENTION_METHODS, INFO, METHODS
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradlens import LayerNotFoundError, OutputSelectionError, TargetError
+from gradlens import LayerNotExecutedError, LayerNotFoundError, OutputSelectionError, TargetError
 from gradlens.attribution import (
     RULES,
     guided_backprop,
@@ -27,7 +27,7 @@ from gradlens.attribution import (
     vargrad,
     window_positions,
 )
-from gradlens.registry import ATTRIBUTION_METHODS, METHODS
+from gradlens.registry import ATTRIBUTION_METHODS, INFO, METHODS
 
 from .conftest import assert_same_state, model_state
 from .models import residual_pair
@@ -135,17 +135,13 @@ IMAGES = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
 ROWS = torch.randn(2, 10, generator=torch.Generator().manual_seed(2))
 IDS = torch.tensor([[1, 5, 7, 2, 9], [3, 3, 8, 0, 4]])
 
-# Options keeping every registered method quick and deterministic.
-FAST = {
-    "smoothgrad": {"n": 4, "seed": 0},
-    "vargrad": {"n": 4, "seed": 0},
-    "integrated_gradients": {"steps": 6},
-    "occlusion": {"window": 4, "stride": 4},
-}
+# Methods that need no spatial layer also work on tabular rows and embeddings.
+LAYERLESS = sorted(name for name in ATTRIBUTION_METHODS if not INFO[name].needs_layer)
 
 
 def run(name: str, model: nn.Module, x, target=None, **options):
-    return METHODS[name](model, x, target, **{**FAST.get(name, {}), **options})
+    """The method with its registered quick options (few samples, steps or windows)."""
+    return METHODS[name](model, x, target, **{**INFO[name].quick_options, **options})
 
 
 def test_every_attribution_method_is_registered():
@@ -171,12 +167,12 @@ def test_image_attributions_are_shaped_like_the_input(cnn, name):
     assert result.shape == IMAGES.shape and result.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", sorted(set(ATTRIBUTION_METHODS) - {"guided_gradcam"}))
+@pytest.mark.parametrize("name", LAYERLESS)
 def test_tabular_attributions_are_shaped_like_the_input(mlp, name):
     assert run(name, mlp, ROWS).shape == ROWS.shape
 
 
-@pytest.mark.parametrize("name", sorted(set(ATTRIBUTION_METHODS) - {"guided_gradcam"}))
+@pytest.mark.parametrize("name", LAYERLESS)
 def test_embedding_attributions_are_shaped_like_the_embeddings(text, name):
     embeddings = text.embedding(IDS).detach()
     result = run(name, OnEmbeddings(text), embeddings, 1)
@@ -193,7 +189,7 @@ def test_k_targets_per_sample_equal_k_single_calls(cnn, name):
         torch.testing.assert_close(both[:, k], single, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(set(ATTRIBUTION_METHODS) - {"guided_gradcam"}))
+@pytest.mark.parametrize("name", LAYERLESS)
 def test_tuple_inputs_give_a_tuple_with_none_for_integer_inputs(name):
     model = seeded(TwoInputs())
     ids = torch.tensor([[1, 2], [3, 4]])
@@ -231,7 +227,7 @@ def test_guided_gradcam_takes_tuple_inputs():
     assert image_part.shape == IMAGES.shape and ids_part is None
 
 
-@pytest.mark.parametrize("name", sorted(set(ATTRIBUTION_METHODS) - {"guided_gradcam"}))
+@pytest.mark.parametrize("name", LAYERLESS)
 def test_forward_kwargs_are_passed_and_repeated_for_stacked_copies(name):
     model = seeded(TwoInputs())
     ids = torch.tensor([[1, 2], [3, 4]])
@@ -381,7 +377,7 @@ def test_bad_rules_and_step_counts_are_refused():
 def test_integrated_gradients_of_a_linear_model_is_input_minus_baseline_times_weight(linear, rule):
     baseline = torch.full((10,), 0.5)
     result, delta = integrated_gradients(
-        linear, ROWS, 1, baselines=baseline, steps=4, method=rule, return_delta=True
+        linear, ROWS, 1, baselines=baseline, steps=4, rule=rule, return_delta=True
     )
     torch.testing.assert_close(result, (ROWS - 0.5) * linear.weight[1].detach())
     torch.testing.assert_close(delta, torch.zeros(2), atol=1e-5, rtol=0)
@@ -468,7 +464,7 @@ def test_layer_integrated_gradients_completeness(text):
         text.embedding,
         None,
         steps=1000,
-        method="riemann_middle",
+        rule="riemann_middle",
         batch_size=None,
         return_delta=True,
     )
@@ -479,6 +475,19 @@ def test_layer_integrated_gradients_takes_k_targets(text):
     both = layer_integrated_gradients(text, IDS, "embedding", [[0, 1], [2, 0]], steps=4)
     single = layer_integrated_gradients(text, IDS, "embedding", [1, 0], steps=4)
     torch.testing.assert_close(both[:, 1], single)
+
+
+class _UnusedEmbedding(TextNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Linear(8, 8)
+
+
+@pytest.mark.parametrize("method", [layer_gradient_x_activation, layer_integrated_gradients])
+@pytest.mark.parametrize("target", [None, 1])
+def test_layer_attributions_name_a_layer_that_never_runs(method, target):
+    with pytest.raises(LayerNotExecutedError, match="'unused'.*did not run"):
+        method(seeded(_UnusedEmbedding()), IDS, "unused", target)
 
 
 def test_layer_integrated_gradients_refuses_a_layer_that_runs_twice():
@@ -561,6 +570,29 @@ def test_smoothgrad_passes_options_to_the_method(linear):
     )
     result = smoothgrad(linear, ROWS, 2, method=integrated_gradients, n=3, sigma=0.0, steps=4)
     torch.testing.assert_close(result, ROWS * linear.weight[2].detach())
+
+
+def test_smoothgrad_passes_the_integration_rule_through_to_integrated_gradients(mlp):
+    # without noise every copy is the input itself: SmoothGrad of IG is IG with that rule
+    rule = {"steps": 3, "rule": "riemann_left"}
+    smoothed = smoothgrad(mlp, ROWS, 1, method="integrated_gradients", n=1, sigma=0.0, **rule)
+    torch.testing.assert_close(smoothed, integrated_gradients(mlp, ROWS, 1, **rule))
+    assert not torch.allclose(smoothed, integrated_gradients(mlp, ROWS, 1, steps=3))
+
+
+def test_method_is_a_deprecated_alias_of_the_integration_rule(mlp, text):
+    with pytest.warns(DeprecationWarning, match="rule="):
+        old = integrated_gradients(mlp, ROWS, 1, steps=3, method="riemann_left")
+    torch.testing.assert_close(
+        old, integrated_gradients(mlp, ROWS, 1, steps=3, rule="riemann_left")
+    )
+    with pytest.warns(DeprecationWarning, match="rule="):
+        old = layer_integrated_gradients(text, IDS, "embedding", 1, steps=3, method="riemann_left")
+    torch.testing.assert_close(
+        old, layer_integrated_gradients(text, IDS, "embedding", 1, steps=3, rule="riemann_left")
+    )
+    with pytest.raises(TypeError, match="rule="):
+        integrated_gradients(mlp, ROWS, 1, rule="riemann_left", method="riemann_right")
 
 
 def test_smoothgrad_refuses_unknown_methods_and_bad_settings(cnn):

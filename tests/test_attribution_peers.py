@@ -127,7 +127,7 @@ def test_input_x_gradient(resnet18, image_batch, mlp, rows):
 
 @pytest.mark.parametrize("rule", [r for r in RULES if r != "riemann_trapezoid"])
 def test_integrated_gradients_each_rule(resnet18, image_batch, rule):
-    ours = integrated_gradients(resnet18, image_batch, TARGETS, steps=5, method=rule, batch_size=6)
+    ours = integrated_gradients(resnet18, image_batch, TARGETS, steps=5, rule=rule, batch_size=6)
     theirs = captum_attr.IntegratedGradients(resnet18).attribute(
         image_batch, target=TARGETS, n_steps=5, method=rule, internal_batch_size=6
     )
@@ -137,7 +137,7 @@ def test_integrated_gradients_each_rule(resnet18, image_batch, rule):
 def test_captum_trapezoid_weights_sum_to_n_minus_1_over_n(resnet18, image_batch):
     # Captum's riemann_trapezoid keeps weights 1/n (halved at the ends) on n nodes that
     # include both ends; the trapezoid rule's weights are 1/(n - 1). Hence the factor.
-    ours = integrated_gradients(resnet18, image_batch, TARGETS, steps=5, method="riemann_trapezoid")
+    ours = integrated_gradients(resnet18, image_batch, TARGETS, steps=5, rule="riemann_trapezoid")
     theirs = captum_attr.IntegratedGradients(resnet18).attribute(
         image_batch, target=TARGETS, n_steps=5, method="riemann_trapezoid"
     )
@@ -265,7 +265,7 @@ def test_occlusion_on_tabular_data(mlp, rows):
     close(ours, theirs)
 
 
-# -- noise tunnel ------------------------------------------------------------------------------------
+# -- noise tunnel ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("ours", "nt_type"), [(smoothgrad, "smoothgrad"), (vargrad, "vargrad")])

@@ -12,8 +12,8 @@ from torch import nn
 
 import gradlens
 import gradlens.cam as C
-from gradlens import LayerNotFoundError, OutputSelectionError, TargetError
-from gradlens.registry import CAM_METHODS, METHODS
+from gradlens import LayerNotExecutedError, LayerNotFoundError, OutputSelectionError, TargetError
+from gradlens.registry import CAM_METHODS, INFO, METHODS
 
 from .conftest import assert_same_state, model_state
 from .models import residual_pair
@@ -246,7 +246,7 @@ def test_k_targets_per_sample_equal_k_single_target_calls(method, small, small_x
     f = CAM_METHODS[method]
     targets = torch.tensor([[0, 3, 1], [4, 4, 2]])
     both = f(small, small_x, "block2", targets)
-    if method == "eigencam":  # class-agnostic
+    if not INFO[method].multi_target:  # class-agnostic (Eigen-CAM): one map per sample
         assert both.shape == (2, 16, 16)
         return
     assert both.shape == (2, 3, 16, 16)
@@ -513,6 +513,28 @@ def test_a_structured_output_needs_output(method, small, small_x):
         CAM_METHODS[method](model, small_x, "inner.block2")
     maps = CAM_METHODS[method](model, small_x, "inner.block2", output="logits")
     torch.testing.assert_close(maps, CAM_METHODS[method](small, small_x, "block2"))
+
+
+class WithUnusedLayer(nn.Module):
+    """conv -> ReLU -> mean -> linear; ``unused`` is a submodule ``forward`` never calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.unused = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", sorted(name for name, info in INFO.items() if info.needs_layer))
+def test_a_layer_that_never_runs_is_named(method):
+    model, x = WithUnusedLayer().eval(), torch.randn(2, 3, 8, 8)
+    with pytest.raises(LayerNotExecutedError, match="'unused'.*did not run"):
+        METHODS[method](model, x, layer="unused", **INFO[method].quick_options)
 
 
 def test_a_non_spatial_layer_suggests_reshape(resnet18, image_batch):

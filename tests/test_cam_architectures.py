@@ -92,7 +92,8 @@ def test_ablationcam_with_a_custom_layout_ablates_only_the_mapped_elements(vit, 
     def patches_only(t: torch.Tensor) -> torch.Tensor:
         return t[:, 1:].reshape(t.shape[0], 4, 4, t.shape[2]).permute(0, 3, 1, 2)
 
-    layer = "encoder.layers.encoder_layer_0"  # the next layer's attention mixes patches into the class token
+    # the next layer's attention mixes patches into the class token
+    layer = "encoder.layers.encoder_layer_0"
     options = dict(reshape=patches_only, upsample=False, normalize=False)
     custom = C.ablationcam(vit, vit_x, layer, **options)
     torch.testing.assert_close(

@@ -18,7 +18,7 @@ import gradlens
 from gradlens._explain import differentiate
 from gradlens.cli import Preprocess, main
 from gradlens.dataset import load_features
-from gradlens.registry import METHODS
+from gradlens.registry import INFO, METHODS, MethodInfo
 
 USER_MODULE = """
 import torch
@@ -72,6 +72,11 @@ def workdir(tmp_path_factory) -> Path:
             Image.fromarray(rng.integers(0, 256, (16 + i, 20, 3), dtype=np.uint8)).save(
                 root / "data" / label / f"{i}.png"
             )
+    (root / "flat").mkdir()  # image files without class sub-folders
+    for name in ["b.png", "c.jpg", "a.png"]:
+        Image.fromarray(rng.integers(0, 256, (18, 18, 3), dtype=np.uint8)).save(
+            root / "flat" / name
+        )
     yield root
     sys.path.remove(str(root))
     sys.modules.pop("clinet", None)
@@ -95,20 +100,8 @@ def layer_map(model, x, target=None, *, layer="conv2"):
 def methods(monkeypatch):
     """The registry with the test method added (removed again after the test)."""
     monkeypatch.setitem(METHODS, "layermap", layer_map)
+    monkeypatch.setitem(INFO, "layermap", MethodInfo("layermap", "cam", needs_layer=True))
     return METHODS
-
-
-@pytest.fixture
-def viz(monkeypatch):
-    """gradlens.viz.overlay -- a stand-in that returns the image while the real module is missing."""
-    try:
-        import gradlens.viz  # noqa: F401
-    except ImportError:
-        stub = types.ModuleType("gradlens.viz")
-        stub.overlay = lambda image, heatmap, alpha=0.5, **kw: (
-            image.permute(1, 2, 0).numpy() * 255
-        ).astype(np.uint8)
-        monkeypatch.setitem(sys.modules, "gradlens.viz", stub)
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -163,7 +156,7 @@ def test_user_code_that_cannot_be_imported_is_a_one_line_error(capsys, workdir):
 
 
 def test_cam_writes_an_overlay_png_and_the_raw_map_for_each_image(
-    capsys, workdir, methods, viz, tmp_path
+    capsys, workdir, methods, tmp_path
 ):
     images = [workdir / "img0.png", workdir / "scan.v2.png"]
     status, out, _ = run(
@@ -196,10 +189,7 @@ def test_cam_writes_an_overlay_png_and_the_raw_map_for_each_image(
         assert np.asarray(Image.open(tmp_path / f"{image.stem}_layermap.png")).shape == (16, 16, 3)
 
 
-def test_cam_with_the_registered_gradcam(capsys, workdir, viz, tmp_path):
-    pytest.importorskip("gradlens.cam")
-    if "gradcam" not in METHODS:
-        pytest.skip("gradcam is not registered yet")
+def test_cam_with_the_registered_gradcam(capsys, workdir, tmp_path):
     status, _, _ = run(
         capsys,
         "cam",
@@ -219,7 +209,37 @@ def test_cam_with_the_registered_gradcam(capsys, workdir, viz, tmp_path):
     assert np.load(tmp_path / "img0_gradcam.npy").shape == (32, 32)
 
 
-def test_cam_with_an_unknown_layer_suggests_the_closest(capsys, workdir, methods, viz, tmp_path):
+def cam_args(tmp_path: Path, workdir: Path, *extra) -> list:
+    """A small Grad-CAM of a torchvision model."""
+    return [
+        "cam",
+        workdir / "img0.png",
+        "--model",
+        "resnet18",
+        "--num-classes",
+        5,
+        "--image-size",
+        32,
+        "--out",
+        tmp_path,
+        *extra,
+    ]
+
+
+def test_a_torchvision_model_without_weights_gets_a_note_on_stderr(capsys, workdir, tmp_path):
+    status, out, err = run(capsys, *cam_args(tmp_path, workdir))
+    assert status == 0 and out.count("->") == 1
+    assert err.count("\n") == 1 and err.startswith("gradlens: note: resnet18 has random weights")
+    assert "--weights FILE" in err and "--weights ResNet18_Weights.DEFAULT" in err
+
+
+def test_no_note_with_weights_none_given_or_a_model_of_your_own(capsys, workdir, tmp_path):
+    assert run(capsys, *cam_args(tmp_path, workdir, "--weights", "none"))[2] == ""
+    own = ["cam", workdir / "img0.png", "--model", "clinet:build", "--out", tmp_path]
+    assert run(capsys, *own, "--image-size", 16)[2] == ""
+
+
+def test_cam_with_an_unknown_layer_suggests_the_closest(capsys, workdir, methods, tmp_path):
     status, _, err = run(
         capsys,
         "cam",
@@ -256,7 +276,7 @@ def test_cam_with_an_unknown_method_lists_the_registered_ones(capsys, workdir, m
         tmp_path,
     )
     assert_one_line_error(
-        status, err, "unknown method 'layermapp'", "did you mean 'layermap'", "available:"
+        status, err, "unknown method 'layermapp'", "did you mean 'layermap'", "Registered:"
     )
 
 
@@ -313,7 +333,7 @@ def extract_args(workdir: Path, out: Path, *extra) -> list:
 
 def test_extract_writes_the_features_of_an_image_folder(capsys, workdir, tmp_path):
     status, out, err = run(capsys, *extract_args(workdir, tmp_path))
-    assert status == 0 and "samples/s" in err  # the progress bar
+    assert status == 0 and err == ""  # no progress bar: stderr is not a terminal here
     assert f"fc: 6x4 float32 -> {tmp_path / 'fc.npy'}" in out
     arrays, manifest = load_features(tmp_path)
     preprocess = Preprocess.for_size(16)
@@ -324,6 +344,30 @@ def test_extract_writes_the_features_of_an_image_folder(capsys, workdir, tmp_pat
         np.testing.assert_allclose(arrays[name], expected[name].numpy(), atol=1e-5)
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), [0, 0, 0, 1, 1, 1])
     assert (tmp_path / "classes.txt").read_text() == "cats\ndogs\n"
+    assert manifest.sample_names is None
+
+
+def test_extract_from_a_folder_of_image_files_lists_them_in_the_manifest(capsys, workdir, tmp_path):
+    args = extract_args(workdir, tmp_path)
+    args[args.index("--data") + 1] = workdir / "flat"
+    status, out, _ = run(capsys, *args)
+    assert status == 0 and f"fc: 3x4 float32 -> {tmp_path / 'fc.npy'}" in out
+    arrays, manifest = load_features(tmp_path)
+    assert manifest.sample_names == ["a.png", "b.png", "c.jpg"]  # sorted
+    preprocess = Preprocess.for_size(16)
+    x = torch.stack([preprocess(Image.open(workdir / "flat" / n)) for n in manifest.sample_names])
+    expected = gradlens.extract(trained_model(workdir), x, ["fc"])["fc"]
+    np.testing.assert_allclose(arrays["fc"], expected.numpy(), atol=1e-5)
+    assert not (tmp_path / "labels.npy").exists() and not (tmp_path / "classes.txt").exists()
+
+
+def test_extract_refuses_a_folder_of_both_layouts(capsys, workdir, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(workdir / "data", mixed)
+    shutil.copy(workdir / "img0.png", mixed)
+    args = extract_args(workdir, tmp_path / "out")
+    args[args.index("--data") + 1] = mixed
+    assert_one_line_error(*run(capsys, *args)[::2], "holds image files and sub-folders", "cats")
 
 
 def test_extract_with_spatial_pooling_and_float16(capsys, workdir, tmp_path):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from gradlens._explain import differentiate
 from gradlens.dataset import attribute_dataset, extract_dataset, load_features
 from gradlens.errors import ManifestMismatchError
 from gradlens.registry import METHODS
+from gradlens.targets import segmentation
 
 from .conftest import assert_same_state, model_state
 
@@ -267,10 +270,19 @@ def test_a_train_mode_model_gives_a_warning(model, tmp_path):
         extract_dataset(model.train(), loader(), ["fc"], tmp_path, progress=False)
 
 
-def test_the_progress_bar_shows_samples_per_second(model, tmp_path, capsys):
+def test_on_a_terminal_the_progress_bar_shows_samples_per_second(
+    model, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     extract_dataset(model, loader(), ["fc"], tmp_path / "a")
     assert "samples/s" in capsys.readouterr().err
     extract_dataset(model, loader(), ["fc"], tmp_path / "b", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(model, tmp_path, capsys):
+    assert not sys.stderr.isatty()  # captured, as in a log file
+    extract_dataset(model, loader(), ["fc"], tmp_path)
     assert capsys.readouterr().err == ""
 
 
@@ -392,8 +404,8 @@ def test_a_killed_run_resumes_and_gives_files_identical_to_an_uninterrupted_run(
             assert time.monotonic() < deadline, "the extraction did not start"
             try:
                 done = load_features(out, allow_partial=True)[1].rows_done
-            except (FileNotFoundError, ValueError):
-                pass  # the manifest or the .npy files are not created yet
+            except (FileNotFoundError, ValueError, EOFError):
+                pass  # the manifest or the .npy files are not (completely) created yet
             time.sleep(0.01)
         job.send_signal(signal.SIGKILL)
     finally:
@@ -471,18 +483,119 @@ def test_another_target_is_another_call(model, tmp_path):
 
 
 def test_an_unknown_method_name_lists_the_registered_ones(model, tmp_path):
-    with pytest.raises(ValueError, match="unknown method 'gradkam'.*Registered methods"):
+    with pytest.raises(ValueError, match="unknown method 'gradkam'; did you mean 'gradcam'"):
         attribute_dataset("gradkam", model, loader(), tmp_path, progress=False)
 
 
 def test_registered_gradcam_by_name(model, tmp_path):
-    pytest.importorskip("gradlens.cam")
-    if "gradcam" not in METHODS:
-        pytest.skip("gradcam is not registered yet")
     gradcam = METHODS["gradcam"]
     attribute_dataset("gradcam", model, loader(), tmp_path, layer="conv2", progress=False)
     expected = torch.cat([gradcam(model, x, layer="conv2") for x, _ in loader()])
     np.testing.assert_allclose(load_features(tmp_path)[0]["gradcam"], expected.numpy(), atol=1e-6)
+
+
+def test_sample_names_are_stored_in_the_manifest(model, tmp_path):
+    names = [f"image{i:02}.png" for i in range(N)]
+    manifest = extract_dataset(
+        model, loader(), ["fc"], tmp_path, sample_names=names, progress=False
+    )
+    assert manifest.sample_names == names == load_features(tmp_path)[1].sample_names
+    with pytest.raises(ValueError, match="sample_names has 3 names for a dataset of 37"):
+        extract_dataset(
+            model, loader(), ["fc"], tmp_path / "b", sample_names=names[:3], progress=False
+        )
+
+
+# -- the same call, or another one: options that are functions -------------------------------
+
+
+def seg_model() -> nn.Module:
+    """A segmentation-like model: (B, 3, 8, 8) -> (B, 6, 8, 8) logits."""
+    torch.manual_seed(0)
+    return nn.Conv2d(3, 6, 1).eval()
+
+
+def mean_pool():
+    """A new lambda object each call, from the same source."""
+    return lambda t: t.mean((2, 3))
+
+
+class Scale:
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        return t.flatten(1) * self.factor
+
+
+def test_targets_made_by_one_factory_with_other_arguments_are_other_calls(tmp_path):
+    model = seg_model()
+    attribute_dataset("saliency", model, loader(), tmp_path, target=segmentation(3), progress=False)
+    with pytest.raises(ManifestMismatchError, match="target"):
+        attribute_dataset(
+            "saliency", model, loader(), tmp_path, target=segmentation(5), progress=False
+        )
+
+
+def test_two_different_lambdas_are_two_calls(model, tmp_path):
+    extract_dataset(model, loader(), ["conv2"], tmp_path, reduce=lambda t: t.mean((2, 3)))
+    with pytest.raises(ManifestMismatchError, match="reduce"):
+        extract_dataset(model, loader(), ["conv2"], tmp_path, reduce=lambda t: t.amax((2, 3)))
+
+
+def test_two_partials_with_other_keywords_are_two_calls(model, tmp_path):
+    extract_dataset(
+        model, loader(), ["conv2"], tmp_path, reduce=functools.partial(torch.mean, dim=2)
+    )
+    with pytest.raises(ManifestMismatchError, match="reduce"):
+        extract_dataset(
+            model, loader(), ["conv2"], tmp_path, reduce=functools.partial(torch.mean, dim=3)
+        )
+
+
+def test_methods_bound_to_objects_with_other_attributes_are_two_calls(model, tmp_path):
+    extract_dataset(model, loader(), ["fc"], tmp_path, reduce=Scale(2.0).apply, progress=False)
+    with pytest.raises(ManifestMismatchError, match="reduce"):
+        extract_dataset(model, loader(), ["fc"], tmp_path, reduce=Scale(3.0).apply, progress=False)
+
+
+def test_the_same_callable_or_an_equal_one_made_again_resumes(model, tmp_path):
+    target = segmentation(3)
+    seg = seg_model()
+    first = attribute_dataset("saliency", seg, loader(), tmp_path / "a", target=target)
+    assert attribute_dataset("saliency", seg, loader(), tmp_path / "a", target=target) == first
+    again = attribute_dataset("saliency", seg, loader(), tmp_path / "a", target=segmentation(3))
+    assert again == first
+
+    with pytest.raises(KeyboardInterrupt):
+        extract_dataset(
+            model,
+            interrupted(loader(), 6),
+            ["conv2"],
+            tmp_path / "b",
+            reduce=mean_pool(),
+            n_samples=N,
+            flush_every=2,
+        )
+    model.forward_calls = 0
+    extract_dataset(model, loader(), ["conv2"], tmp_path / "b", reduce=mean_pool())
+    assert model.forward_calls == 4  # resumed: batches 7..10
+
+
+def test_an_option_that_cannot_be_identified_refuses_to_resume(model, tmp_path):
+    lock = threading.Lock()  # a closure cell with no stable description
+
+    def pool(t):
+        with lock:
+            return t.mean((2, 3))
+
+    manifest = extract_dataset(model, loader(), ["conv2"], tmp_path, reduce=pool)
+    assert "unidentifiable" in manifest.options["reduce"]
+    with pytest.raises(ManifestMismatchError, match="reduce: .*lock.*overwrite=True"):
+        extract_dataset(model, loader(), ["conv2"], tmp_path, reduce=pool)
+    model.forward_calls = 0
+    extract_dataset(model, loader(), ["conv2"], tmp_path, reduce=pool, overwrite=True)
+    assert model.forward_calls == 10
 
 
 def test_no_file_is_left_open(model, tmp_path):

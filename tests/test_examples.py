@@ -75,6 +75,14 @@ def test_every_snippet_the_docs_include_exists():
             )
 
 
+def test_every_snippet_line_is_well_formed():
+    """A reformatted marker (``--8 < --"file"``) is shown as text instead of the code."""
+    for page in DOCS.rglob("*.md"):
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            if line.lstrip().startswith("--8") and not line.lstrip().startswith('--8<-- "'):
+                raise AssertionError(f"{page.name}:{number}: malformed snippet line {line!r}")
+
+
 def test_pages_include_code_only_from_examples_and_outputs_from_docs_figures():
     for page, file, _ in _snippet_references():
         assert file.startswith(("examples/", "docs/figures/")), f"{page.name} includes {file}"

@@ -77,11 +77,12 @@ def test_extract_lstm_with_select():
     assert features["lstm"].shape == (2, 5, 5)
 
 
-def test_extract_reports_layers_that_did_not_run():
+@pytest.mark.parametrize("stop_early", [True, False])
+def test_extract_names_the_layer_that_did_not_run(stop_early):
     model = SharedNet()
     model.extra = nn.Linear(4, 4)
-    with pytest.raises(LayerNotExecutedError):
-        gradlens.extract(model, torch.randn(1, 4), ["shared", "extra"], stop_early=False)
+    with pytest.raises(LayerNotExecutedError, match="'extra' was selected but did not run"):
+        gradlens.extract(model, torch.randn(1, 4), ["shared", "extra"], stop_early=stop_early)
 
 
 def test_extractor_returns_output_and_features_like_torchextractor(resnet18, image_batch):

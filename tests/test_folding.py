@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 import gradlens
-import gradlens.cam.perturbation as perturbation
+import gradlens.cam.score_cam as score_cam
 from gradlens._folding import folded_copy
 
 from .conftest import assert_same_state, model_state
@@ -104,7 +104,7 @@ def test_scorecam_ignores_a_folded_copy_whose_scores_disagree_with_the_model(mon
             broken[-1].bias += 1.0
         return broken
 
-    monkeypatch.setattr(perturbation, "folded_copy", wrong_copy)
+    monkeypatch.setattr(score_cam, "folded_copy", wrong_copy)
     options = dict(upsample=False, normalize=False)
     torch.testing.assert_close(
         gradlens.scorecam(model, x, "5", **options),

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from gradlens.data import TinyCNN
 from gradlens.errors import LayerNotFoundError, TargetError
 from gradlens.metrics import (
     average_drop,
@@ -20,6 +19,7 @@ from gradlens.metrics import (
     randomization_test,
     spearman,
 )
+from gradlens.training import TinyCNN
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -1,4 +1,4 @@
-"""The Recorder: what it captures, how gradients reach it, and that it leaves the model untouched."""
+"""The Recorder: what it captures, how gradients reach it, that it leaves the model untouched."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from gradlens import (
     InPlaceBackwardHookError,
     LayerNotExecutedError,
     LayerNotFoundError,
+    NotRecordedError,
     RecorderStateError,
 )
 
@@ -175,6 +176,43 @@ def test_k_scores_per_sample_give_k_gradients_in_one_backward(resnet18, image_ba
         torch.testing.assert_close(batched[k], single.gradients["layer4"], atol=1e-6, rtol=1e-5)
 
 
+class _DoubleWithUnbatchableBackward(torch.autograd.Function):
+    """2x; its backward writes into a fresh tensor in place, which vmap cannot batch."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        out = torch.zeros(grad.shape)
+        out.copy_(2 * grad)
+        return out
+
+
+class _UnbatchableNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.head = nn.Linear(3, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(torch.tanh(_DoubleWithUnbatchableBackward.apply(self.body(x))))
+
+
+def test_k_scores_fall_back_to_k_backwards_when_a_backward_cannot_be_batched():
+    # the batched backward fails at the custom function, after the head's backward ran:
+    # the K separate passes need the part of the graph it had already gone through
+    model = _UnbatchableNet()
+    x = torch.randn(5, 3)
+    with gradlens.record(model, "body") as rec:
+        rec.grad(model(x)[:, [0, 2]])
+    for k, c in enumerate([0, 2]):
+        with gradlens.record(model, "body") as single:
+            single.grad(model(x)[:, c])
+        torch.testing.assert_close(rec.gradients["body"][k], single.gradients["body"])
+
+
 def test_watch_records_gradients_of_any_tensor(resnet18, image_batch):
     x = image_batch.clone().requires_grad_(True)
     with gradlens.record(resnet18) as rec:
@@ -183,6 +221,53 @@ def test_watch_records_gradients_of_any_tensor(resnet18, image_batch):
         rec.grad(out[:, 0])
     expected = torch.autograd.grad(resnet18(x)[:, 0].sum(), x)[0]
     torch.testing.assert_close(rec.gradients["input"], expected)
+
+
+def test_a_watched_tensor_loses_its_hook_on_exit():
+    model = nn.Linear(3, 2)
+    x = torch.randn(4, 3, requires_grad=True)
+    with gradlens.record(model) as rec:
+        rec.watch("input", x)
+    assert not x._backward_hooks
+    model(x).sum().backward()  # after the block: nothing reaches the old record
+    with pytest.raises(GradientNotAvailableError):
+        rec.gradients["input"]
+
+
+def test_a_backward_after_the_block_does_not_write_into_the_record():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    with gradlens.record(model, "1") as rec:
+        out = model(torch.randn(4, 3))
+    out.sum().backward()
+    with pytest.raises(GradientNotAvailableError):
+        rec.gradients["1"]
+    model.zero_grad(set_to_none=True)
+
+
+def test_a_full_backward_hook_that_fires_after_the_block_does_nothing():
+    # PyTorch fixes a forward's full backward hooks when the forward runs
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    with gradlens.record(model, "1", backward_hooks=True) as rec:
+        out = model(torch.randn(4, 3))
+    out.sum().backward()
+    with pytest.raises(GradientNotAvailableError):
+        rec.input_gradients["1"]
+    with pytest.raises(GradientNotAvailableError):
+        rec.gradients["1"]
+    model.zero_grad(set_to_none=True)
+
+
+def test_a_backward_through_an_older_graph_leaves_a_reentered_recorder_alone():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    rec = gradlens.record(model, "1", backward_hooks=True)
+    with rec:
+        old = model(torch.randn(4, 3))
+    with rec:
+        model(torch.randn(4, 3))
+        old.sum().backward()
+        with pytest.raises(GradientNotAvailableError):
+            rec.gradients["1"]
+    model.zero_grad(set_to_none=True)
 
 
 def test_full_backward_hooks_give_input_gradients():
@@ -331,18 +416,6 @@ def test_detach_false_keeps_the_graph(resnet18, image_batch):
     assert rec["layer4"].requires_grad
 
 
-def test_modify_replaces_outputs_and_store_false_records_nothing():
-    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
-    x = torch.randn(4, 2)
-    with gradlens.record(
-        model, nn.ReLU, modify=lambda name, module, out: out * 0, store=False
-    ) as rec:
-        out = model(x)
-    torch.testing.assert_close(out, model[2].bias.expand(4, 1).detach())
-    assert list(rec.activations) == []
-    assert not model[1]._forward_hooks
-
-
 def test_stop_early_ends_the_forward_after_the_last_selected_layer(resnet18, image_batch):
     ran = []
     handle = resnet18.layer3.register_forward_hook(lambda *a: ran.append("layer3"))
@@ -352,6 +425,45 @@ def test_stop_early_ends_the_forward_after_the_last_selected_layer(resnet18, ima
     finally:
         handle.remove()
     assert ran == [] and rec["layer2"].shape == (2, 128, 8, 8)
+
+
+class _Forgiving(nn.Module):
+    """Falls back to zeros when its body raises (as models with optional parts do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.head = nn.Linear(3, 4), nn.Linear(4, 2)
+        self.head_calls = 0
+
+    def forward(self, x):
+        try:
+            h = self.body(x)
+        except Exception:
+            h = torch.zeros(x.shape[0], 4)
+        self.head_calls += 1
+        return self.head(h)
+
+
+def test_stop_early_is_not_caught_by_an_except_exception_in_the_model():
+    model = _Forgiving()
+    with gradlens.record(model, "body", stop_early=True) as rec:
+        assert rec.forward(torch.randn(2, 3)) is None
+    assert model.head_calls == 0 and rec["body"].shape == (2, 4)
+
+
+def test_only_the_recorder_that_stops_the_forward_ends_it():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2))
+    x = torch.randn(2, 3)
+    after_the_stop = []
+    with gradlens.record(model, "2") as outer:
+        with gradlens.record(model, "0", stop_early=True) as inner:
+            outer.forward(x)  # the inner Recorder's stop ends the inner block here
+            after_the_stop.append("ran")
+        out = outer.forward(x)
+    assert after_the_stop == [] and inner["0"].shape == (2, 4)
+    torch.testing.assert_close(out, model(x))
+    torch.testing.assert_close(outer["2"], model(x).detach())
 
 
 # -- lifecycle and side effects ------------------------------------------------------------
@@ -381,6 +493,15 @@ def test_train_mode_buffers_are_restored(resnet18, image_batch):
     with gradlens.record(model, "layer2"):
         model(image_batch)
     assert_same_state(before, model_state(model))
+
+
+def test_restore_buffers_false_keeps_the_updates_of_train_mode_forwards():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).train()
+    x = torch.randn(8, 3)
+    with gradlens.record(model, "0", restore_buffers=False):
+        model(x)
+    torch.testing.assert_close(model[1].running_mean, 0.1 * model[0](x).mean(0).detach())
+    assert model[1].num_batches_tracked == 1
 
 
 def test_param_grad_changes_only_by_the_users_backward(resnet18, image_batch):
@@ -453,6 +574,43 @@ def test_layer_that_never_ran_raises_a_clear_error():
         model(torch.randn(1, 4))
     with pytest.raises(LayerNotExecutedError, match="did not run"):
         rec["unused"]
+
+
+def test_reading_inputs_that_were_not_recorded_says_how_to_record_them():
+    model = nn.Sequential(nn.Linear(3, 2))
+    with gradlens.record(model, "0") as rec:
+        model(torch.randn(1, 3))
+    with pytest.raises(NotRecordedError, match="inputs=True"):
+        rec.inputs["0"]
+
+
+def test_input_gradients_without_backward_hooks_say_how_to_get_them():
+    model = nn.Sequential(nn.Linear(3, 2))
+    with gradlens.record(model, "0") as rec:
+        model(torch.randn(1, 3)).sum().backward()
+    with pytest.raises(NotRecordedError, match="backward_hooks=True"):
+        rec.input_gradients["0"]
+    model.zero_grad(set_to_none=True)
+
+
+def test_grad_names_a_selected_layer_that_never_ran_instead_of_blaming_grad_mode():
+    # the tape would have started at 'unused': without it the score has no graph at all
+    model = StructuredNet()
+    model.unused = nn.Linear(4, 4)
+    with gradlens.record(model, "unused", tape_from_layers=True) as rec:
+        out = model(torch.randn(2, 4))
+        with pytest.raises(LayerNotExecutedError, match="'unused'.* did not run"):
+            rec.grad(out.logits[:, 0])
+
+
+def test_grad_names_the_layer_that_never_ran_when_nothing_was_recorded():
+    model = StructuredNet()
+    model.unused = nn.Linear(4, 4)
+    with gradlens.record(model, "unused") as rec:
+        out = model(torch.randn(2, 4))
+        assert out.logits.requires_grad
+        with pytest.raises(LayerNotExecutedError, match="'unused'"):
+            rec.grad(out.logits[:, 0])
 
 
 def test_gradients_before_backward_raise(resnet18, image_batch):

@@ -81,8 +81,8 @@ def test_mean_and_std_undo_the_input_normalisation():
 
 def test_alpha_zero_returns_the_image_and_alpha_one_the_colours():
     image = torch.rand(3, H, W, generator=torch.Generator().manual_seed(0))
-    assert np.array_equal(overlay(image, torch.rand(H, W), alpha=0.0),
-                          np.round(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8))  # fmt: skip
+    as_uint8 = np.round(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    assert np.array_equal(overlay(image, torch.rand(H, W), alpha=0.0), as_uint8)
     cold = overlay(image, torch.zeros(H, W), alpha=1.0)  # a constant map is all "0": dark blue
     assert (cold == cold[0, 0]).all() and cold[0, 0, 2] > 100 and cold[0, 0, 0] == 0
 
@@ -188,3 +188,30 @@ def test_the_diverging_colormap_is_white_at_zero():
     cmap = matplotlib.colormaps[DIVERGING_CMAP]
     assert isinstance(cmap, LinearSegmentedColormap)
     assert np.allclose(cmap(0.5)[:3], (1.0, 1.0, 1.0), atol=0.01)
+
+
+def test_patching_heatmap_draws_one_panel_per_result_with_the_labels():
+    from gradlens.viz import patching_heatmap
+
+    measured = torch.tensor([[0.0, 1.0, -0.5], [0.2, 0.0, 0.8]])
+    fig = patching_heatmap(
+        {"activation patching": measured, "attribution patching": measured * 0.5},
+        layers=["h.0", "h.1"],
+        positions=["The", " cat", " sat"],
+    )
+    image_axes = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in image_axes] == ["activation patching", "attribution patching"]
+    assert [t.get_text() for t in image_axes[0].get_xticklabels()] == ["The", " cat", " sat"]
+    assert [t.get_text() for t in image_axes[0].get_yticklabels()] == ["h.0", "h.1"]
+    shown = image_axes[1].get_images()[0]
+    assert np.allclose(shown.get_array(), measured.numpy() * 0.5)
+    assert shown.get_clim() == (-0.5, 0.5)  # symmetric around 0, per panel
+
+
+def test_patching_heatmap_refuses_results_of_different_shapes():
+    from gradlens.viz import patching_heatmap
+
+    with pytest.raises(ValueError, match="one shape"):
+        patching_heatmap({"a": torch.zeros(2, 3), "b": torch.zeros(3, 2)})
+    with pytest.raises(ValueError, match="2 layer and 2 position labels"):
+        patching_heatmap(torch.zeros(2, 3), positions=["a", "b"])

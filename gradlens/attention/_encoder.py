@@ -17,38 +17,37 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._hooks import HookSet
+
 __all__ = ["padded_output_hooks"]
 
 _SIGNATURE = inspect.signature(nn.TransformerEncoder.forward)
 _DEVICES = ("cpu", "cuda", "xpu")
 
 
-def padded_output_hooks(model: nn.Module, fastpath_enabled: bool) -> list[Any]:
+def padded_output_hooks(model: nn.Module, fastpath_enabled: bool, hooks: HookSet) -> None:
     """Hook every ``nn.TransformerEncoder`` of ``model`` that may use the nested-tensor path.
 
     Args:
         model: the model.
         fastpath_enabled: whether ``torch.backends.mha`` allowed the fast path before the
             capture switched it off.
-
-    Returns:
-        The hook handles (remove them on exit); none when the fast path was off anyway.
+        hooks: where the hooks go (the capture removes them on exit); none are added when
+            the fast path was off anyway.
     """
     if not fastpath_enabled:
-        return []
-    handles = []
+        return
     for module in model.modules():
         if isinstance(module, nn.TransformerEncoder) and getattr(
             module, "use_nested_tensor", False
         ):
             pending: list[Tensor | None] = []
-            handles.append(module.register_forward_pre_hook(_remember(pending), with_kwargs=True))
-            handles.append(module.register_forward_hook(_restore(pending), always_call=True))
-    return handles
+            hooks.forward_pre(module, _remember(pending), with_kwargs=True)
+            hooks.forward(module, _restore(pending), always_call=True)
 
 
 def _remember(pending: list[Tensor | None]) -> Callable[..., None]:
-    def hook(module: nn.TransformerEncoder, args: Any, kwargs: dict) -> None:
+    def hook(module: nn.TransformerEncoder, args: Any, kwargs: dict[str, Any]) -> None:
         bound = _SIGNATURE.bind(module, *args, **kwargs).arguments
         src, padding = bound["src"], bound.get("src_key_padding_mask")
         pending.append(padding if _would_nest(module, src, padding, bound.get("mask")) else None)

@@ -85,7 +85,7 @@ class AttentionMode(TorchFunctionMode):
             capture._frames[-1].uncaptured.append(str(getattr(func, "__qualname__", name)))
         return func(*args, **kwargs)
 
-    def _sdpa(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict) -> Any:
+    def _sdpa(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         capture = self.capture
         target = capture._target()
         if target is None or len(args) > len(_SDPA_ARGUMENTS):
@@ -103,7 +103,7 @@ class AttentionMode(TorchFunctionMode):
         return attended.output
 
     def _multi_head(
-        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...], kwargs: dict
+        self, func: Callable[..., Any], types: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         capture = self.capture
         if capture._target() is None:
@@ -136,7 +136,9 @@ class AttentionMode(TorchFunctionMode):
             weights = weights.squeeze(0)
         return output, weights
 
-    def _softmax(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict) -> Any:
+    def _softmax(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         output = func(*args, **kwargs)
         target = self.capture._target()
         if target is None or not isinstance(output, Tensor) or output.ndim != 4:

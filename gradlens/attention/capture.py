@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .._hooks import HookSet
 from ..errors import (
     AttentionCaptureError,
     GradientNotAvailableError,
@@ -204,8 +205,8 @@ class AttentionCapture:
         self._calls: list[AttentionCall] = []
         self._frames: list[_Frame] = []
         self._covered: set[str] = set()
-        self._handles: list[Any] = []
-        self._tensor_hooks: list[Any] = []
+        self._hooks = HookSet()
+        self._tensor_hooks = HookSet()
         self._mode: AttentionMode | None = None
         self._fastpath = True
         self._entry_grad_mode = True
@@ -229,15 +230,13 @@ class AttentionCapture:
         try:
             for name, module in self._tracked.items():
                 selected = name in self.modules
-                self._handles.append(
-                    module.register_forward_pre_hook(self._push_hook(name, selected))
-                )
-                self._handles.append(module.register_forward_hook(self._pop_hook, always_call=True))
+                self._hooks.forward_pre(module, self._push_hook(name, selected))
+                self._hooks.forward(module, self._pop_hook, always_call=True)
             # The fast path of nn.TransformerEncoderLayer / nn.MultiheadAttention calls a
             # fused kernel without running the module's Python code.
             self._fastpath = torch.backends.mha.get_fastpath_enabled()
             torch.backends.mha.set_fastpath_enabled(False)
-            self._handles += padded_output_hooks(self.model, self._fastpath)
+            padded_output_hooks(self.model, self._fastpath, self._hooks)
             self._mode = AttentionMode(self)
             self._mode.__enter__()
         except BaseException:
@@ -255,16 +254,12 @@ class AttentionCapture:
             self._mode.__exit__(None, None, None)
             self._mode = None
         torch.backends.mha.set_fastpath_enabled(self._fastpath)
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.remove()
         if self._tape_started:
             torch.set_grad_enabled(self._entry_grad_mode)
         self._frames = []
         self._mha_weights = None
-        for handle in self._tensor_hooks:
-            handle.remove()  # a backward after the block stores nothing
-        self._tensor_hooks.clear()
+        self._tensor_hooks.remove()  # a backward after the block stores nothing
         for call in self._calls:
             call._live = None  # the graph is freed with the block
         self._active = False
@@ -335,7 +330,7 @@ class AttentionCapture:
         )
         if self.grad and live.requires_grad:
             call._live = live
-            self._tensor_hooks.append(live.register_hook(self._gradient_hook(call)))
+            self._tensor_hooks.tensor(live, self._gradient_hook(call))
         self._calls.append(call)
         return live if live.shape == probs.shape else live.view(probs.shape)
 
@@ -442,7 +437,7 @@ class _CallView(Mapping[str, Tensor]):
         self._attr = attr
 
     def __getitem__(self, name: str) -> Tensor:
-        value = getattr(self._capture._calls_of(name)[-1], self._attr)
+        value: Tensor | None = getattr(self._capture._calls_of(name)[-1], self._attr)
         if value is None:
             raise GradientNotAvailableError(
                 f"no gradient has reached the attention probabilities of {name!r}: capture "

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._inputs import Inputs, batch_size, first_tensor, prepare
-from ..cam.base import image_size, normalize_maps, postprocess
+from .._inputs import Inputs, ModelInput
+from ..cam.base import postprocess
 from ..cam.reshape import Reshape, to_nchw, token_grid
 from ..errors import AttentionRolloutError
+from ..maps import normalize as normalize_maps
 from ..recorder import Recorder
 from ..registry import register
 from ..selection import Layers
@@ -109,12 +110,13 @@ def attention_rollout(
     del target, output  # the rollout does not depend on the class
     check_head_fusion(head_fusion)
     check_discard_ratio(discard_ratio)
-    captured = attentions(model, x, layers=layers, forward_kwargs=forward_kwargs)
+    inputs = ModelInput.parse(x, forward_kwargs)
+    captured = attentions(model, inputs.x, layers=layers, forward_kwargs=inputs.kwargs)
     maps = list(captured.values())
-    tokens = check_rollable(captured, batch_size(x))
-    row = choose_row(maps, tokens, image_size(x), row, reshape)
+    tokens = check_rollable(captured, inputs.batch_size)
+    row = choose_row(maps, tokens, inputs.image_size, row, reshape)
     rolled = rollout(maps, head_fusion=head_fusion, discard_ratio=discard_ratio, keep=row, row=row)
-    return finish(rolled, x, upsample=upsample, normalize=normalize, reshape=reshape)
+    return finish(rolled, inputs, upsample=upsample, normalize=normalize, reshape=reshape)
 
 
 @register("gradient_attention_rollout", "attention")
@@ -180,39 +182,35 @@ def gradient_attention_rollout(
         AttentionRolloutError: the attention cannot be rolled out (windowed attention,
             layers over different token counts) or ``row`` does not exist.
     """
-    probs, grads = attention_gradients(
-        model, x, target, layers=layers, output=output, forward_kwargs=forward_kwargs
-    )
-    tokens = check_rollable(probs, batch_size(x))
+    inputs = ModelInput.parse(x, forward_kwargs)
+    probs, grads = attention_gradients(model, inputs, target, layers=layers, output=output)
+    tokens = check_rollable(probs, inputs.batch_size)
     maps = list(probs.values())
-    row = choose_row(maps, tokens, image_size(x), row, reshape)
+    row = choose_row(maps, tokens, inputs.image_size, row, reshape)
     rolled = gradient_rollout(maps, list(grads.values()), row=row)  # (B, N) or (K, B, N)
     if rolled.ndim == 3:
         rolled = rolled.transpose(0, 1)
-    return finish(rolled, x, upsample=upsample, normalize=normalize, reshape=reshape)
+    return finish(rolled, inputs, upsample=upsample, normalize=normalize, reshape=reshape)
 
 
 def attention_gradients(
     model: nn.Module,
-    x: Inputs,
+    inputs: ModelInput,
     target: Target,
     *,
     layers: Layers | None,
     output: OutputSpec,
-    forward_kwargs: Mapping[str, Any] | None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """The attention probabilities and the gradients of the target score with respect to
     them: ``({name: (B, heads, N, N)}, {name: (B, heads, N, N) or (K, B, heads, N, N)})``
     in execution order. A layer the score does not depend on gets a zero gradient."""
-    n = batch_size(x)
     spec = True if layers is None else layers
     with torch.inference_mode(False):
-        args, kwargs = prepare(x, forward_kwargs)
         # no tape until the first attention probabilities, which start it
         with Recorder(model, tape_from_layers=True, attention=spec) as recorder:
             with torch.enable_grad():
-                out = recorder.forward(*args, **kwargs)
-                score, _ = scores(out, target, n, output)
+                out = recorder.forward(*inputs.args, **inputs.kwargs)
+                score, _ = scores(out, target, inputs.batch_size, output)
             recorder.grad(score)
             probs = dict(recorder.attentions)
             reached = dict(recorder.attention_gradients)
@@ -297,12 +295,12 @@ def is_causal(maps: Sequence[Tensor]) -> bool:
 
 
 def finish(
-    rolled: Tensor, x: Inputs, *, upsample: bool, normalize: bool, reshape: Reshape
+    rolled: Tensor, inputs: ModelInput, *, upsample: bool, normalize: bool, reshape: Reshape
 ) -> Tensor:
     """Rows ``(B, [K,] N)`` of the rollout as maps: the patch grid of an image, upsampled
     and normalised like a CAM, or the ``T`` tokens of a text, normalised."""
-    device = first_tensor(x).device
-    size = image_size(x)
+    device = inputs.device
+    size = inputs.image_size
     if size is None:
         maps = rolled.clamp(min=0)
         if normalize:

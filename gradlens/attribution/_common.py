@@ -1,9 +1,10 @@
-"""Helpers shared by the attribution methods: inputs, tiling, results, clean evaluation.
+"""Helpers shared by the attribution methods: floating-point inputs, results, layers, chunks.
 
 Layout convention: when the methods evaluate the model on ``k`` modified copies of a batch of
 ``B`` samples (noisy copies, interpolation steps, occluded copies) the copies are stacked
 *copy-major*: row ``j * B + b`` is copy ``j`` of sample ``b`` -- the layout of
-``x.repeat(k, ...)``, for which :func:`gradlens._explain.repeat_target` tiles the targets.
+:meth:`ModelInput.tile <gradlens._inputs.ModelInput.tile>`, for which
+:func:`gradlens._explain.repeat_target` tiles the targets.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from .._explain import repeat_target
-from ..recorder import Recorder
+from .._inputs import ModelInput
 from ..selection import Layers, select_layers
-from ..targets import OutputSpec, Target, scores
 
 Attribution = Union[Tensor, tuple[Tensor | None, ...]]
 """A tensor shaped like the input, or for a tuple input a tuple of them (``None`` for
@@ -33,21 +32,23 @@ def require_float_inputs(args: Sequence[Any], method: str) -> list[int]:
     """:func:`float_positions`, raising when there is none to attribute to."""
     positions = float_positions(args)
     if not positions:
+        kinds = ", ".join(str(a.dtype) if isinstance(a, Tensor) else type(a).__name__ for a in args)
         raise TypeError(
             f"{method} attributes to floating-point inputs, and the model input holds none "
-            f"({', '.join(type(a).__name__ if not isinstance(a, Tensor) else str(a.dtype) for a in args)}); "
+            f"({kinds}); "
             "for token ids attribute to the embedding layer "
             "(gradlens.attribution.layer_integrated_gradients or layer_gradient_x_activation)"
         )
     return positions
 
 
-def as_result(x: Any, per_input: Mapping[int, Tensor]) -> Attribution:
+def as_result(inputs: ModelInput, per_input: Mapping[int, Tensor]) -> Attribution:
     """A tensor for a single-tensor input, else a tuple aligned with the inputs (``None``
     for inputs without an attribution)."""
-    if not isinstance(x, tuple):
-        return per_input[0]
-    return tuple(per_input.get(i) for i in range(len(x)))
+    result = inputs.rebuild([per_input.get(i) for i in range(len(inputs.args))])
+    # a single input has an attribution: every method first requires a floating-point input
+    assert result is not None
+    return result
 
 
 def targets_first_to_dim1(gradient: Tensor, multi: bool) -> Tensor:
@@ -61,58 +62,6 @@ def gradient_or_zeros(gradient: Tensor | None, like: Tensor, scores: Tensor) -> 
     if gradient is not None:
         return gradient
     return like.new_zeros((scores.shape[1], *like.shape) if scores.ndim == 2 else like.shape)
-
-
-def tile(value: Any, times: int) -> Any:
-    """``value.repeat(times, 1, ...)`` for tensors with a batch dim, ``value`` otherwise."""
-    if isinstance(value, Tensor) and value.ndim > 0 and times != 1:
-        return value.repeat(times, *([1] * (value.ndim - 1)))
-    return value
-
-
-def tile_kwargs(kwargs: Mapping[str, Any], batch: int, times: int) -> dict[str, Any]:
-    """Keyword inputs for ``times`` stacked copies of the batch: tensors whose dim 0 is the
-    batch size (an attention mask) are tiled, everything else is passed unchanged."""
-    return {
-        key: tile(value, times)
-        if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == batch
-        else value
-        for key, value in kwargs.items()
-    }
-
-
-def evaluate(
-    model: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    target: Target,
-    batch: int,
-    output: OutputSpec,
-    *,
-    copies: int = 1,
-) -> tuple[Tensor, Target]:
-    """Target scores of ``copies`` stacked copies of a batch, from one inference forward.
-
-    ``args``/``kwargs`` hold ``copies * batch`` samples (copy-major); ``target`` refers to
-    one copy. ``None`` is fixed to the top class of each sample of the *first* copy (the
-    clean input), and that class is scored in every copy. Buffers changed by a
-    train-mode forward are restored.
-
-    Returns:
-        ``(scores, target)``: scores of shape ``(copies * batch,)`` or ``(copies * batch, K)``
-        (ordinary tensors), and the target with ``None`` replaced by the classes.
-    """
-    rows = copies * batch
-    with torch.inference_mode(False), Recorder(model):  # an empty Recorder restores buffers
-        with torch.inference_mode():
-            out = model(*args, **kwargs)
-            if target is None:
-                _, classes = scores(out, None, rows, output)
-                target = None if classes is None else classes[:batch].clone()
-            values, _ = scores(out, repeat_target(target, batch, copies), rows, output)
-    if isinstance(target, Tensor) and target.is_inference():
-        target = target.clone()
-    return values.clone(), target
 
 
 def single_layer(model: nn.Module, layer: Layers) -> str:
@@ -152,11 +101,11 @@ def broadcast_to_input(value: Any, like: Tensor, name: str) -> Tensor:
         raise TypeError(
             f"{name} must be a number, a tensor or a callable, got {type(value).__name__}"
         )
-    value = value.to(device=like.device, dtype=like.dtype)
-    if value.shape == like.shape[1:]:
-        value = value.unsqueeze(0)
+    tensor = value.to(device=like.device, dtype=like.dtype)
+    if tensor.shape == like.shape[1:]:
+        tensor = tensor.unsqueeze(0)
     try:
-        return value.expand_as(like)
+        return tensor.expand_as(like)
     except RuntimeError:
         raise ValueError(
             f"{name} of shape {tuple(value.shape)} does not fit the input of shape "

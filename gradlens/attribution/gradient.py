@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from torch import Tensor, nn
 
 from .._explain import Differentiated, differentiate
-from .._inputs import Inputs
-from ..recorder import Recorder
+from .._inputs import Inputs, ModelInput
 from ..registry import register
 from ..targets import OutputSpec, Target
 from ._common import (
@@ -26,12 +26,11 @@ __all__ = ["saliency", "input_x_gradient", "input_gradients"]
 
 def input_gradients(
     model: nn.Module,
-    x: Inputs,
+    inputs: ModelInput,
     target: Target = None,
     *,
     output: OutputSpec = None,
-    forward_kwargs: Mapping[str, Any] | None = None,
-    hooks: Sequence[Recorder] = (),
+    hooks: Sequence[AbstractContextManager[Any]] = (),
 ) -> tuple[Differentiated, dict[int, Tensor]]:
     """Gradients of the target scores with respect to each floating-point input.
 
@@ -41,11 +40,12 @@ def input_gradients(
         ``(result, gradients)``: the :class:`~gradlens._explain.Differentiated` record, and
         ``{input position: gradient}`` shaped like that input, or ``(B, K, *input.shape[1:])``
         for ``K`` targets per sample (zeros for an input the scores do not depend on).
+
+    Raises:
+        TypeError: no floating-point input.
     """
-    require_float_inputs(x if isinstance(x, tuple) else (x,), "a gradient attribution")
-    result = differentiate(
-        model, x, target, wrt_inputs=True, output=output, forward_kwargs=forward_kwargs, hooks=hooks
-    )
+    require_float_inputs(inputs.args, "a gradient attribution")
+    result = differentiate(model, inputs, target, wrt_inputs=True, output=output, hooks=hooks)
     multi = result.scores.ndim == 2
     gradients = {}
     for i in float_positions(result.inputs):
@@ -54,7 +54,7 @@ def input_gradients(
     return result, gradients
 
 
-@register("saliency", "attribution")
+@register("saliency", "attribution", needs_layer=False, multi_target=True)
 def saliency(
     model: nn.Module,
     x: Inputs,
@@ -89,11 +89,12 @@ def saliency(
         OutputSelectionError: a structured output without ``output=``.
         TypeError: no floating-point input.
     """
-    _, grads = input_gradients(model, x, target, output=output, forward_kwargs=forward_kwargs)
-    return as_result(x, {i: g.abs() if abs else g for i, g in grads.items()})
+    inputs = ModelInput.parse(x, forward_kwargs)
+    _, grads = input_gradients(model, inputs, target, output=output)
+    return as_result(inputs, {i: g.abs() if abs else g for i, g in grads.items()})
 
 
-@register("input_x_gradient", "attribution")
+@register("input_x_gradient", "attribution", needs_layer=False, multi_target=True)
 def input_x_gradient(
     model: nn.Module,
     x: Inputs,
@@ -120,10 +121,11 @@ def input_x_gradient(
         OutputSelectionError: a structured output without ``output=``.
         TypeError: no floating-point input.
     """
-    result, grads = input_gradients(model, x, target, output=output, forward_kwargs=forward_kwargs)
+    inputs = ModelInput.parse(x, forward_kwargs)
+    result, grads = input_gradients(model, inputs, target, output=output)
     multi = result.scores.ndim == 2
     return as_result(
-        x,
+        inputs,
         {
             i: g * (result.inputs[i].unsqueeze(1) if multi else result.inputs[i])
             for i, g in grads.items()

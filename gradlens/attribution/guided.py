@@ -6,15 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._explain import check_target
-from .._inputs import Inputs
-from .._inputs import batch_size as count_samples
+from .._inputs import Inputs, ModelInput
 from ..cam import gradcam
 from ..errors import LayerNotFoundError
-from ..recorder import Recorder
+from ..maps import resize
+from ..outputs import OutputReplacer, replace_outputs
 from ..registry import register
 from ..selection import Layers
 from ..summary import default_layer
@@ -47,10 +46,10 @@ def _guide(name: str, module: nn.Module, output: Any) -> Any:
     return _GuidedReLU.apply(output) if isinstance(output, Tensor) else output
 
 
-def _relu_guides(model: nn.Module) -> Recorder:
-    """A Recorder that wraps the output of every ``nn.ReLU`` in the guided ReLU."""
+def _relu_guides(model: nn.Module) -> OutputReplacer:
+    """A context that wraps the output of every ``nn.ReLU`` in the guided ReLU."""
     try:
-        return Recorder(model, nn.ReLU, modify=_guide, store=False)
+        return replace_outputs(model, {nn.ReLU: _guide})
     except LayerNotFoundError:
         raise LayerNotFoundError(
             f"guided backpropagation changes the backward pass of nn.ReLU modules, and "
@@ -59,7 +58,7 @@ def _relu_guides(model: nn.Module) -> Recorder:
         ) from None
 
 
-@register("guided_backprop", "attribution")
+@register("guided_backprop", "attribution", needs_layer=False, multi_target=True)
 def guided_backprop(
     model: nn.Module,
     x: Inputs,
@@ -74,7 +73,7 @@ def guided_backprop(
     Springenberg, Dosovitskiy, Brox & Riedmiller (2015), "Striving for Simplicity: The All
     Convolutional Net". During one forward and backward, the output of every ``nn.ReLU``
     module (each call: torchvision reuses one ReLU several times per block) is wrapped by
-    the Recorder's output-replacing hook in a guided-ReLU autograd function; the hooks come
+    :func:`gradlens.outputs.replace_outputs` in a guided-ReLU autograd function; the hooks come
     off afterwards and the modules, their ``inplace`` flags and their hooks are unchanged.
     In-place ReLUs work (full backward hooks, which Captum's ``GuidedBackprop`` uses, are
     not needed). Equal to Captum's ``GuidedBackprop``.
@@ -97,13 +96,12 @@ def guided_backprop(
         LayerNotFoundError: the model has no ``nn.ReLU`` module.
         TargetError: a target that does not fit the output.
     """
-    _, grads = input_gradients(
-        model, x, target, output=output, forward_kwargs=forward_kwargs, hooks=[_relu_guides(model)]
-    )
-    return as_result(x, grads)
+    inputs = ModelInput.parse(x, forward_kwargs)
+    _, grads = input_gradients(model, inputs, target, output=output, hooks=[_relu_guides(model)])
+    return as_result(inputs, grads)
 
 
-@register("guided_gradcam", "attribution")
+@register("guided_gradcam", "attribution", needs_layer=True, multi_target=True)
 def guided_gradcam(
     model: nn.Module,
     x: Inputs,
@@ -120,8 +118,9 @@ def guided_gradcam(
     Selvaraju et al. (2017), "Grad-CAM: Visual Explanations from Deep Networks via
     Gradient-based Localization": the raw Grad-CAM map of ``layer``
     (:func:`gradlens.cam.gradcam` with ``upsample=False, normalize=False``: ReLU of the
-    channel-weighted activations, weights = spatial mean of the gradients) upsampled to the input size, times :func:`guided_backprop`, element-wise (broadcast
-    over channels). The paper upsamples bilinearly (the default); Captum's
+    channel-weighted activations, weights = spatial mean of the gradients) upsampled to the
+    input size (:func:`gradlens.maps.resize`), times :func:`guided_backprop`, element-wise
+    (broadcast over channels). The paper upsamples bilinearly (the default); Captum's
     ``GuidedGradCam`` uses nearest-neighbour upsampling: ``interpolation="nearest"``
     gives its result. Both passes explain the same class: ``target=None`` is fixed to the
     top class found by the guided pass.
@@ -145,38 +144,29 @@ def guided_gradcam(
 
     Raises:
         LayerNotFoundError: no ``nn.ReLU`` module, or no default layer can be chosen.
+        LayerNotExecutedError: ``layer`` exists but did not run in the forward pass.
         ValueError: ``layer`` selects several modules, or its output cannot be read as
             ``(B, C, h, w)``.
         TargetError: a target that does not fit the output.
     """
-    target = check_target(target, count_samples(x))
+    inputs = ModelInput.parse(x, forward_kwargs)
+    target = check_target(target, inputs.batch_size)
     guided_pass, grads = input_gradients(
-        model, x, target, output=output, forward_kwargs=forward_kwargs, hooks=[_relu_guides(model)]
+        model, inputs, target, output=output, hooks=[_relu_guides(model)]
     )
     if target is None and guided_pass.classes is not None:
         target = guided_pass.classes
     name = single_layer(
         model,
-        layer if layer is not None else default_layer(model, x, forward_kwargs=forward_kwargs),
+        layer
+        if layer is not None
+        else default_layer(model, inputs.x, forward_kwargs=inputs.kwargs),
     )
     cam = gradcam(
-        model,
-        x,
-        name,
-        target,
-        upsample=False,
-        normalize=False,
-        reshape=reshape,
-        output=output,
-        forward_kwargs=forward_kwargs,
+        model, inputs, name, target, upsample=False, normalize=False, reshape=reshape, output=output
     )
-    multi = cam.ndim == 4
     attributions = {}
     for i, grad in grads.items():
-        size = grad.shape[-2:]
-        flat = cam.reshape(-1, 1, *cam.shape[-2:])
-        options = {"align_corners": False} if interpolation in ("bilinear", "bicubic") else {}
-        resized = F.interpolate(flat, size=size, mode=interpolation, **options)
-        resized = resized.reshape(*cam.shape[: 2 if multi else 1], 1, *size)
-        attributions[i] = grad * resized
-    return as_result(x, attributions)
+        # (B, [K,] h, w) -> (B, [K,] 1, H, W): broadcast over the input's channels
+        attributions[i] = grad * resize(cam, grad.shape[-2:], mode=interpolation).unsqueeze(-3)
+    return as_result(inputs, attributions)

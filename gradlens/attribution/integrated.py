@@ -12,6 +12,7 @@ to ``f(x) - f(x')`` up to the quadrature error, returned on request as ``delta``
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
@@ -19,11 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._explain import check_target, differentiate, repeat_target
-from .._inputs import Inputs, prepare
-from .._inputs import batch_size as count_samples
+from .._explain import check_target, clean_pass, differentiate, repeat_target
+from .._inputs import Inputs, ModelInput
 from ..extract import extract
-from ..recorder import Recorder
+from ..outputs import replace_outputs
 from ..registry import register
 from ..selection import Layers
 from ..targets import OutputSpec, Target
@@ -31,26 +31,25 @@ from ._common import (
     Attribution,
     as_result,
     broadcast_to_input,
-    evaluate,
     gradient_or_zeros,
     require_float_inputs,
     single_layer,
     steps_per_chunk,
     targets_first_to_dim1,
-    tile,
-    tile_kwargs,
 )
 
 __all__ = ["RULES", "quadrature", "integrated_gradients", "layer_integrated_gradients"]
 
 RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
-"""The quadrature rules accepted as ``method=``."""
+"""The quadrature rules accepted as ``rule=``."""
+
+DEFAULT_RULE = "gausslegendre"
 
 Baseline = Union[None, float, Tensor, Callable[[Tensor], Tensor]]
 Baselines = Union[Baseline, tuple[Baseline, ...]]
 
 
-def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
+def quadrature(rule: str, steps: int) -> tuple[Tensor, Tensor]:
     """Nodes ``a_s`` and weights ``w_s`` (float64, shape ``(steps,)``) of a rule on ``[0, 1]``.
 
     * ``"gausslegendre"``: the Gauss-Legendre nodes and weights of
@@ -66,29 +65,35 @@ def quadrature(method: str, steps: int) -> tuple[Tensor, Tensor]:
     Raises:
         ValueError: an unknown rule, fewer than one step (two for the trapezoid).
     """
-    if method not in RULES:
-        raise ValueError(f"unknown integration method {method!r}; choose one of {', '.join(RULES)}")
-    minimum = 2 if method == "riemann_trapezoid" else 1
+    if rule not in RULES:
+        raise ValueError(f"unknown integration rule {rule!r}; choose one of {', '.join(RULES)}")
+    minimum = 2 if rule == "riemann_trapezoid" else 1
     if steps < minimum:
-        raise ValueError(f"{method} needs at least {minimum} step(s), got steps={steps}")
+        raise ValueError(f"{rule} needs at least {minimum} step(s), got steps={steps}")
     n = steps
-    if method == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(n)
-        return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(weights / 2)
+    if rule == "gausslegendre":
+        gauss_nodes, gauss_weights = np.polynomial.legendre.leggauss(n)
+        return torch.from_numpy((gauss_nodes + 1) / 2), torch.from_numpy(gauss_weights / 2)
     index = torch.arange(n, dtype=torch.float64)
     uniform = torch.full((n,), 1 / n, dtype=torch.float64)
-    if method == "riemann_left":
+    if rule == "riemann_left":
         return index / n, uniform
-    if method == "riemann_right":
+    if rule == "riemann_right":
         return (index + 1) / n, uniform
-    if method == "riemann_middle":
+    if rule == "riemann_middle":
         return (index + 0.5) / n, uniform
     weights = torch.full((n,), 1 / (n - 1), dtype=torch.float64)
     weights[[0, -1]] /= 2
     return index / (n - 1), weights
 
 
-@register("integrated_gradients", "attribution")
+@register(
+    "integrated_gradients",
+    "attribution",
+    needs_layer=False,
+    multi_target=True,
+    quick_options={"steps": 8},
+)
 def integrated_gradients(
     model: nn.Module,
     x: Inputs,
@@ -96,11 +101,12 @@ def integrated_gradients(
     *,
     baselines: Baselines = None,
     steps: int = 50,
-    method: str = "gausslegendre",
+    rule: str = DEFAULT_RULE,
     batch_size: int | None = 32,
     return_delta: bool = False,
     output: OutputSpec = None,
     forward_kwargs: Mapping[str, Any] | None = None,
+    method: str | None = None,
 ) -> Attribution | tuple[Attribution, Tensor]:
     """Integrated Gradients (Sundararajan et al. 2017) with respect to the inputs.
 
@@ -119,13 +125,15 @@ def integrated_gradients(
             one-sample batch or the whole batch, or a callable ``x -> baseline``; for a tuple
             input, one such value for all floating-point inputs or a tuple of them.
         steps: the number of integration steps.
-        method: the rule (:data:`RULES`).
+        rule: the quadrature rule (:data:`RULES`).
         batch_size: interpolated inputs per forward (``batch_size // B`` steps at a time, at
             least one); ``None``: all steps at once.
         return_delta: also return the completeness error.
         output: picks the logits out of a structured model output.
         forward_kwargs: keyword inputs for the model; tensors whose dim 0 is the batch are
             repeated for the stacked steps.
+        method: deprecated name of ``rule`` (it clashed with the ``method=`` of
+            :func:`smoothgrad`, which could then not pass the rule on).
 
     Returns:
         The attributions, shaped like the input (``(B, K, ...)`` for ``K`` targets per
@@ -137,41 +145,38 @@ def integrated_gradients(
     Raises:
         ValueError: an unknown rule, too few steps, a baseline that does not fit.
         TargetError: a target that does not fit the output.
-        TypeError: no floating-point input.
+        TypeError: no floating-point input, or both ``rule`` and ``method`` given.
     """
-    args, kwargs = prepare(x, forward_kwargs)
-    positions = require_float_inputs(args, "integrated_gradients")
-    batch = count_samples(x)
+    inputs = ModelInput.parse(x, forward_kwargs)
+    positions = require_float_inputs(inputs.args, "integrated_gradients")
+    batch = inputs.batch_size
     target = check_target(target, batch)
-    alphas, weights = quadrature(method, steps)
-    start_points = _baselines(baselines, args, positions)
+    alphas, weights = quadrature(_rule(rule, method), steps)
+    start_points = _baselines(baselines, inputs.args, positions)
     endpoint_scores = None
     if return_delta:
-        both = tuple(
-            torch.cat([a, start_points[i]]) if i in start_points else tile(a, 2)
-            for i, a in enumerate(args)
+        both = inputs.tile(2).with_args(
+            {i: torch.cat([inputs.args[i], start_points[i]]) for i in positions}
         )
-        endpoint_scores, target = evaluate(
-            model, both, tile_kwargs(kwargs, batch, 2), target, batch, output, copies=2
-        )
+        clean = clean_pass(model, both, target, output=output, copies=2)
+        endpoint_scores, target = clean.scores, clean.target
     elif target is None:
-        _, target = evaluate(model, args, kwargs, None, batch, output)
+        target = clean_pass(model, inputs, None, output=output).target
 
     def differentiate_path(points: Tensor) -> tuple[dict[int, Tensor], bool]:
-        k = len(points)
-        scaled = [tile(a, k) for a in args]
-        for i in positions:
-            scaled[i] = _interpolate(start_points[i], args[i], points)
+        path = inputs.tile(len(points))
+        path = path.with_args(
+            {i: _interpolate(start_points[i], inputs.args[i], points) for i in positions}
+        )
         result = differentiate(
             model,
-            tuple(scaled) if isinstance(x, tuple) else scaled[0],
-            repeat_target(target, batch, k),
+            path,
+            repeat_target(target, batch, len(points)),
             wrt_inputs=True,
             output=output,
-            forward_kwargs=tile_kwargs(kwargs, batch, k),
         )
         gradients = {
-            i: gradient_or_zeros(result.input_gradients[i], scaled[i], result.scores)
+            i: gradient_or_zeros(result.input_gradients[i], path.args[i], result.scores)
             for i in positions
         }
         return gradients, result.scores.ndim == 2
@@ -179,11 +184,12 @@ def integrated_gradients(
     totals, multi = _integrate(differentiate_path, alphas, weights, batch, batch_size)
     attributions = {}
     for i in positions:
-        difference = args[i] - start_points[i]
+        difference = inputs.args[i] - start_points[i]
         attributions[i] = (difference.unsqueeze(1) if multi else difference) * totals[i]
-    result = as_result(x, attributions)
+    result = as_result(inputs, attributions)
     if not return_delta:
         return result
+    assert endpoint_scores is not None  # the clean pass above ran because of return_delta
     return result, _delta(attributions, endpoint_scores, batch, multi)
 
 
@@ -195,11 +201,12 @@ def layer_integrated_gradients(
     *,
     baselines: Baselines = None,
     steps: int = 50,
-    method: str = "gausslegendre",
+    rule: str = DEFAULT_RULE,
     batch_size: int | None = 32,
     return_delta: bool = False,
     output: OutputSpec = None,
     forward_kwargs: Mapping[str, Any] | None = None,
+    method: str | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Integrated Gradients with respect to the output of a layer (e.g. a text model's
     ``nn.Embedding``), as Captum's ``LayerIntegratedGradients`` defines it.
@@ -221,7 +228,8 @@ def layer_integrated_gradients(
         baselines: the baseline *inputs* ``x'`` (same forms as for
             :func:`integrated_gradients`, applied to every tensor input, integer ones
             included: the default zeros are token id 0).
-        steps, method, batch_size, output, forward_kwargs: as for :func:`integrated_gradients`.
+        steps, rule, batch_size, output, forward_kwargs, method: as for
+            :func:`integrated_gradients`.
         return_delta: also return ``sum of attributions - (f(x) - f(x'))`` per sample.
 
     Returns:
@@ -230,48 +238,48 @@ def layer_integrated_gradients(
 
     Raises:
         LayerNotFoundError: ``layer`` selects nothing.
+        LayerNotExecutedError: ``layer`` exists but did not run in the forward pass.
         ValueError: it selects several modules, runs more than once per forward, or does not
             return one floating-point tensor; or the rule or steps are invalid.
         TargetError: a target that does not fit the output.
+        TypeError: both ``rule`` and ``method`` given.
     """
     name = single_layer(model, layer)
-    args, kwargs = prepare(x, forward_kwargs)
-    batch = count_samples(x)
+    inputs = ModelInput.parse(x, forward_kwargs)
+    batch = inputs.batch_size
     target = check_target(target, batch)
-    alphas, weights = quadrature(method, steps)
-    tensors = [i for i, a in enumerate(args) if isinstance(a, Tensor)]
-    start_points = _baselines(baselines, args, tensors)
-    both = tuple(
-        torch.cat([a, start_points[i]]) if i in start_points else a for i, a in enumerate(args)
+    alphas, weights = quadrature(_rule(rule, method), steps)
+    tensors = [i for i, a in enumerate(inputs.args) if isinstance(a, Tensor)]
+    start_points = _baselines(baselines, inputs.args, tensors)
+    both = inputs.tile(2).with_args(
+        {i: torch.cat([inputs.args[i], start_points[i]]) for i in start_points}
     )
-    both_kwargs = tile_kwargs(kwargs, batch, 2)
 
     endpoint_scores = None
     if return_delta or target is None:
-        endpoint_scores, fixed, layer_out = _evaluate_with_layer(
-            model, both, both_kwargs, target, batch, output, name
-        )
-        target = fixed
+        clean = clean_pass(model, both, target, output=output, layers=name, copies=2)
+        endpoint_scores, target, layer_out = clean.scores, clean.target, clean.activations[name]
     else:
-        layer_out = extract(model, both, name, forward_kwargs=both_kwargs)[name]
+        layer_out = extract(model, both.x, name, forward_kwargs=both.kwargs)[name]
     if not isinstance(layer_out, Tensor) or not layer_out.is_floating_point():
+        kind = layer_out.dtype if isinstance(layer_out, Tensor) else type(layer_out).__name__
         raise ValueError(
-            f"layer {name!r} returns {type(layer_out).__name__ if not isinstance(layer_out, Tensor) else layer_out.dtype}; "
-            "layer_integrated_gradients needs a layer whose output is one floating-point tensor"
+            f"layer {name!r} returns {kind}; layer_integrated_gradients needs a layer whose "
+            "output is one floating-point tensor"
         )
     end, start = layer_out[:batch], layer_out[batch:]
 
     def differentiate_path(points: Tensor) -> tuple[dict[int, Tensor], bool]:
         k = len(points)
-        substitute = _Substitute(_interpolate(start, end, points), name)
+        with torch.inference_mode(False):  # an ordinary tensor: the tape starts on it
+            substitute = _Substitute(_interpolate(start, end, points), name)
         result = differentiate(
             model,
-            tuple(tile(a, k) for a in args) if isinstance(x, tuple) else tile(args[0], k),
+            inputs.tile(k),
             repeat_target(target, batch, k),
             layers=name,
             output=output,
-            forward_kwargs=tile_kwargs(kwargs, batch, k),
-            hooks=[Recorder(model, name, modify=substitute, store=False)],
+            hooks=[replace_outputs(model, {name: substitute})],
         )
         return {0: result.gradients[name]}, result.scores.ndim == 2
 
@@ -280,10 +288,28 @@ def layer_integrated_gradients(
     attributions = (difference.unsqueeze(1) if multi else difference) * totals[0]
     if not return_delta:
         return attributions
+    assert endpoint_scores is not None  # the clean pass above ran because of return_delta
     return attributions, _delta({0: attributions}, endpoint_scores, batch, multi)
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+
+def _rule(rule: str, method: str | None) -> str:
+    """The quadrature rule, from ``rule=`` or its deprecated name ``method=``."""
+    if method is None:
+        return rule
+    if rule != DEFAULT_RULE:
+        raise TypeError(
+            f"got rule={rule!r} and method={method!r}; method= is the deprecated name of "
+            "rule=, pass only rule="
+        )
+    warnings.warn(
+        "method= is deprecated as the name of the integration rule; pass rule= instead",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return method
 
 
 def _baselines(
@@ -357,27 +383,9 @@ def _delta(
     return total - (endpoint_scores[:batch] - endpoint_scores[batch:])
 
 
-def _evaluate_with_layer(
-    model: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
-    target: Target,
-    batch: int,
-    output: OutputSpec,
-    name: str,
-) -> tuple[Tensor, Target, Any]:
-    """:func:`~gradlens.attribution._common.evaluate` of ``x`` and ``x'`` that also returns
-    the layer's output."""
-    with torch.inference_mode(False), Recorder(model, name) as recorder:
-        values, target = evaluate(model, args, kwargs, target, batch, output, copies=2)
-        layer_out = recorder.activations[name]
-    if isinstance(layer_out, Tensor) and layer_out.is_inference():
-        layer_out = layer_out.clone()
-    return values, target, layer_out
-
-
 class _Substitute:
-    """A ``modify=`` hook that replaces the layer's output by the interpolated points."""
+    """An edit for :func:`~gradlens.outputs.replace_outputs`: the layer's output becomes
+    the interpolated points."""
 
     def __init__(self, points: Tensor, name: str) -> None:
         self.points = points
@@ -395,6 +403,7 @@ class _Substitute:
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
             raise ValueError(
                 f"layer {name!r} returned {shape} for the stacked steps, expected "
-                f"{tuple(self.points.shape)}: its output must be one tensor whose dim 0 is the batch"
+                f"{tuple(self.points.shape)}: its output must be one tensor whose dim 0 is the "
+                "batch"
             )
         return self.points

@@ -47,6 +47,7 @@ def layer_gradient_x_activation(
 
     Raises:
         LayerNotFoundError: ``layer`` selects nothing.
+        LayerNotExecutedError: ``layer`` exists but did not run in the forward pass.
         ValueError: it selects several modules, or its output is not a tensor.
         TargetError: a target that does not fit the output.
     """

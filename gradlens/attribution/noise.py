@@ -22,20 +22,12 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from .._explain import check_target, repeat_target
-from .._inputs import Inputs, prepare
-from .._inputs import batch_size as count_samples
-from ..registry import ATTRIBUTION_METHODS, register
+from .. import registry
+from .._explain import check_target, clean_pass, repeat_target
+from .._inputs import Inputs, ModelInput
+from ..registry import register
 from ..targets import OutputSpec, Target
-from ._common import (
-    Attribution,
-    as_result,
-    evaluate,
-    require_float_inputs,
-    steps_per_chunk,
-    tile,
-    tile_kwargs,
-)
+from ._common import Attribution, as_result, require_float_inputs, steps_per_chunk
 from .gradient import saliency
 
 __all__ = ["smoothgrad", "vargrad", "noise_scale"]
@@ -49,7 +41,13 @@ def noise_scale(x: Tensor, sigma: float) -> Tensor:
     return sigma * (flat.amax(1) - flat.amin(1))
 
 
-@register("smoothgrad", "attribution")
+@register(
+    "smoothgrad",
+    "attribution",
+    needs_layer=False,
+    multi_target=True,
+    quick_options={"n": 8, "seed": 0},
+)
 def smoothgrad(
     model: nn.Module,
     x: Inputs,
@@ -115,7 +113,13 @@ def smoothgrad(
     )
 
 
-@register("vargrad", "attribution")
+@register(
+    "vargrad",
+    "attribution",
+    needs_layer=False,
+    multi_target=True,
+    quick_options={"n": 8, "seed": 0},
+)
 def vargrad(
     model: nn.Module,
     x: Inputs,
@@ -155,16 +159,6 @@ def vargrad(
     )
 
 
-def _resolve(method: Method) -> Callable[..., Attribution]:
-    if callable(method):
-        return method
-    if method not in ATTRIBUTION_METHODS:
-        raise ValueError(
-            f"unknown attribution method {method!r}; registered: {', '.join(sorted(ATTRIBUTION_METHODS))}"
-        )
-    return ATTRIBUTION_METHODS[method]
-
-
 def _noise_average(
     model: nn.Module,
     x: Inputs,
@@ -189,33 +183,35 @@ def _noise_average(
         )
     if method_options.get("return_delta"):
         raise ValueError(
-            "smoothgrad/vargrad average attributions; return_delta=True is not supported inside them"
+            "smoothgrad/vargrad average attributions; return_delta=True is not supported "
+            "inside them"
         )
-    attribute = _resolve(method)
-    args, kwargs = prepare(x, forward_kwargs)
-    positions = require_float_inputs(args, "smoothgrad/vargrad")
-    batch = count_samples(x)
+    attribute = registry.get(method, "attribution")
+    inputs = ModelInput.parse(x, forward_kwargs)
+    positions = require_float_inputs(inputs.args, "smoothgrad/vargrad")
+    batch = inputs.batch_size
     target = check_target(target, batch)
     if target is None:
-        _, target = evaluate(model, args, kwargs, None, batch, output)
+        target = clean_pass(model, inputs, None, output=output).target
     if generator is None and seed is not None:
-        generator = torch.Generator(device=args[positions[0]].device).manual_seed(seed)
-    stds = {i: noise_scale(args[i], sigma) for i in positions}
+        generator = torch.Generator(device=inputs.args[positions[0]].device).manual_seed(seed)
+    stds = {i: noise_scale(inputs.args[i], sigma) for i in positions}
 
     per_chunk = steps_per_chunk(batch_size, batch, n)
     sums: dict[int, Tensor] = {}
     squares: dict[int, Tensor] = {}
     for start in range(0, n, per_chunk):
         k = min(per_chunk, n - start)
-        noisy = [tile(a, k) for a in args]
-        for i in positions:
-            noisy[i] = noisy[i] + _draw(args[i], stds[i], k, generator)
+        copies = inputs.tile(k)
+        noisy = copies.with_args(
+            {i: copies.args[i] + _draw(inputs.args[i], stds[i], k, generator) for i in positions}
+        )
         result = attribute(
             model,
-            tuple(noisy) if isinstance(x, tuple) else noisy[0],
+            noisy.x,
             repeat_target(target, batch, k),
             output=output,
-            forward_kwargs=tile_kwargs(kwargs, batch, k),
+            forward_kwargs=noisy.kwargs,
             **method_options,
         )
         parts = result if isinstance(result, tuple) else (result,)
@@ -230,7 +226,7 @@ def _noise_average(
     means = {i: s / n for i, s in sums.items()}
     if variance:
         means = {i: (squares[i] / n - m.square()).clamp_(min=0) for i, m in means.items()}
-    return as_result(x, means)
+    return as_result(inputs, means)
 
 
 def _draw(x: Tensor, std: Tensor, k: int, generator: torch.Generator | None) -> Tensor:

@@ -10,21 +10,17 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from .._explain import check_target, repeat_target
-from .._inputs import Inputs, prepare
-from .._inputs import batch_size as count_samples
-from ..recorder import Recorder
+from .._explain import check_target, clean_pass, repeat_target
+from .._inputs import Inputs, ModelInput
+from ..buffers import preserve_buffers
 from ..registry import register
 from ..targets import OutputSpec, Target, scores
 from ._common import (
     Attribution,
     as_result,
     broadcast_to_input,
-    evaluate,
     require_float_inputs,
     steps_per_chunk,
-    tile,
-    tile_kwargs,
 )
 
 __all__ = ["occlusion", "window_positions"]
@@ -32,7 +28,13 @@ __all__ = ["occlusion", "window_positions"]
 Size = Union[None, int, Sequence[int]]
 
 
-@register("occlusion", "attribution")
+@register(
+    "occlusion",
+    "attribution",
+    needs_layer=False,
+    multi_target=True,
+    quick_options={"window": 8, "stride": 8},
+)
 def occlusion(
     model: nn.Module,
     x: Inputs,
@@ -92,30 +94,26 @@ def occlusion(
             window (elements would be skipped) or not positive.
         TargetError: a target that does not fit the output.
     """
-    args, kwargs = prepare(x, forward_kwargs)
-    positions = require_float_inputs(args, "occlusion")
-    batch = count_samples(x)
-    target = check_target(target, batch)
-    clean, target = evaluate(model, args, kwargs, target, batch, output)
+    inputs = ModelInput.parse(x, forward_kwargs)
+    positions = require_float_inputs(inputs.args, "occlusion")
+    clean = clean_pass(model, inputs, check_target(target, inputs.batch_size), output=output)
     attributions = {}
     for n, i in enumerate(positions):
-        shape = tuple(args[i].shape[1:])
+        shape = tuple(inputs.args[i].shape[1:])
         win = _window(_pick(window, n, len(positions)), shape)
         step = _stride(_pick(stride, n, len(positions)), win, shape)
         attributions[i] = _occlude_input(
             model,
-            args,
-            kwargs,
+            inputs,
             i,
-            target,
-            clean,
+            clean.target,
+            clean.scores,
             window_positions(shape, win, step),
-            broadcast_to_input(baseline, args[i], "baseline"),
-            batch,
+            broadcast_to_input(baseline, inputs.args[i], "baseline"),
             batch_size,
             output,
         )
-    return as_result(x, attributions)
+    return as_result(inputs, attributions)
 
 
 def window_positions(
@@ -136,42 +134,40 @@ def window_positions(
 
 def _occlude_input(
     model: nn.Module,
-    args: tuple[Any, ...],
-    kwargs: Mapping[str, Any],
+    inputs: ModelInput,
     index: int,
     target: Target,
     clean: Tensor,
     windows: list[tuple[slice, ...]],
     baseline: Tensor,
-    batch: int,
     batch_size: int | None,
     output: OutputSpec,
 ) -> Tensor:
-    x = args[index]
+    """The attribution to positional input ``index``: ``(B, [K,] *sample_shape)``."""
+    x: Tensor = inputs.args[index]
+    batch = inputs.batch_size
     multi = clean.ndim == 2
     lead = (slice(None), slice(None)) if multi else (slice(None),)
     # attribution per sample (and target): (B, [K,] *sample_shape)
     total = x.new_zeros((batch, *clean.shape[1:], *x.shape[1:]), dtype=torch.result_type(clean, x))
     covered = torch.zeros(x.shape[1:], dtype=total.dtype, device=x.device)
     per_chunk = steps_per_chunk(batch_size, batch, len(windows))
-    with Recorder(model):  # an empty Recorder restores buffers
+    with preserve_buffers(model):
         for start in range(0, len(windows), per_chunk):
             chunk = windows[start : start + per_chunk]
             k = len(chunk)
             occluded = x.expand(k, *x.shape).clone()
             for j, window in enumerate(chunk):
-                occluded[(j, slice(None), *window)] = baseline[(slice(None), *window)]
-            stacked = [
-                occluded.view(k * batch, *x.shape[1:]) if j == index else tile(a, k)
-                for j, a in enumerate(args)
-            ]
+                in_sample = (slice(None),) + window
+                occluded[(j,) + in_sample] = baseline[in_sample]
+            stacked = inputs.tile(k).with_args({index: occluded.view(k * batch, *x.shape[1:])})
             with torch.inference_mode():
-                out = model(*stacked, **tile_kwargs(kwargs, batch, k))
+                out = stacked.call(model)
                 values, _ = scores(out, repeat_target(target, batch, k), k * batch, output)
             drops = (clean.repeat(k, *([1] * (clean.ndim - 1))) - values).view(k, *clean.shape)
             for j, window in enumerate(chunk):
                 view = drops[j].reshape(*drops[j].shape, *([1] * (x.ndim - 1)))
-                total[(*lead, *window)] += view
+                total[lead + window] += view
                 covered[window] += 1
     return total / covered
 
@@ -181,7 +177,8 @@ def _pick(spec: Any, n: int, count: int) -> Any:
     if isinstance(spec, list):
         if len(spec) != count:
             raise ValueError(
-                f"a list of window/stride specs needs one per floating-point input ({count}), got {len(spec)}"
+                "a list of window/stride specs needs one per floating-point input "
+                f"({count}), got {len(spec)}"
             )
         return spec[n]
     return spec
@@ -197,7 +194,8 @@ def _window(spec: Size, shape: tuple[int, ...]) -> tuple[int, ...]:
     for w, size in zip(sizes, shape):
         if not 1 <= w <= size:
             raise ValueError(
-                f"window {sizes} does not fit a sample of shape {shape}: each size must be in 1..{size}"
+                f"window {sizes} does not fit a sample of shape {shape}: each size must be "
+                f"in 1..{size}"
             )
     return sizes
 

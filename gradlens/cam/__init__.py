@@ -6,10 +6,11 @@ Gradient-weighted: :func:`gradcam`, :func:`gradcampp`, :func:`xgradcam`, :func:`
 backward). Gradient-free: :func:`eigencam` (activations only), :func:`scorecam` and
 :func:`ablationcam` (batched ``inference_mode`` evaluations).
 
-Common signature: ``method(model, x, layer=None, target=None, *, upsample=True,
-normalize=True, reshape=None, output=None, forward_kwargs=None, select=None,
-per_layer=False)`` returning float32 maps ``(B, H, W)`` -- ``(B, K, H, W)`` for ``K``
-targets per sample -- on the input's device. Post-processing: ReLU, bilinear upsampling
+Common signature: ``method(model, x, layer=None, target=None, **options)`` with the
+options of :class:`CamOptions` (``upsample=True, normalize=True, reshape=None,
+output=None, forward_kwargs=None, select=None, per_layer=False``), returning float32 maps
+``(B, H, W)`` -- ``(B, K, H, W)`` for ``K`` targets per sample -- on the input's device.
+Post-processing (:mod:`gradlens.maps`): ReLU, bilinear upsampling
 (``align_corners=False``), per-map min-max normalisation (constant maps become zeros).
 Token and channels-last layouts: :mod:`gradlens.cam.reshape`.
 
@@ -20,16 +21,18 @@ Token and channels-last layouts: :mod:`gradlens.cam.reshape`.
 from __future__ import annotations
 
 from ..registry import CAM_METHODS
-from .base import Weights, cam, normalize_maps, postprocess
+from .ablation_cam import ablationcam
+from .base import CamOptions, Weights, cam, normalize_maps, postprocess
 from .eigen import eigencam, first_component
 from .gradient import eigengradcam, gradcam, gradcampp, hirescam, layercam, xgradcam
-from .perturbation import MASKS, SCORES, ablationcam, scorecam
 from .reshape import Reshape, to_nchw
+from .score_cam import MASKS, SCORES, scorecam
 
 METHODS = CAM_METHODS
 """``{name: method}`` of every CAM method (``gradlens.registry.CAM_METHODS``)."""
 
 __all__ = [
+    "CamOptions",
     "MASKS",
     "METHODS",
     "Reshape",

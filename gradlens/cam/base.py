@@ -12,27 +12,62 @@ returned on the input's device.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._explain import differentiate
-from .._inputs import Inputs, as_args, batch_size, first_tensor
+from .._inputs import Inputs, ModelInput
 from ..errors import OutputSelectionError
+from ..maps import normalize as normalize_maps
+from ..maps import resize
 from ..selection import Layers, select_layers
 from ..summary import default_layer
 from ..targets import OutputSpec, Target
 from .reshape import Reshape, to_nchw
 
-__all__ = ["Weights", "CamResult", "cam", "postprocess", "normalize_maps", "weighted_sum"]
+__all__ = [
+    "Weights",
+    "CamResult",
+    "CamOptions",
+    "cam",
+    "postprocess",
+    "normalize_maps",
+    "weighted_sum",
+]
 
 Weights = Callable[[Tensor, Tensor], Tensor]
 """``(activations, gradients) -> channel weights (N, C) or a map (N, h, w)``; both
 arguments are float32 ``(N, C, h, w)`` tensors."""
 
 CamResult = Any  # a Tensor, or {layer: Tensor} with per_layer=True
+
+
+class CamOptions(TypedDict, total=False):
+    """The keyword options every CAM method takes (``**options: Unpack[CamOptions]``), with
+    their defaults; :func:`cam` describes them in full.
+
+    Attributes:
+        upsample: resize the maps to the input's ``(H, W)`` (bilinear,
+            ``align_corners=False``); default ``True``.
+        normalize: min-max normalise each map to ``[0, 1]``; default ``True``.
+        reshape: the layout of the layer's output (:mod:`gradlens.cam.reshape`); default
+            ``None`` (automatic).
+        output: picks the logits out of a structured model output; default ``None``.
+        forward_kwargs: keyword inputs for the model; default ``None``.
+        select: picks one tensor of a layer's structured output; default ``None``.
+        per_layer: return ``{layer: maps}`` instead of the mean over layers; default
+            ``False``.
+    """
+
+    upsample: bool
+    normalize: bool
+    reshape: Reshape
+    output: OutputSpec
+    forward_kwargs: Mapping[str, Any] | None
+    select: OutputSpec | Mapping[str, OutputSpec]
+    per_layer: bool
 
 
 def cam(
@@ -101,6 +136,7 @@ def cam(
 
     Raises:
         LayerNotFoundError: ``layer`` names no module (the message suggests close names).
+        LayerNotExecutedError: the layer exists but did not run in the forward pass.
         TargetError: a target that does not fit the output (class out of range, wrong
             number of targets, a callable returning the wrong shape).
         OutputSelectionError: a structured model output without ``output=`` (or a
@@ -108,44 +144,38 @@ def cam(
         ValueError: the layer's output cannot be read as ``(B, C, h, w)``, or ``weights``
             returned a tensor of another shape.
     """
-    names = resolve_layers(model, x, layer, forward_kwargs)
-    result = differentiate(
-        model, x, target, layers=names, output=output, forward_kwargs=forward_kwargs, select=select
-    )
-    batch, size = batch_size(x), image_size(x)
+    inputs = ModelInput.parse(x, forward_kwargs)
+    names = resolve_layers(model, inputs, layer)
+    result = differentiate(model, inputs, target, layers=names, output=output, select=select)
     multi = result.scores.ndim == 2
     raw = {}
     for name in names:
-        activation = layer_tensor(result.activations[name], name)
-        A = to_nchw(activation, batch=batch, image_size=size, reshape=reshape, layer=name).float()
+        A = as_nchw(result.activations[name], inputs, reshape, name)
         gradients = layer_tensor(result.gradients[name], name)
         per_target = [
-            apply_weights(
-                weights,
-                A,
-                to_nchw(g, batch=batch, image_size=size, reshape=reshape, layer=name).float(),
-            )
+            apply_weights(weights, A, as_nchw(g, inputs, reshape, name))
             for g in (gradients.unbind(0) if multi else [gradients])
         ]
         raw[name] = torch.stack(per_target, dim=1) if multi else per_target[0]
-    return finish(raw, x, upsample=upsample, normalize=normalize, per_layer=per_layer)
+    return finish(raw, inputs, upsample=upsample, normalize=normalize, per_layer=per_layer)
 
 
-def resolve_layers(
-    model: nn.Module, x: Inputs, layer: Layers | None, forward_kwargs: Mapping[str, Any] | None
-) -> list[str]:
+def resolve_layers(model: nn.Module, inputs: ModelInput, layer: Layers | None) -> list[str]:
     """The names of the selected layers (in model order), or the default CAM layer for ``None``."""
     if layer is None:
-        return [default_layer(model, x, forward_kwargs=forward_kwargs)]
+        return [default_layer(model, inputs.x, forward_kwargs=inputs.kwargs)]
     return list(select_layers(model, layer))
 
 
-def image_size(x: Inputs) -> tuple[int, int] | None:
-    """``(H, W)`` of the first 4-D tensor among the inputs (the image), or ``None``."""
-    for a in as_args(x):
-        if isinstance(a, Tensor) and a.ndim == 4:
-            return int(a.shape[-2]), int(a.shape[-1])
-    return None
+def as_nchw(value: Any, inputs: ModelInput, reshape: Reshape, name: str) -> Tensor:
+    """A layer's recorded output (or gradient) as a float32 ``(B, C, h, w)`` tensor."""
+    return to_nchw(
+        layer_tensor(value, name),
+        batch=inputs.batch_size,
+        image_size=inputs.image_size,
+        reshape=reshape,
+        layer=name,
+    ).float()
 
 
 def layer_tensor(value: Any, name: str) -> Tensor:
@@ -187,7 +217,8 @@ def postprocess(
     raw: Tensor, size: tuple[int, int] | None, *, upsample: bool, normalize: bool
 ) -> Tensor:
     """ReLU, then bilinear upsampling of the last two dims to ``size`` (when ``upsample``),
-    then per-map min-max normalisation (when ``normalize``), in float32."""
+    then per-map min-max normalisation (when ``normalize``), in float32
+    (:mod:`gradlens.maps`)."""
     maps = raw.float().clamp(min=0)
     if upsample:
         if size is None:
@@ -195,28 +226,23 @@ def postprocess(
                 "upsample=True needs an image input (B, C, H, W) to take the size from; "
                 "pass upsample=False for the maps at the layer's resolution"
             )
-        if tuple(maps.shape[-2:]) != tuple(size):
-            flat = maps.reshape(-1, 1, *maps.shape[-2:])
-            up = F.interpolate(flat, size=size, mode="bilinear", align_corners=False)
-            maps = up.reshape(*maps.shape[:-2], *size)
+        maps = resize(maps, size)
     return normalize_maps(maps) if normalize else maps
 
 
-def normalize_maps(maps: Tensor) -> Tensor:
-    """Min-max normalise each map (last two dims) to ``[0, 1]``; constant maps become zeros."""
-    low = maps.amin(dim=(-2, -1), keepdim=True)
-    span = maps.amax(dim=(-2, -1), keepdim=True) - low
-    return (maps - low) / torch.where(span > 0, span, torch.ones_like(span))
-
-
 def finish(
-    raw: Mapping[str, Tensor], x: Inputs, *, upsample: bool, normalize: bool, per_layer: bool
+    raw: Mapping[str, Tensor],
+    inputs: ModelInput,
+    *,
+    upsample: bool,
+    normalize: bool,
+    per_layer: bool,
 ) -> CamResult:
     """Post-process each layer's raw map and combine the layers (see :func:`cam`)."""
-    size = image_size(x)
-    device = first_tensor(x).device
     maps = {
-        name: postprocess(m, size, upsample=upsample, normalize=normalize).to(device)
+        name: postprocess(m, inputs.image_size, upsample=upsample, normalize=normalize).to(
+            inputs.device
+        )
         for name, m in raw.items()
     }
     if per_layer:
@@ -225,9 +251,10 @@ def finish(
         return next(iter(maps.values()))
     shapes = {tuple(m.shape) for m in maps.values()}
     if len(shapes) > 1:
+        sizes = ", ".join(f"{n}: {tuple(m.shape)}" for n, m in maps.items())
         raise ValueError(
-            f"the layers' maps have different sizes ({', '.join(f'{n}: {tuple(m.shape)}' for n, m in maps.items())}) "
-            "and cannot be averaged without upsample=True; pass per_layer=True to get each one"
+            f"the layers' maps have different sizes ({sizes}) and cannot be averaged without "
+            "upsample=True; pass per_layer=True to get each one"
         )
     mean = torch.stack(list(maps.values())).mean(dim=0)
     return normalize_maps(mean) if normalize else mean

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._inputs import Inputs, batch_size
+from .._inputs import Inputs, ModelInput
 from ..extract import extract
 from ..registry import register
 from ..selection import Layers
 from ..targets import OutputSpec, Target
-from .base import CamResult, finish, image_size, layer_tensor, resolve_layers
-from .reshape import Reshape, to_nchw
+from .base import CamResult, as_nchw, finish, resolve_layers
+from .reshape import Reshape
 
 __all__ = ["eigencam", "first_component"]
 
@@ -41,7 +41,7 @@ def first_component(values: Tensor) -> Tensor:
     n, c, h, w = values.shape
     matrix = values.float().reshape(n, c, h * w).transpose(1, 2)  # (N, hw, C)
     centred = matrix - matrix.mean(dim=1, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    vh: Tensor = torch.linalg.svd(centred, full_matrices=False).Vh
     projection = (centred @ vh[:, 0, :, None]).squeeze(-1)  # (N, hw), zero mean
     channel_mean = matrix.mean(dim=2)
     agreement = (projection * (channel_mean - channel_mean.mean(dim=1, keepdim=True))).sum(dim=1)
@@ -49,7 +49,7 @@ def first_component(values: Tensor) -> Tensor:
     return (projection * sign[:, None]).reshape(n, h, w)
 
 
-@register("eigencam", "cam")
+@register("eigencam", "cam", needs_layer=True, multi_target=False, uses_target=False)
 def eigencam(
     model: nn.Module,
     x: Inputs,
@@ -84,21 +84,13 @@ def eigencam(
 
     Raises:
         LayerNotFoundError: ``layer`` names no module.
+        LayerNotExecutedError: the layer exists but did not run in the forward pass.
         ValueError: the layer's output cannot be read as ``(B, C, h, w)``.
     """
-    names = resolve_layers(model, x, layer, forward_kwargs)
-    activations = extract(model, x, names, forward_kwargs=forward_kwargs, select=select)
-    batch, size = batch_size(x), image_size(x)
+    inputs = ModelInput.parse(x, forward_kwargs)
+    names = resolve_layers(model, inputs, layer)
+    activations = extract(model, inputs.x, names, forward_kwargs=inputs.kwargs, select=select)
     raw = {
-        name: first_component(
-            to_nchw(
-                layer_tensor(activations[name], name),
-                batch=batch,
-                image_size=size,
-                reshape=reshape,
-                layer=name,
-            )
-        )
-        for name in names
+        name: first_component(as_nchw(activations[name], inputs, reshape, name)) for name in names
     }
-    return finish(raw, x, upsample=upsample, normalize=normalize, per_layer=per_layer)
+    return finish(raw, inputs, upsample=upsample, normalize=normalize, per_layer=per_layer)

@@ -82,7 +82,8 @@ def to_nchw(
     if reshape is not None:
         if tensor.ndim != 4:
             raise ValueError(
-                f"reshape={reshape!r} needs a 4-D output, but {layer!r} returns {tuple(tensor.shape)}"
+                f"reshape={reshape!r} needs a 4-D output, "
+                f"but {layer!r} returns {tuple(tensor.shape)}"
             )
         return tensor if reshape == "nchw" else tensor.permute(0, 3, 1, 2)
     if tensor.ndim == 4:

@@ -1,0 +1,78 @@
+"""gradlens.training: the tiny CNN, its training, and the demo model that learns the shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gradlens.data
+import gradlens.training
+from gradlens.data import make_shapes
+from gradlens.training import QUICK_RECIPE, TinyCNN, accuracy, train, train_demo_model
+
+
+def test_tiny_cnn_keeps_an_8x8_map_in_its_named_last_block():
+    model = TinyCNN(num_classes=9).eval()
+    seen = {}
+
+    def remember(module, inputs, output):
+        seen["shape"] = output.shape
+
+    model.last_conv.register_forward_hook(remember)
+    assert model(torch.rand(2, 3, 64, 64)).shape == (2, 9)
+    assert seen["shape"] == (2, 64, 8, 8)
+    assert model.cam_layer_name == "features.3"
+    assert dict(model.named_modules())["features.3"] is model.features[-1] is model.last_conv
+
+
+def test_accuracy_is_the_share_of_correct_top_classes():
+    class AlwaysOne(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bias = nn.Parameter(torch.tensor([0.0, 1.0, 0.0]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.bias.expand(len(x), 3)
+
+    labels = torch.tensor([1, 1, 0, 2, 1])
+    assert accuracy(AlwaysOne(), torch.zeros(5, 1), labels, batch_size=2) == 3 / 5
+
+
+def test_train_returns_the_model_in_eval_mode_and_leaves_the_global_rng_alone(one_thread):
+    small = make_shapes(32, size=16)
+    model = TinyCNN(num_classes=9, width=4)
+    state = torch.random.get_rng_state()
+    assert train(model, small, epochs=1, batch_size=16, progress=False) is model
+    assert not model.training
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run torch on one thread: tiny convolutions gain nothing from more, and on a busy
+    machine a thread that is not scheduled stalls every parallel op. It also makes the
+    trained model the same on every machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def quick_model(one_thread):
+    return train_demo_model(quick=True, progress=False)
+
+
+def test_the_quick_recipe_reaches_95_percent_on_held_out_data(quick_model):
+    model, test_data, test_accuracy = quick_model
+    assert len(test_data) == QUICK_RECIPE.n_test
+    assert test_accuracy >= 0.95
+    assert accuracy(model, test_data.images, test_data.labels) == test_accuracy
+
+
+def test_the_training_names_are_still_importable_from_gradlens_data():
+    for name in gradlens.training.__all__:
+        assert getattr(gradlens.data, name) is getattr(gradlens.training, name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        gradlens.data.no_such_name  # noqa: B018
