@@ -68,7 +68,8 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.heads, width // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, C / heads)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, width))
+        projected: Tensor = self.proj(out.transpose(1, 2).reshape(batch, tokens, width))
+        return projected
 
 
 class Block(nn.Module):
@@ -85,7 +86,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        mixed: Tensor = x + self.mlp(self.norm2(x))
+        return mixed
 
 
 class PatchEmbedding(nn.Module):
@@ -111,7 +113,8 @@ class PatchEmbedding(nn.Module):
         p = self.patch_size
         patches = x.reshape(batch, channels, height // p, p, width // p, p)
         patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels * p * p)
-        return self.norm_out(self.proj(self.norm_in(patches)))
+        embedded: Tensor = self.norm_out(self.proj(self.norm_in(patches)))
+        return embedded
 
 
 def sincos_positions(height: int, width: int, dim: int) -> Tensor:
@@ -202,7 +205,8 @@ class TinyViT(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         cls = self.class_token.expand(len(x), -1, -1)
         tokens = torch.cat([cls, self.patch_embed(x)], dim=1) + self.position
-        return self.head(self.norm(self.blocks(tokens))[:, 0])
+        logits: Tensor = self.head(self.norm(self.blocks(tokens))[:, 0])
+        return logits
 
 
 @dataclasses.dataclass(frozen=True)

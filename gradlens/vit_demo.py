@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from . import metrics, viz
 from .attention import attention_rollout, gradient_attention_rollout
 from .cam import gradcam
-from .tiny_vit import QUICK_VIT_RECIPE, VIT_RECIPE, train_vit_model
+from .tiny_vit import QUICK_VIT_RECIPE, VIT_RECIPE, TinyViT, train_vit_model
 
 __all__ = ["ViTDemoRow", "ViTDemoResult", "run_vit_demo", "vit_methods"]
 
@@ -53,7 +53,7 @@ class ViTDemoResult:
     table: Path
 
 
-def vit_methods(model: nn.Module) -> dict[str, Callable[[Tensor], Tensor]]:
+def vit_methods(model: TinyViT) -> dict[str, Callable[[Tensor], Tensor]]:
     """The explanations the demo compares, as ``images (B, 3, H, W) -> maps (B, H, W)``
     functions of a trained :class:`~gradlens.tiny_vit.TinyViT` (top class)."""
     return {
