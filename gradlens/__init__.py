@@ -9,7 +9,13 @@ from __future__ import annotations
 import sys
 
 from . import attention, attribution, cam, errors, targets  # noqa: E402  (fill the registry)
-from .attention import AttentionCapture, attentions, capture_attention
+from .attention import (
+    AttentionCapture,
+    attention_rollout,
+    attentions,
+    capture_attention,
+    gradient_attention_rollout,
+)
 from .attribution import (
     guided_backprop,
     guided_gradcam,
@@ -36,6 +42,7 @@ from .cam import (
 from .dataset import Manifest, attribute_dataset, extract_dataset, load_features, merge_shards
 from .errors import (
     AttentionCaptureError,
+    AttentionRolloutError,
     GradientNotAvailableError,
     GradlensError,
     InPlaceBackwardHookError,
@@ -68,10 +75,13 @@ __all__ = [
     "activation_patching",
     "attribution_patching",
     "attention",
+    "attention_rollout",
     "attentions",
     "capture_attention",
+    "gradient_attention_rollout",
     "AttentionCapture",
     "AttentionCaptureError",
+    "AttentionRolloutError",
     "attribute_dataset",
     "attribution",
     "cam",

@@ -1,10 +1,12 @@
-"""``gradlens demo``: every registered method on a model trained here, scored against ground truth.
+"""``gradlens demo``: every CAM and attribution method on a model trained here, scored
+against ground truth.
 
 On a fresh machine, with nothing downloaded: generate the synthetic shapes
 (:mod:`gradlens.data`), train the tiny CNN (:mod:`gradlens.training`), then for a held-out
-set run every method in :data:`gradlens.METHODS` (with its registered quick options,
-:attr:`gradlens.registry.MethodInfo.quick_options`: fewer noise samples, integration
-steps or occlusion windows than its defaults) and score it with the pointing game
+set run every method in :data:`gradlens.METHODS` but the attention methods (a CNN has no
+attention; see :mod:`gradlens.vit_demo`), each with its registered quick options
+(:attr:`gradlens.registry.MethodInfo.quick_options`: fewer noise samples, integration
+steps or occlusion windows than its defaults), and score it with the pointing game
 (against the object's mask), deletion and insertion AUC, and the model-parameter
 randomisation sanity check (:mod:`gradlens.metrics`) against the fully randomised model:
 every layer re-initialised in one step, the state the cascade ends in, which is all the
@@ -81,7 +83,7 @@ def _spatial(maps: Tensor) -> Tensor:
 def run_demo(
     out: str | Path = "gradlens-demo", *, seed: int = 0, quick: bool = False, progress: bool = True
 ) -> DemoResult:
-    """Train the tiny CNN on synthetic shapes and score every registered method.
+    """Train the tiny CNN on synthetic shapes and score every CAM and attribution method.
 
     Args:
         out: output folder (created): ``demo.png`` (images x methods, ground-truth box
@@ -100,10 +102,12 @@ def run_demo(
     n_eval, n_sanity = (24, 4) if quick else (96, 8)
     images, masks = test.images[:n_eval], test.masks[:n_eval]
     tolerance = max(1, round(15 * images.shape[-1] / 224))  # the paper's 15 px at 224 px
-    print(f"held-out accuracy {acc:.3f}; evaluating {len(METHODS)} methods on {n_eval} images")
+    # a CNN has no attention: the attention methods are in the ViT demo (gradlens.vit_demo)
+    methods = {name: f for name, f in METHODS.items() if INFO[name].kind != "attention"}
+    print(f"held-out accuracy {acc:.3f}; evaluating {len(methods)} methods on {n_eval} images")
 
     rows, shown = [], {}
-    for name, method in METHODS.items():
+    for name, method in methods.items():
         options = _options(name, layer)
 
         def explain(

@@ -15,6 +15,7 @@ __all__ = [
     "ManifestMismatchError",
     "InterventionError",
     "AttentionCaptureError",
+    "AttentionRolloutError",
 ]
 
 
@@ -89,3 +90,9 @@ class AttentionCaptureError(GradlensError, RuntimeError):
     """Attention probabilities could not be captured: the model has no attention module, or
     an attention module computed its attention in a way gradlens cannot see (a flash or
     flex-attention kernel, a custom operator), so its probabilities would be missing."""
+
+
+class AttentionRolloutError(GradlensError, ValueError):
+    """The captured attention cannot be rolled out to one row over the input's tokens:
+    windowed attention (Swin) has no global class-token row, layers attend over different
+    token counts or across sequences, or the chosen row does not exist."""

@@ -17,6 +17,7 @@ __all__ = [
     "METHODS",
     "CAM_METHODS",
     "ATTRIBUTION_METHODS",
+    "ATTENTION_METHODS",
     "INFO",
     "MethodInfo",
     "Kind",
@@ -26,7 +27,7 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-Kind = Literal["cam", "attribution"]
+Kind = Literal["cam", "attribution", "attention"]
 
 METHODS: dict[str, Callable[..., Any]] = {}
 """Every registered method, name -> function."""
@@ -37,9 +38,14 @@ CAM_METHODS: dict[str, Callable[..., Any]] = {}
 ATTRIBUTION_METHODS: dict[str, Callable[..., Any]] = {}
 """Methods returning input-space attributions shaped like the input."""
 
+ATTENTION_METHODS: dict[str, Callable[..., Any]] = {}
+"""Methods explaining a transformer through its attention: maps ``(B, H, W)`` for images,
+``(B, T)`` for text."""
+
 _FAMILIES: dict[str, dict[str, Callable[..., Any]]] = {
     "cam": CAM_METHODS,
     "attribution": ATTRIBUTION_METHODS,
+    "attention": ATTENTION_METHODS,
 }
 
 
@@ -49,7 +55,7 @@ class MethodInfo:
 
     Attributes:
         name: the registered name.
-        kind: its family, ``"cam"`` or ``"attribution"``.
+        kind: its family, ``"cam"``, ``"attribution"`` or ``"attention"``.
         needs_layer: it takes a ``layer`` argument (the CAMs, Guided Grad-CAM).
         multi_target: it accepts ``K`` targets per sample (a ``(B, K)`` target).
         uses_target: its result depends on the target (Eigen-CAM's does not).
@@ -82,7 +88,7 @@ def register(
 
     Args:
         name: the name users pass (``gradlens cam --method NAME``, ``attribute_dataset``).
-        kind: ``"cam"`` or ``"attribution"``.
+        kind: ``"cam"``, ``"attribution"`` or ``"attention"``.
         needs_layer: it takes a ``layer`` argument; defaults to ``True`` for CAMs.
         multi_target: it accepts ``(B, K)`` targets.
         uses_target: its result depends on the target.

@@ -33,7 +33,7 @@ import gradlens
 import gradlens.attribution
 import gradlens.cam
 import gradlens.metrics
-from gradlens.errors import TargetError
+from gradlens.errors import AttentionCaptureError, TargetError
 from gradlens.registry import INFO, METHODS
 
 from .contract_support import (
@@ -179,6 +179,18 @@ def _first_logit(output: torch.Tensor) -> torch.Tensor:
     return output[:, 0]
 
 
+def _refuses_the_cnn(method: Callable[..., Any]) -> Callable[[Call], None]:
+    """The attention methods on ContractNet, which has no attention module: they must refuse
+    it before running it, and leave no trace (tests/test_attention_methods.py checks the
+    same contract on transformers, where they succeed)."""
+
+    def run(c: Call) -> None:
+        with pytest.raises(AttentionCaptureError, match="no attention module"):
+            method(c.model, c.x, target=c.target)
+
+    return run
+
+
 ENTRY_POINTS: dict[str, Case] = {
     **{name: _method_case(name) for name, info in INFO.items() if info.kind in KINDS_WITH_A_CASE},
     "cam": Case(
@@ -252,6 +264,11 @@ ENTRY_POINTS: dict[str, Case] = {
         ),
         takes_target=False,
     ),
+    **{
+        name: Case(METHODS[name], _refuses_the_cnn(METHODS[name]), False, runs_model=False)
+        for name, info in INFO.items()
+        if info.kind == "attention"
+    },
     "attribute_dataset": Case(
         gradlens.attribute_dataset,
         lambda c: gradlens.attribute_dataset(
@@ -281,6 +298,7 @@ EXEMPT: dict[str, str] = {
     "NotRecordedError": "an exception class",
     "InterventionError": "an exception class",
     "AttentionCaptureError": "an exception class",
+    "AttentionRolloutError": "an exception class",
     # records and results: plain data
     "Call": "what a Recorder stores for one module call",
     "LayerInfo": "a row of gradlens.layers' table",

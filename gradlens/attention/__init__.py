@@ -5,7 +5,10 @@
 * :func:`capture_attention` / :class:`AttentionCapture` -- the context manager behind it,
   which also keeps the probabilities in the autograd graph for their gradients (used by
   ``gradlens.record(model, layers, attention=True)``);
-* :func:`attention_modules` -- which modules count as attention.
+* :func:`attention_modules` -- which modules count as attention;
+* :func:`attention_rollout` and :func:`gradient_attention_rollout` -- the methods built on
+  them (registered in :data:`gradlens.METHODS`, kind ``"attention"``), with their maths in
+  :mod:`gradlens.attention.rollout`.
 
 The probabilities are captured whatever kernel computes them (fused
 ``scaled_dot_product_attention``, ``nn.MultiheadAttention`` with ``need_weights=False``,
@@ -15,12 +18,15 @@ eager attention); see :mod:`gradlens.attention.capture`.
 from __future__ import annotations
 
 from .capture import AttentionCall, AttentionCapture, attention_modules, capture_attention
+from .methods import attention_rollout, gradient_attention_rollout
 from .probabilities import attentions
 
 __all__ = [
     "AttentionCall",
     "AttentionCapture",
     "attention_modules",
+    "attention_rollout",
     "attentions",
     "capture_attention",
+    "gradient_attention_rollout",
 ]
