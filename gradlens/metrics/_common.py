@@ -1,0 +1,97 @@
+"""What the image metrics share: maps reduced to ``(B, H, W)``, the classes explained, the
+scores of a forward, and the guard that leaves the model as it was."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._explain import clean_pass
+from .._inputs import ModelInput
+from ..buffers import preserve_buffers
+from ..errors import TargetError
+from ..maps import resize, to_2d
+from ..targets import OutputSpec, Target, select_output
+
+Method = Callable[..., Tensor]
+
+
+def _reduce_maps(maps: Tensor, size: Sequence[int] | None = None) -> Tensor:
+    """``(B, H, W)`` float maps from ``(B, H, W)`` or ``(B, C, H, W)``
+    (:func:`gradlens.maps.to_2d`), resized to ``size``."""
+    if not isinstance(maps, Tensor):
+        maps = torch.as_tensor(maps)
+    maps = to_2d(maps.detach()).float()
+    return maps if size is None else resize(maps, size)
+
+
+def _check_images(images: Tensor, maps: Tensor) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
+    if maps.shape[0] != images.shape[0]:
+        raise ValueError(f"{maps.shape[0]} maps for {images.shape[0]} images")
+
+
+@contextlib.contextmanager
+def _untouched(model: nn.Module) -> Iterator[None]:
+    """Run forwards that leave ``model`` as it was (restores buffers in training mode)."""
+    if model.training:
+        warnings.warn(
+            "the model is in training mode; metrics are usually computed in eval mode "
+            "(call model.eval()). Its buffers will be restored afterwards.",
+            UserWarning,
+            stacklevel=5,
+        )
+    with preserve_buffers(model), torch.inference_mode():
+        yield
+
+
+def _logits(model: nn.Module, x: Tensor, output: OutputSpec) -> Tensor:
+    return select_output(model(x), output)
+
+
+def _classes(
+    model: nn.Module, images: Tensor, target: Target, output: OutputSpec, batch_size: int
+) -> Tensor:
+    """``(B,)`` class indices: ``target`` parsed against the model's output on ``images``."""
+    if target is not None and callable(target) and not isinstance(target, Tensor):
+        raise TargetError(
+            "this metric needs class targets (None, an int or one class per sample), not a callable"
+        )
+    chunks = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size]
+        part = target
+        if target is not None and not isinstance(target, int):
+            part = _class_slice(target, images.shape[0], start, start + x.shape[0])
+        classes = clean_pass(model, ModelInput.parse(x), part, output=output).classes
+        if classes is None or classes.ndim != 1:
+            raise TargetError(
+                "this metric needs logits of shape (B, num_classes) and one class per sample"
+            )
+        chunks.append(classes)
+    return torch.cat(chunks)
+
+
+def _class_slice(target: Any, batch: int, start: int, stop: int) -> Any:
+    """The part ``[start:stop]`` of a per-sample target (checked for length ``batch`` first)."""
+    if isinstance(target, Tensor) and target.ndim == 0:
+        return target
+    try:
+        length = len(target)
+    except TypeError:
+        return target  # let scores() complain about the type
+    if length != batch:
+        raise TargetError(f"target has {length} entries for {batch} samples")
+    return target[start:stop]
+
+
+def _score(logits: Tensor, classes: Tensor, score: str) -> Tensor:
+    logits = logits.double()  # float64 keeps small probabilities (average drop divides by them)
+    values = torch.softmax(logits, dim=1) if score == "probability" else logits
+    return values.gather(1, classes[:, None].to(values.device))[:, 0]
