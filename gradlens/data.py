@@ -30,6 +30,11 @@ Image recipe (``size=64``):
 
 The :class:`~gradlens.training.TinyCNN` of :mod:`gradlens.training` learns the classes
 to >= 95 % held-out accuracy, and Grad-CAM on its last block lands on the object.
+
+The text counterpart -- token sequences whose label is decided by one or two trigger
+tokens, with the trigger positions as ground truth, and the tiny transformer that learns
+it -- is in :mod:`gradlens.text_task`; its public names are importable from here too
+(:func:`make_text_task`, :class:`TextTaskData`, :class:`TinyTextClassifier`, ...).
 """
 
 from __future__ import annotations
@@ -42,7 +47,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SHAPES", "COLOURS", "ShapesData", "ShapesDataset", "make_shapes"]
+from .text_task import (
+    MASK_ID,
+    PAD_ID,
+    UNK_ID,
+    TextClassifierConfig,
+    TextTaskData,
+    TinyTextClassifier,
+    make_text_task,
+    trigger_ids,
+    vocabulary,
+)
+
+__all__ = [
+    "SHAPES",
+    "COLOURS",
+    "ShapesData",
+    "ShapesDataset",
+    "make_shapes",
+    # the synthetic text task (gradlens.text_task)
+    "PAD_ID",
+    "UNK_ID",
+    "MASK_ID",
+    "TextTaskData",
+    "make_text_task",
+    "vocabulary",
+    "trigger_ids",
+    "TextClassifierConfig",
+    "TinyTextClassifier",
+]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 """The object shapes :func:`make_shapes` can draw."""

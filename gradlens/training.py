@@ -12,6 +12,8 @@ on the documentation's Performance page).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .data import ShapesData, make_shapes
+from .text_task import TextTaskData, TinyTextClassifier, make_text_task
 
 __all__ = [
     "TinyCNN",
@@ -28,6 +31,9 @@ __all__ = [
     "FULL_RECIPE",
     "QUICK_RECIPE",
     "train_demo_model",
+    "TEXT_RECIPE",
+    "QUICK_TEXT_RECIPE",
+    "train_text_model",
 ]
 
 
@@ -100,16 +106,33 @@ class TinyCNN(nn.Module):
         return logits
 
 
-def _tensors(data: ShapesData | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+Inputs = Tensor | Mapping[str, Tensor]
+"""A model input: a tensor (``model(x)``) or keyword tensors (``model(**x)``)."""
+
+
+def _tensors(data: ShapesData | TextTaskData | tuple[Inputs, Tensor]) -> tuple[Inputs, Tensor]:
     if isinstance(data, ShapesData):
         return data.images, data.labels
-    images, labels = data
-    return images, labels
+    if isinstance(data, TextTaskData):
+        return data.inputs, data.labels
+    inputs, labels = data
+    return inputs, labels
+
+
+def _logits(model: nn.Module, inputs: Inputs, index: Any, device: torch.device) -> Tensor:
+    """The logits of the rows ``index`` of ``inputs``; a structured output (a Hugging Face
+    ``ModelOutput``, a dict) gives its ``"logits"`` entry."""
+    if isinstance(inputs, Mapping):
+        output = model(**{key: value[index].to(device) for key, value in inputs.items()})
+    else:
+        output = model(inputs[index].to(device))
+    logits: Tensor = output if isinstance(output, Tensor) else output["logits"]
+    return logits
 
 
 def train(
     model: nn.Module,
-    data: ShapesData | tuple[Tensor, Tensor],
+    data: ShapesData | TextTaskData | tuple[Inputs, Tensor],
     *,
     epochs: int = 6,
     batch_size: int = 32,
@@ -127,8 +150,13 @@ def train(
     a private generator seeded with ``seed``; the global RNG is not touched.
 
     Args:
-        model: a classifier ``(B, C, H, W) -> (B, num_classes)``, trained in place.
-        data: a :class:`ShapesData` or an ``(images (N, C, H, W), labels (N,))`` pair.
+        model: a classifier ``(B, ...) -> (B, num_classes)``, trained in place. It may
+            return a structured output with a ``"logits"`` entry (a Hugging Face
+            ``ModelOutput``).
+        data: a :class:`ShapesData`, a :class:`~gradlens.text_task.TextTaskData` (the model
+            is called as ``model(input_ids=..., attention_mask=...)``), or an
+            ``(inputs, labels (N,))`` pair whose inputs are a tensor ``(N, ...)`` or a
+            mapping of keyword tensors ``(N, ...)``.
         epochs: passes over the data.
         batch_size: samples per step (the last, smaller batch of an epoch is kept).
         lr: the peak learning rate.
@@ -141,7 +169,7 @@ def train(
     Raises:
         ValueError: no data, or ``epochs`` / ``batch_size`` below 1.
     """
-    images, labels = _tensors(data)
+    inputs, labels = _tensors(data)
     if len(labels) == 0 or epochs < 1 or batch_size < 1:
         raise ValueError(
             f"need data, epochs >= 1 and batch_size >= 1; got {len(labels)} samples, "
@@ -163,8 +191,8 @@ def train(
             total_loss = 0.0
             for start in range(0, len(labels), batch_size):
                 index = order[start : start + batch_size]
-                x, y = images[index].to(device), labels[index].to(device)
-                logits = model(x)
+                y = labels[index].to(device)
+                logits = _logits(model, inputs, index, device)
                 loss = F.cross_entropy(logits, y)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -179,12 +207,14 @@ def train(
     return model.eval()
 
 
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: int = 256) -> float:
+def accuracy(model: nn.Module, images: Inputs, labels: Tensor, *, batch_size: int = 256) -> float:
     """Fraction of ``images (N, C, H, W)`` whose top class is ``labels (N,)``.
 
-    Runs under ``torch.inference_mode()`` in the model's current mode (call ``eval()``
-    first for a model with BatchNorm or dropout). Returns a float in [0, 1] (``nan`` for
-    no images).
+    ``images`` may also be a mapping of keyword tensors ``(N, ...)`` (``model(**x)``, e.g.
+    :attr:`gradlens.text_task.TextTaskData.inputs`), and the model may return a structured
+    output with a ``"logits"`` entry. Runs under ``torch.inference_mode()`` in the model's
+    current mode (call ``eval()`` first for a model with BatchNorm or dropout). Returns a
+    float in [0, 1] (``nan`` for no images).
     """
     if len(labels) == 0:
         return float("nan")
@@ -192,19 +222,21 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, *, batch_size: in
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(labels), batch_size):
-            x = images[start : start + batch_size].to(device)
-            y = labels[start : start + batch_size].to(device)
-            correct += int((model(x).argmax(1) == y).sum())
+            rows = slice(start, start + batch_size)
+            y = labels[rows].to(device)
+            correct += int((_logits(model, images, rows, device).argmax(1) == y).sum())
     return correct / len(labels)
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """How :func:`train_demo_model` builds its data and trains.
+    """How :func:`train_demo_model` (and :func:`train_text_model`) builds its data and trains.
 
     Attributes:
-        n_train: training images (``make_shapes(n_train, seed=seed)``).
-        n_test: held-out images (``make_shapes(n_test, seed=seed + 1)``).
+        n_train: training samples (``make_shapes(n_train, seed=seed)``, or
+            ``make_text_task``).
+        n_test: held-out samples (``make_shapes(n_test, seed=seed + 1)``, or
+            ``make_text_task``).
         epochs, batch_size, lr: passed to :func:`train`.
     """
 
@@ -261,3 +293,56 @@ def train_demo_model(
         progress=progress,
     )
     return model, test_data, accuracy(model, test_data.images, test_data.labels)
+
+
+TEXT_RECIPE = Recipe(n_train=3000, n_test=1000, epochs=3, batch_size=32, lr=3e-3)
+"""The synthetic text task (:func:`gradlens.text_task.make_text_task`) for
+:func:`train_text_model`: 282 steps of batch 32."""
+
+QUICK_TEXT_RECIPE = Recipe(n_train=2000, n_test=500, epochs=3, batch_size=32, lr=3e-3)
+"""For demos and tests: 189 steps."""
+
+
+def train_text_model(
+    recipe: Recipe = TEXT_RECIPE,
+    *,
+    model: nn.Module | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[nn.Module, TextTaskData, float]:
+    """Generate the synthetic text task, train a classifier on it and measure it on held-out
+    data.
+
+    Args:
+        recipe: the data sizes and training options (:data:`TEXT_RECIPE`,
+            :data:`QUICK_TEXT_RECIPE` or your own :class:`Recipe`).
+        model: the classifier to train in place: any model called as
+            ``model(input_ids=..., attention_mask=...)`` that returns ``(B, 4)`` logits or
+            a structured output with ``logits`` (e.g. a Hugging Face
+            ``BertForSequenceClassification`` built from a config with ``vocab_size=64``
+            and ``num_labels=4``). ``None``: a new
+            :class:`~gradlens.text_task.TinyTextClassifier`, initialised from ``seed``
+            inside a forked RNG (the global RNG is left as it was).
+        seed: seeds the data (train ``seed``, test ``seed + 1``), the new model's
+            initialisation and the shuffling.
+        progress: show the training progress bar.
+
+    Returns:
+        ``(model, test_data, test_accuracy)`` with the model in eval mode.
+    """
+    train_data = make_text_task(recipe.n_train, seed=seed)
+    test_data = make_text_task(recipe.n_test, seed=seed + 1)
+    if model is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = TinyTextClassifier()
+    train(
+        model,
+        train_data,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        seed=seed,
+        progress=progress,
+    )
+    return model, test_data, accuracy(model, test_data.inputs, test_data.labels)

@@ -57,3 +57,17 @@ def resnet18() -> nn.Module:
 @pytest.fixture
 def image_batch() -> torch.Tensor:
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def trained_text_model():
+    """``(model, held-out data, accuracy)``: the tiny text classifier trained on the synthetic
+    text task with the quick recipe (about 10 s on one thread), shared by the text tests."""
+    from gradlens.training import QUICK_TEXT_RECIPE, train_text_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy 2-core machine stalls multi-threaded tiny ops
+    try:
+        return train_text_model(QUICK_TEXT_RECIPE, seed=0, progress=False)
+    finally:
+        torch.set_num_threads(threads)
