@@ -191,6 +191,34 @@ def _refuses_the_cnn(method: Callable[..., Any]) -> Callable[[Call], None]:
     return run
 
 
+class _TokensToImages(torch.nn.Module):
+    """Token ids ``(N, T)`` in, ContractNet out: the first contract image scaled by each
+    sequence's mean token id, so the text metrics run ContractNet (a submodule, whose state
+    the contract checks) on every sequence they build."""
+
+    def __init__(self, model: torch.nn.Module, image: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.image = image
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        scale = 1 + input_ids.float().mean(1) / 10
+        logits: torch.Tensor = self.model(self.image * scale[:, None, None, None])
+        return logits
+
+
+def _text_metric(metric: Callable[..., Any]) -> Callable[[Call], None]:
+    def run(c: Call) -> None:
+        ids = torch.arange(3, 3 + BATCH * 5).view(BATCH, 5) % 9
+        mask = torch.ones_like(ids)
+        model = _TokensToImages(c.model, c.x[:1].detach())
+        metric(model, ids, ids.float(), c.target, attention_mask=mask, k=[0.2, 0.6])
+
+    return run
+
+
 ENTRY_POINTS: dict[str, Case] = {
     **{name: _method_case(name) for name, info in INFO.items() if info.kind in KINDS_WITH_A_CASE},
     "cam": Case(
@@ -242,6 +270,10 @@ ENTRY_POINTS: dict[str, Case] = {
         gradlens.metrics.pointing_game, _pointing_game, takes_target=False, runs_model=False
     ),
     "randomization_test": Case(gradlens.metrics.randomization_test, _randomization_test),
+    "comprehensiveness": Case(
+        gradlens.metrics.comprehensiveness, _text_metric(gradlens.metrics.comprehensiveness)
+    ),
+    "sufficiency": Case(gradlens.metrics.sufficiency, _text_metric(gradlens.metrics.sufficiency)),
     "extract_dataset": Case(
         gradlens.extract_dataset,
         lambda c: gradlens.extract_dataset(
@@ -318,6 +350,7 @@ EXEMPT: dict[str, str] = {
     "quadrature": "integration points and weights",
     "window_positions": "slices of an occlusion grid",
     "spearman": "rank correlation of two tensors",
+    "token_localization": "compares score tensors with ground-truth masks",
     "gaussian_blur": "blurs images",
     "logit_difference": "builds a metric function from class indices",
     "normalized": "rescales a metric function between two given outputs",

@@ -9,7 +9,7 @@ One module per part; every public name is importable from ``gradlens.metrics``:
 * ``confidence``: :func:`average_drop`, :func:`increase_in_confidence`;
 * ``sanity``: :func:`randomization_test` (:class:`RandomizationResult`) and :func:`spearman`;
 * ``logits``: :func:`logit_difference` and :func:`normalized`, for activation patching;
-* ``text``: :func:`token_localisation`, :func:`comprehensiveness` and :func:`sufficiency`,
+* ``text``: :func:`token_localization`, :func:`comprehensiveness` and :func:`sufficiency`,
   for per-token attributions ``(B, T)`` of a text classifier.
 
 Conventions shared by the image metrics:
@@ -42,6 +42,7 @@ from .curves import CurveResult, deletion, gaussian_blur, insertion
 from .logits import logit_difference, normalized
 from .pointing import pointing_game
 from .sanity import RandomizationResult, randomization_test, spearman
+from .text import ERASER_FRACTIONS, comprehensiveness, sufficiency, token_localization
 
 __all__ = [
     "CurveResult",
@@ -56,4 +57,8 @@ __all__ = [
     "gaussian_blur",
     "logit_difference",
     "normalized",
+    "token_localization",
+    "comprehensiveness",
+    "sufficiency",
+    "ERASER_FRACTIONS",
 ]

@@ -56,9 +56,15 @@ def _logits(model: nn.Module, x: Tensor, output: OutputSpec) -> Tensor:
 
 
 def _classes(
-    model: nn.Module, images: Tensor, target: Target, output: OutputSpec, batch_size: int
+    model: nn.Module,
+    images: Tensor,
+    target: Target,
+    output: OutputSpec,
+    batch_size: int,
+    attention_mask: Tensor | None = None,
 ) -> Tensor:
-    """``(B,)`` class indices: ``target`` parsed against the model's output on ``images``."""
+    """``(B,)`` class indices: ``target`` parsed against the model's output on ``images``
+    (or on token ids ``(B, T)`` with their ``attention_mask``)."""
     if target is not None and callable(target) and not isinstance(target, Tensor):
         raise TargetError(
             "this metric needs class targets (None, an int or one class per sample), not a callable"
@@ -69,7 +75,10 @@ def _classes(
         part = target
         if target is not None and not isinstance(target, int):
             part = _class_slice(target, images.shape[0], start, start + x.shape[0])
-        classes = clean_pass(model, ModelInput.parse(x), part, output=output).classes
+        kwargs = None
+        if attention_mask is not None:
+            kwargs = {"attention_mask": attention_mask[start : start + batch_size]}
+        classes = clean_pass(model, ModelInput.parse(x, kwargs), part, output=output).classes
         if classes is None or classes.ndim != 1:
             raise TargetError(
                 "this metric needs logits of shape (B, num_classes) and one class per sample"
