@@ -5,7 +5,8 @@ On a fresh machine, with nothing downloaded: generate the synthetic text task
 (:mod:`gradlens.text_task`), train the :class:`~gradlens.text_task.TinyTextClassifier`
 (:func:`gradlens.training.train_text_model`), then run every attribution method that
 :func:`gradlens.token_attributions` can run (the registered attribution methods that need
-no layer of their own, :func:`text_methods`), each with its registered quick options, on
+no layer of their own, :func:`text_methods`), each with its registered quick options
+(except occlusion's image windows: it occludes one token at a time), on
 the held-out sequences, explaining the predicted class. Each is scored with
 (:mod:`gradlens.metrics`):
 
@@ -84,10 +85,13 @@ def text_methods() -> list[str]:
 
 def _explainer(name: str, attention_mask: Tensor) -> Callable[..., Tensor]:
     """``explain(model, input_ids, target) -> (B, 1, T)`` scores of method ``name`` with
-    its quick options (one map row per sequence, the layout the randomisation test reads)."""
+    its quick options but image windows (one map row per sequence, the layout the
+    randomisation test reads)."""
     from . import token_attributions  # the per-token attributions (gradlens.text)
 
-    options: dict[str, Any] = dict(INFO[name].quick_options)
+    # occlusion's quick windows are image windows; token_attributions occludes one whole
+    # token at a time when given none
+    options = {k: v for k, v in INFO[name].quick_options.items() if k not in ("window", "stride")}
 
     def explain(model: nn.Module, input_ids: Tensor, target: Any = None) -> Tensor:
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask[: len(input_ids)]}

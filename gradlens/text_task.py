@@ -248,9 +248,15 @@ class TinyTextClassifier(nn.Module):
     :meth:`get_input_embeddings`), ``positions`` (learned position embedding, added to the
     token embedding), ``encoder`` (a :class:`torch.nn.TransformerEncoder` of
     ``num_hidden_layers`` pre-norm :class:`torch.nn.TransformerEncoderLayer`, batch
-    first, padding masked out of the attention), ``norm`` (LayerNorm) and ``classifier``
-    (linear). The class logits are the ``classifier`` of the ``norm`` of the mean of the
-    encoder's outputs over the real (unmasked) tokens, so padding changes nothing.
+    first, padding masked out of the attention, :class:`torch.nn.ReLU` modules in the
+    feed-forward blocks) and ``classifier`` (linear). The class logits are the
+    ``classifier`` of the mean of the encoder's outputs over the real (unmasked) tokens, so
+    padding changes nothing.
+
+    There is no LayerNorm before the head on purpose: it would make the logits invariant to
+    the scale of the pooled vector, and Input x Gradient on the token embeddings then
+    localised the trigger on only 0.74-0.88 of the held-out sequences (two seeds); without
+    it, 0.997-0.999.
 
     Args:
         config: the sizes and special ids; the defaults fit :func:`make_text_task`'s.
@@ -271,6 +277,7 @@ class TinyTextClassifier(nn.Module):
             config.num_attention_heads,
             config.intermediate_size,
             dropout=config.dropout,
+            activation=nn.ReLU(),  # a module, so guided backpropagation can guide it
             batch_first=True,
             norm_first=True,
         )
@@ -278,7 +285,6 @@ class TinyTextClassifier(nn.Module):
         self.encoder = nn.TransformerEncoder(
             layer, config.num_hidden_layers, enable_nested_tensor=False
         )
-        self.norm = nn.LayerNorm(width)
         self.classifier = nn.Linear(width, config.num_labels)
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -301,5 +307,5 @@ class TinyTextClassifier(nn.Module):
         # masked_fill, not a product: the fused inference path may leave nan on padding
         total = x.masked_fill(~real[:, :, None], 0.0).sum(1)
         pooled = total / real.sum(1, keepdim=True).clamp(min=1).to(x.dtype)
-        logits: Tensor = self.classifier(self.norm(pooled))
+        logits: Tensor = self.classifier(pooled)
         return logits

@@ -445,3 +445,12 @@ def test_the_installed_console_script(tmp_path):
     assert done.stderr.splitlines() == [done.stderr.strip()] and done.stderr.startswith(
         "gradlens: error: unknown model"
     )
+
+
+def test_demo_text_runs_gradlens_text_demo_run_text_demo(capsys, monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("gradlens.text_demo")
+    fake.run_text_demo = lambda **kwargs: calls.append(kwargs)
+    monkeypatch.setitem(sys.modules, "gradlens.text_demo", fake)
+    assert run(capsys, "demo", "--text", "--out", tmp_path, "--seed", 3)[0] == 0
+    assert calls == [{"out": str(tmp_path), "seed": 3, "quick": False, "progress": True}]

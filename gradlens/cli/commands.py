@@ -133,8 +133,15 @@ def extract(args: argparse.Namespace) -> int:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """``gradlens demo``: train a tiny CNN on synthetic shapes and score every method."""
-    from ..demo import run_demo  # trains a model: imported only when asked for
+    """``gradlens demo``: train a tiny CNN on synthetic shapes and score every method;
+    ``--text``: train a tiny text transformer and score the per-token attributions."""
+    # each demo trains a model: imported only when asked for
+    if args.text:
+        from ..text_demo import run_text_demo
+
+        run_text_demo(out=args.out, seed=args.seed, quick=args.quick, progress=True)
+        return 0
+    from ..demo import run_demo
 
     run_demo(out=args.out, seed=args.seed, quick=args.quick, progress=True)
     return 0

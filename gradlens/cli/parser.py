@@ -42,9 +42,12 @@ Load the result with: arrays, manifest = gradlens.load_features(DIR)
 DEMO_EXAMPLES = """examples:
   gradlens demo
   gradlens demo --quick --out /tmp/demo
+  gradlens demo --text
 
 Trains a tiny CNN on synthetic shapes (nothing is downloaded), runs every registered
 method on held-out images and scores the maps against the known object masks.
+With --text: trains a tiny transformer on a synthetic text task, runs every per-token
+attribution method on held-out sequences and scores the tokens against the known triggers.
 """
 
 
@@ -162,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    demo.add_argument(
+        "--text",
+        action="store_true",
+        help="the per-token attributions of a tiny text transformer instead",
+    )
     demo.set_defaults(run=commands.demo)
     return parser
 
