@@ -6,7 +6,7 @@ whose forward takes token ids and an attention mask and returns a dict. Writes
 ``transformers.png`` (Grad-CAM maps of the ViT and the Swin model) and ``transformers.txt``
 (layouts, shapes and per-token attributions).
 
-Run: ``python examples/transformers.py [--quick] [--out DIR]``
+Run: ``python examples/transformer_layouts.py [--quick] [--out DIR]``
 """
 
 from __future__ import annotations
