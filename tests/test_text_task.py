@@ -183,3 +183,18 @@ def test_train_text_model_trains_the_model_it_is_given_and_leaves_the_global_rng
     assert trained is model and len(test) == 16 and 0.0 <= acc <= 1.0
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(test.input_ids, make_text_task(16, seed=5).input_ids)
+
+
+def test_train_text_model_trains_a_hugging_face_classifier_through_its_model_output():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=32, num_labels=4, max_position_embeddings=32, pad_token_id=PAD_ID,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    bert = transformers.BertForSequenceClassification(config)
+    before = [p.detach().clone() for p in bert.classifier.parameters()]
+    tiny = Recipe(n_train=64, n_test=16, epochs=1, batch_size=32, lr=1e-3)
+    trained, _, acc = train_text_model(tiny, model=bert, progress=False)
+    assert trained is bert and not bert.training and 0.0 <= acc <= 1.0
+    assert all(not torch.equal(a, b) for a, b in zip(before, bert.classifier.parameters()))
