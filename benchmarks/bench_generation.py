@@ -125,7 +125,6 @@ def variants(
             baseline=baseline,
             steps=steps,
             batch_size=batch_size,
-            output="logits",
         )
 
     return {
@@ -140,7 +139,7 @@ def references(prompt_length: int = PROMPT, k: int = K) -> dict[str, Callable[[]
     """One forward and backward of the full sequence, in two forms."""
     _, model, _, ids, continuation = problem(prompt_length, k)
     full = torch.cat([ids, continuation[None]], dim=1)
-    score = targets.sequence(continuation, output_spec="logits")
+    score = targets.sequence(continuation)
 
     def backward_all():
         model.zero_grad(set_to_none=True)

@@ -48,18 +48,16 @@ def classifier(bert: BertForSequenceClassification, steps: int) -> list[str]:
         "input_ids": torch.tensor([[101, 7, 52, 9, 300, 102], [101, 44, 17, 102, 0, 0]]),
         "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]),
     }
-    scores = gradlens.token_attributions(bert, batch, target=2, steps=steps, output="logits")
+    scores = gradlens.token_attributions(bert, batch, target=2, steps=steps)
     # (2, 6): Integrated Gradients from the [PAD] baseline (model.config.pad_token_id),
     # summed over the hidden size; the padding positions score exactly 0
     # --8<-- [end:tokens]
     lines = [f"token_attributions (integrated_gradients): {_rows(scores)}"]
     # --8<-- [start:methods]
     for method in ("saliency", "input_x_gradient", "smoothgrad", "occlusion"):
-        scores = gradlens.token_attributions(bert, batch, 2, method=method, output="logits")
+        scores = gradlens.token_attributions(bert, batch, 2, method=method)
         lines.append(f"{method}: {_rows(scores)}")
-    norms = gradlens.token_attributions(
-        bert, batch, 2, reduce="norm", baseline=100, steps=steps, output="logits"
-    )
+    norms = gradlens.token_attributions(bert, batch, 2, reduce="norm", baseline=100, steps=steps)
     # --8<-- [end:methods]
     lines.append(f"integrated_gradients, baseline=100, reduce='norm': {_rows(norms)}")
     return lines
@@ -69,7 +67,7 @@ def language_model(gpt2: GPT2LMHeadModel, steps: int) -> list[str]:
     # --8<-- [start:generation]
     prompt = torch.tensor([[15, 201, 33, 87, 410, 9]])  # (B, P) = (1, 6)
     continuation = torch.tensor([[77, 5, 190]])  # (B, K) = (1, 3): e.g. model.generate's
-    rows = gradlens.generation_attributions(gpt2, prompt, continuation, output="logits")
+    rows = gradlens.generation_attributions(gpt2, prompt, continuation)
     # (1, 3, 9): row k attributes log p(continuation[k]) to the 6 + k tokens before it
     # (Input x Gradient; all 3 rows from one forward and one batched backward)
     integrated = gradlens.generation_attributions(
@@ -79,16 +77,15 @@ def language_model(gpt2: GPT2LMHeadModel, steps: int) -> list[str]:
         method="integrated_gradients",
         baseline=0,
         steps=steps,
-        output="logits",
     )
     # --8<-- [end:generation]
     # --8<-- [start:targets]
     ids = torch.cat([prompt, continuation], dim=1)
     whole = gradlens.token_attributions(  # the summed log-probability of the continuation
-        gpt2, ids, targets.sequence(continuation, output_spec="logits"), method="input_x_gradient"
+        gpt2, ids, targets.sequence(continuation), method="input_x_gradient"
     )
     next_token = gradlens.token_attributions(  # the logit of token 42 after the prompt
-        gpt2, prompt, targets.token(42, output_spec="logits"), baseline=0, steps=steps
+        gpt2, prompt, targets.token(42), baseline=0, steps=steps
     )
     # --8<-- [end:targets]
     assert torch.allclose(whole, rows.sum(1), atol=1e-5)  # rows add up to the whole
@@ -131,7 +128,6 @@ def captum_comparison(steps: int) -> list[str]:
         method="integrated_gradients",
         baseline=baseline,
         steps=steps,
-        output="logits",
     )  # (1, K, P + K): also the earlier generated tokens (0 with this baseline)
     # --8<-- [end:captum-llm]
     difference = float((rows[0, :, : ids.shape[1]] - theirs).abs().max())

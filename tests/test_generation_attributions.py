@@ -42,7 +42,7 @@ def _single_row(
     model: nn.Module, prompt: torch.Tensor, continuation: torch.Tensor, k: int, method: str
 ) -> torch.Tensor:
     """Row k the slow way: one call for the one target log p(continuation token k)."""
-    every = targets.sequence(continuation, per_token=True, output_spec="logits")
+    every = targets.sequence(continuation, per_token=True)
     return gradlens.token_attributions(
         model,
         torch.cat([prompt, continuation], 1),
@@ -56,7 +56,7 @@ def _single_row(
 def test_rows_equal_single_target_calls(gpt2: nn.Module, method: str) -> None:
     prompt, continuation = token_ids(2, PROMPT), token_ids(2, K, seed=2)
     rows = gradlens.generation_attributions(
-        gpt2, prompt, continuation, method=method, output="logits", **OPTIONS[method]
+        gpt2, prompt, continuation, method=method, **OPTIONS[method]
     )
     assert rows.shape == (2, K, PROMPT + K)
     for k in range(K):
@@ -68,7 +68,7 @@ def test_rows_equal_single_target_calls(gpt2: nn.Module, method: str) -> None:
 
 def test_positions_at_and_after_each_token_are_zero(gpt2: nn.Module) -> None:
     rows = gradlens.generation_attributions(
-        gpt2, token_ids(1, PROMPT), token_ids(1, K, seed=2), method="saliency", output="logits"
+        gpt2, token_ids(1, PROMPT), token_ids(1, K, seed=2), method="saliency"
     )
     for k in range(K):
         assert torch.equal(rows[0, k, PROMPT + k :], torch.zeros(K - k))
@@ -90,9 +90,7 @@ def test_all_rows_come_from_one_forward_and_one_batched_backward(
     calls = []
     handle = last_block.register_forward_hook(lambda *args: calls.append(1))
     try:
-        gradlens.generation_attributions(
-            gpt2, token_ids(2, PROMPT), token_ids(2, K, seed=2), output="logits"
-        )
+        gradlens.generation_attributions(gpt2, token_ids(2, PROMPT), token_ids(2, K, seed=2))
     finally:
         handle.remove()
     assert len(calls) == 1  # the embedding lookup stops before the blocks
@@ -118,17 +116,14 @@ def test_integrated_gradients_runs_one_batched_pass_per_chunk_of_steps(
         baseline=0,
         steps=4,
         batch_size=2,  # two steps per pass
-        output="logits",
     )
     assert backwards == [True, True]
 
 
 def test_a_shared_continuation_is_used_for_every_prompt(gpt2: nn.Module) -> None:
     prompt, continuation = token_ids(2, PROMPT), token_ids(1, K, seed=2)
-    shared = gradlens.generation_attributions(gpt2, prompt, continuation[0], output="logits")
-    given = gradlens.generation_attributions(
-        gpt2, prompt, continuation.expand(2, -1), output="logits"
-    )
+    shared = gradlens.generation_attributions(gpt2, prompt, continuation[0])
+    given = gradlens.generation_attributions(gpt2, prompt, continuation.expand(2, -1))
     torch.testing.assert_close(shared, given, atol=0, rtol=0)
 
 
@@ -137,7 +132,7 @@ def test_a_left_padded_prompt_scores_zero_on_its_padding(gpt2: nn.Module) -> Non
     mask = torch.ones_like(prompt)
     mask[1, :2] = 0
     rows = gradlens.generation_attributions(
-        gpt2, prompt, token_ids(2, K, seed=2), attention_mask=mask, output="logits"
+        gpt2, prompt, token_ids(2, K, seed=2), attention_mask=mask
     )
     assert torch.equal(rows[1, :, :2], torch.zeros(K, 2))
     assert (rows[0, :, :2] != 0).all()
@@ -149,7 +144,7 @@ def test_a_continuation_batch_that_is_not_the_prompts_is_refused_untouched(
     prompt = token_ids(2, PROMPT)
     before = snapshot(gpt2, prompt)
     with pytest.raises(TokenInputError, match="3 continuations but input_ids holds 2 prompts"):
-        gradlens.generation_attributions(gpt2, prompt, token_ids(3, K), output="logits")
+        gradlens.generation_attributions(gpt2, prompt, token_ids(3, K))
     assert_unchanged(before, snapshot(gpt2, prompt))
 
 
@@ -180,6 +175,5 @@ def test_the_model_is_left_untouched(mode: str) -> None:
             method="integrated_gradients",
             baseline=0,
             steps=2,
-            output="logits",
         )
     assert_unchanged(before, snapshot(model, prompt))

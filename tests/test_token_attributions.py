@@ -56,7 +56,7 @@ def test_integrated_gradients_equals_captum_layer_ig_on_bert(bert: nn.Module) ->
     ids = token_ids(2, 8)
     mask = torch.ones_like(ids)
     ours = gradlens.token_attributions(
-        bert, {"input_ids": ids, "attention_mask": mask}, [0, 2], steps=STEPS, output="logits"
+        bert, {"input_ids": ids, "attention_mask": mask}, [0, 2], steps=STEPS
     )
 
     def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -78,9 +78,7 @@ def test_integrated_gradients_equals_captum_layer_ig_on_gpt2(gpt2: nn.Module) ->
     from captum.attr import LayerIntegratedGradients
 
     ids = token_ids(2, 10)
-    ours = gradlens.token_attributions(
-        gpt2, ids, targets.token(7, output_spec="logits"), baseline=5, steps=STEPS
-    )
+    ours = gradlens.token_attributions(gpt2, ids, targets.token(7), baseline=5, steps=STEPS)
 
     def next_token_logits(input_ids: torch.Tensor) -> torch.Tensor:
         return gpt2(input_ids).logits[:, -1]
@@ -99,7 +97,7 @@ def test_input_x_gradient_is_the_embedding_layers_gradient_x_activation_summed(
     gpt2: nn.Module,
 ) -> None:
     ids = token_ids(2, 6)
-    target = targets.token(3, output_spec="logits")
+    target = targets.token(3)
     ours = gradlens.token_attributions(gpt2, ids, target, method="input_x_gradient")
     layer = gradlens.layer_gradient_x_activation(gpt2, ids, "transformer.wte", target)
     torch.testing.assert_close(ours, layer.sum(-1), atol=1e-6, rtol=0)
@@ -107,9 +105,7 @@ def test_input_x_gradient_is_the_embedding_layers_gradient_x_activation_summed(
 
 def test_norm_is_the_l2_norm_over_the_hidden_size(bert: nn.Module) -> None:
     ids = token_ids(1, 6)
-    ours = gradlens.token_attributions(
-        bert, ids, 1, baseline=3, reduce="norm", steps=STEPS, output="logits"
-    )
+    ours = gradlens.token_attributions(bert, ids, 1, baseline=3, reduce="norm", steps=STEPS)
     layer = gradlens.layer_integrated_gradients(
         bert,
         ids,
@@ -117,7 +113,6 @@ def test_norm_is_the_l2_norm_over_the_hidden_size(bert: nn.Module) -> None:
         1,
         baselines=torch.full_like(ids, 3),
         steps=STEPS,
-        output="logits",
     )
     torch.testing.assert_close(ours, layer.norm(dim=-1), atol=1e-6, rtol=0)
 
@@ -137,7 +132,7 @@ def test_every_layer_capable_method_gives_one_score_per_token_and_zero_on_paddin
     bert: nn.Module, method: str, options: dict
 ) -> None:
     inputs = _masked_batch()
-    scores = gradlens.token_attributions(bert, inputs, 1, method=method, output="logits", **options)
+    scores = gradlens.token_attributions(bert, inputs, 1, method=method, **options)
     assert scores.shape == (2, 8)
     assert torch.equal(scores[1, 5:], torch.zeros(3))
     assert scores[0].abs().sum() > 0 and scores[1, :5].abs().sum() > 0
@@ -147,7 +142,7 @@ def test_occlusion_scores_a_token_by_replacing_it_with_the_baselines_embedding(
     gpt2: nn.Module,
 ) -> None:
     ids = token_ids(1, 5)
-    target = targets.token(9, output_spec="logits")
+    target = targets.token(9)
     scores = gradlens.token_attributions(gpt2, ids, target, method="occlusion", baseline=4)
     with torch.no_grad():
         clean = gpt2(ids).logits[0, -1, 9]
@@ -161,11 +156,9 @@ def test_occlusion_scores_a_token_by_replacing_it_with_the_baselines_embedding(
 def test_k_targets_per_sample_give_one_row_per_target(gpt2: nn.Module) -> None:
     ids = token_ids(2, 6)
     both = gradlens.token_attributions(
-        gpt2, ids, targets.token([[1, 2], [3, 4]], output_spec="logits"), method="saliency"
+        gpt2, ids, targets.token([[1, 2], [3, 4]]), method="saliency"
     )
-    first = gradlens.token_attributions(
-        gpt2, ids, targets.token([1, 3], output_spec="logits"), method="saliency"
-    )
+    first = gradlens.token_attributions(gpt2, ids, targets.token([1, 3]), method="saliency")
     assert both.shape == (2, 2, 6)
     torch.testing.assert_close(both[:, 0], first, atol=1e-6, rtol=0)
 
@@ -207,7 +200,7 @@ def test_a_pad_baseline_on_a_config_without_padding_names_the_field_and_the_alte
     ids = token_ids(1, 4)
     before = snapshot(gpt2, ids)
     with pytest.raises(TokenInputError, match=r"model\.config\.pad_token_id.*baseline=<id>"):
-        gradlens.token_attributions(gpt2, ids, targets.token(1, output_spec="logits"))
+        gradlens.token_attributions(gpt2, ids, targets.token(1))
     assert_unchanged(before, snapshot(gpt2, ids))
 
 
@@ -249,12 +242,12 @@ def test_a_model_without_an_embedding_layer_is_refused_untouched() -> None:
 
 def test_a_mapping_without_input_ids_is_refused(bert: nn.Module) -> None:
     with pytest.raises(TokenInputError, match="'input_ids'"):
-        gradlens.token_attributions(bert, {"ids": token_ids(1, 4)}, 1, output="logits")
+        gradlens.token_attributions(bert, {"ids": token_ids(1, 4)}, 1)
 
 
 def test_float_inputs_are_refused(bert: nn.Module) -> None:
     with pytest.raises(TokenInputError, match="integer tensor"):
-        gradlens.token_attributions(bert, torch.rand(1, 4), 1, output="logits")
+        gradlens.token_attributions(bert, torch.rand(1, 4), 1)
 
 
 # -- zero side effects ---------------------------------------------------------------------
@@ -274,5 +267,14 @@ def test_the_model_is_left_untouched(mode: str) -> None:
     before = snapshot(model, inputs["input_ids"])
     context = {"no_grad": torch.no_grad(), "inference_mode": torch.inference_mode()}
     with context.get(mode, torch.enable_grad()):
-        gradlens.token_attributions(model, inputs, 1, steps=2, output="logits")
+        gradlens.token_attributions(model, inputs, 1, steps=2)
     assert_unchanged(before, snapshot(model, inputs["input_ids"]))
+
+
+def test_an_int_target_on_a_language_model_is_that_token_at_the_last_position(
+    gpt2: nn.Module,
+) -> None:
+    ids = token_ids(2, 6)
+    as_int = gradlens.token_attributions(gpt2, ids, 11, method="input_x_gradient")
+    as_token = gradlens.token_attributions(gpt2, ids, targets.token(11), method="input_x_gradient")
+    torch.testing.assert_close(as_int, as_token, atol=0, rtol=0)
