@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 
-import pytest
 import torch
 
 from gradlens.cli import main
@@ -19,8 +18,6 @@ def test_text_methods_are_the_attributions_without_a_layer_of_their_own():
 
 
 def test_demo_text_quick_writes_the_table_and_ig_and_ixg_find_the_triggers(tmp_path, capsys):
-    # gradlens.token_attributions comes from the branch of issue 12's per-token attributions
-    pytest.importorskip("gradlens.text", reason="gradlens.token_attributions has not landed")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
