@@ -44,6 +44,8 @@ def vision_transformer(x: Tensor) -> dict[str, Tensor]:
     # the last encoder block's first LayerNorm returns (B, 1 + 8 * 8, 32) tokens: a class
     # token and an 8 x 8 grid, read as (B, 32, 8, 8) automatically
     maps = gradcam(vit, x, "encoder.layers.encoder_layer_1.ln_1")  # (B, 64, 64)
+    # it is also the default layer: gradcam(vit, x) gives the same maps
+    assert gradlens.default_layer(vit, x) == "encoder.layers.encoder_layer_1.ln_1"
 
     # --8<-- [end:vit]
     # --8<-- [start:reshape]
