@@ -68,7 +68,7 @@ def _token_rows(
         raise TypeError("tokens must be a list of strings (or a list of such lists), not a str")
     values = np.nan_to_num(as_numpy(scores).astype(np.float64))
     if all(isinstance(token, str) for token in tokens):
-        rows = [list(tokens)]  # type: ignore[arg-type]
+        rows = [list(tokens)]
         if values.ndim == 1:
             values = values[None]
     else:
@@ -205,7 +205,7 @@ def text(
     grid = fig.add_gridspec(
         len(rows), 1, height_ratios=heights, left=0, right=1, top=1, bottom=0, hspace=0
     )
-    style = dict(fontsize=font_size, family="monospace", va="center", ha="left")
+    style: dict[str, Any] = dict(fontsize=font_size, family="monospace", va="center", ha="left")
     for b, (row, lines, name, height) in enumerate(zip(rows, layouts, names, heights)):
         ax = fig.add_subplot(grid[b])
         ax.set_axis_off()
