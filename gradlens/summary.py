@@ -95,8 +95,9 @@ def _shape_of(signature: Any) -> Any:
     return None
 
 
-def _default_from(recorder: Recorder, model: nn.Module) -> str | None:
-    """The default CAM layer of a probed forward pass (the rules of :func:`default_layer`)."""
+def _default_from(recorder: Recorder, model: nn.Module, image_input: bool) -> str | None:
+    """The default CAM layer of a probed forward pass (the rules of :func:`default_layer`);
+    ``image_input``: the input has a 4-D image."""
     calls = recorder.all_calls()
     attention = _attention_names(model)
     spatial = [
@@ -106,8 +107,12 @@ def _default_from(recorder: Recorder, model: nn.Module) -> str | None:
         and not any(c.name != a and _within(c.name, a) for a in attention)
     ]
     token_norm = _token_norm_before_last_attention(calls, named_modules(model), attention)
-    if token_norm is not None and (not spatial or spatial[-1].index < token_norm.index):
-        return token_norm.name
+    sees_image = image_input or (
+        token_norm is not None and bool(spatial) and spatial[0].index < token_norm.index
+    )
+    if token_norm is not None and sees_image:
+        if not spatial or spatial[-1].index < token_norm.index:
+            return token_norm.name
     if not spatial:
         return None
     last = spatial[-1].activation
@@ -213,8 +218,9 @@ def layers(
     named = [(n, m) for n, m in named_modules(model).items() if n]
     if example_input is None:
         return LayerTable(LayerInfo(n, type(m).__name__) for n, m in named)
-    recorder = _probe(model, ModelInput.parse(example_input, forward_kwargs))
-    default = _default_from(recorder, model)
+    inputs = ModelInput.parse(example_input, forward_kwargs)
+    recorder = _probe(model, inputs)
+    default = _default_from(recorder, model, inputs.image_size is not None)
     calls_of: dict[str, list[Any]] = {}
     for call in recorder.all_calls():
         calls_of.setdefault(call.name, []).append(call)
@@ -254,10 +260,13 @@ def default_layer(
       modules returning that same tensor (``layer4``, ``layer4.1``, ``layer4.1.relu``) the
       shortest name.
 
-    When both rules find a layer, the later one wins: the token norm of a ViT (whose
-    patch convolution runs first), the convolution after the transformer blocks of a
-    hybrid model. Models whose blocks return channels-last ``(B, H, W, C)`` maps
-    (torchvision's Swin) follow the CNN rule.
+    The transformer rule is for images: it applies when the input has a 4-D image tensor
+    or a 4-D output (a patch convolution) runs before the norm; text transformers keep
+    the CNN rule, which finds nothing (their CAM would be a grid of tokens: attribute to
+    the embedding layer instead). When both rules find a layer, the later
+    one wins: the token norm of a ViT (whose patch convolution runs first), the
+    convolution after the transformer blocks of a hybrid model. Models whose blocks
+    return channels-last ``(B, H, W, C)`` maps (torchvision's Swin) follow the CNN rule.
 
     Args:
         model: the model.
@@ -274,7 +283,7 @@ def default_layer(
     with torch.inference_mode(False):  # the sample taken must not be an inference tensor
         first = ModelInput.parse(x, forward_kwargs).take(torch.zeros(1, dtype=torch.long))
     recorder = _probe(model, first)
-    name = _default_from(recorder, model)
+    name = _default_from(recorder, model, first.image_size is not None)
     if name is None:
         raise LayerNotFoundError(
             f"{type(model).__name__} has no layer with a 4-D output of more than one spatial "

@@ -188,16 +188,32 @@ class Block(nn.Module):
         return self.norm2(x + self.mlp(x))
 
 
+class LinearPatches(nn.Module):
+    """8 x 8 patches cut with tensor operations and embedded by a Linear: no 4-D output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(3 * 8 * 8, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = nn.functional.unfold(x, kernel_size=8, stride=8)  # (B, 3 * 64, 16)
+        return self.embed(patches.transpose(1, 2)).transpose(1, 2)  # (B, C, N), 3-D
+
+
 class TinyTransformer(nn.Module):
     """8 x 8 patches of a 32 x 32 image as 16 tokens, two blocks, a final norm, a head;
     ``conv_after`` adds a convolution over the 4 x 4 token grid after the blocks."""
 
     def __init__(
-        self, pre_norm: bool = True, qk_norm: bool = False, conv_after: bool = False
+        self,
+        pre_norm: bool = True,
+        qk_norm: bool = False,
+        conv_after: bool = False,
+        linear_patches: bool = False,
     ) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.patch = nn.Conv2d(3, 16, kernel_size=8, stride=8)
+        self.patch = LinearPatches() if linear_patches else nn.Conv2d(3, 16, 8, stride=8)
         self.blocks = nn.Sequential(*(Block(16, pre_norm, qk_norm) for _ in range(2)))
         self.norm = nn.LayerNorm(16)
         self.conv_after = nn.Conv2d(16, 16, 3, padding=1) if conv_after else None
@@ -228,6 +244,20 @@ def test_post_norm_blocks_have_no_norm_before_attention_so_the_spatial_rule_appl
 def test_a_convolution_after_the_blocks_wins_over_the_blocks():
     model = TinyTransformer(conv_after=True)
     assert gradlens.default_layer(model, images()) == "conv_after"
+
+
+def test_an_image_input_is_enough_without_a_patch_convolution():
+    model = TinyTransformer(linear_patches=True)
+    assert gradlens.default_layer(model, images()) == "blocks.1.norm1"
+
+
+def test_text_transformers_get_no_default_layer():
+    # GPT-2's ln_1 comes before its attention, but its tokens are text, not an image grid
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32)
+    gpt2 = transformers.GPT2LMHeadModel(config).eval()
+    with pytest.raises(LayerNotFoundError, match="pass layer="):
+        gradlens.default_layer(gpt2, torch.randint(0, 64, (2, 16)))
 
 
 def test_the_cnn_rule_is_unchanged(resnet18):
