@@ -254,7 +254,15 @@ def test_an_image_input_is_enough_without_a_patch_convolution():
 def test_text_transformers_get_no_default_layer():
     # GPT-2's ln_1 comes before its attention, but its tokens are text, not an image grid
     torch.manual_seed(0)
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32)
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=64,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     gpt2 = transformers.GPT2LMHeadModel(config).eval()
     with pytest.raises(LayerNotFoundError, match="pass layer="):
         gradlens.default_layer(gpt2, torch.randint(0, 64, (2, 16)))

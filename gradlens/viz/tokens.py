@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from ._arrays import ArrayLike, as_numpy
 from .colours import DIVERGING_CMAP, SEQUENTIAL_CMAP
 
-__all__ = ["text", "text_html"]
+__all__ = ["text", "text_html", "wrap"]
 
 Tokens = Union[Sequence[str], Sequence[Sequence[str]]]
 
