@@ -81,7 +81,8 @@ def _probe(model: nn.Module, inputs: ModelInput) -> Recorder:
     recorder = Recorder(model, lambda name, module: name != "", reduce=_signature)
     # outside inference mode: the signature needs version counters, which inference tensors lack
     with torch.inference_mode(False), torch.no_grad(), recorder:
-        recorder.forward(*inputs.args, **inputs.kwargs)
+        args, kwargs = inputs.bind()
+        recorder.forward(*args, **kwargs)
     return recorder
 
 

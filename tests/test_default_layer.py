@@ -92,46 +92,51 @@ def hf_swin() -> nn.Module:
     return transformers.SwinForImageClassification(config).eval()
 
 
-# (model, the first LayerNorm of its last block, options its call needs)
+# model -> the first LayerNorm of its last block (HF models need no output=: their
+# ImageClassifierOutput is scored on its logits)
 VISION_TRANSFORMERS = {
-    "torchvision ViT": (torchvision_vit, "encoder.layers.encoder_layer_1.ln_1", {}),
-    "timm ViT": (timm_vit, "blocks.1.norm1", {}),
-    "HF ViT": (hf_vit, "vit.layers.1.layernorm_before", {"output": "logits"}),
-    "HF Swin": (
-        hf_swin,
-        "swin.encoder.layers.1.blocks.0.layernorm_before",
-        {"output": "logits"},
-    ),
+    "torchvision ViT": (torchvision_vit, "encoder.layers.encoder_layer_1.ln_1"),
+    "timm ViT": (timm_vit, "blocks.1.norm1"),
+    "HF ViT": (hf_vit, "vit.layers.1.layernorm_before"),
+    "HF Swin": (hf_swin, "swin.encoder.layers.1.blocks.0.layernorm_before"),
 }
 
 
 @pytest.fixture(scope="module", params=sorted(VISION_TRANSFORMERS))
-def vision_transformer(request) -> tuple[nn.Module, str, dict]:
-    build, layer, options = VISION_TRANSFORMERS[request.param]
-    return build(), layer, options
+def vision_transformer(request) -> tuple[nn.Module, str]:
+    build, layer = VISION_TRANSFORMERS[request.param]
+    return build(), layer
 
 
 def test_the_default_layer_of_a_vision_transformer_is_the_first_norm_of_its_last_block(
     vision_transformer,
 ):
-    model, layer, _ = vision_transformer
+    model, layer = vision_transformer
     assert gradlens.default_layer(model, images()) == layer
 
 
 def test_layers_marks_the_same_default(vision_transformer):
-    model, layer, _ = vision_transformer
+    model, layer = vision_transformer
     table = gradlens.layers(model, images(1))
     assert [info.name for info in table if info.default] == [layer]
 
 
 def test_gradcam_without_a_layer_maps_the_image_from_that_norm(vision_transformer):
-    model, layer, options = vision_transformer
+    model, layer = vision_transformer
     before = model_state(model)
-    maps = C.gradcam(model, images(), target=1, **options)
+    maps = C.gradcam(model, images(), target=1)
     assert maps.shape == (2, *IMAGE)
     assert (maps.flatten(1).amax(1) == 1).all()  # normalised, and not a constant map
-    torch.testing.assert_close(maps, C.gradcam(model, images(), layer, target=1, **options))
+    torch.testing.assert_close(maps, C.gradcam(model, images(), layer, target=1))
     assert_same_state(before, model_state(model))
+
+
+def test_a_mapping_input_gets_the_same_default_and_maps():
+    model, x = hf_vit(), images()
+    assert gradlens.default_layer(model, {"pixel_values": x}) == "vit.layers.1.layernorm_before"
+    torch.testing.assert_close(
+        C.gradcam(model, {"pixel_values": x}, target=1), C.gradcam(model, x, target=1)
+    )
 
 
 def test_swin_tokens_without_a_class_token_form_the_last_stage_grid():
@@ -142,11 +147,11 @@ def test_swin_tokens_without_a_class_token_form_the_last_stage_grid():
         assert tokens.shape[1:] == (32, 32)  # (B, H*W, C): no class token to drop
         return tokens.transpose(1, 2).reshape(tokens.shape[0], 32, 4, 8)
 
-    raw = dict(target=2, output="logits", upsample=False, normalize=False)
+    raw = dict(target=2, upsample=False, normalize=False)
     auto = C.gradcam(model, x, None, **raw)
     assert auto.shape == (2, 4, 8) and (auto.flatten(1).amax(1) > 0).all()
     torch.testing.assert_close(auto, C.gradcam(model, x, layer, reshape=by_hand, **raw))
-    assert C.gradcam(model, x, output="logits").shape == (2, 32, 64)
+    assert C.gradcam(model, x).shape == (2, 32, 64)
 
 
 # -- the parts of the rule, on hand-made blocks ----------------------------------------------
