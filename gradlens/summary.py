@@ -96,9 +96,9 @@ def _shape_of(signature: Any) -> Any:
     return None
 
 
-def _default_from(recorder: Recorder, model: nn.Module, image_input: bool) -> str | None:
-    """The default CAM layer of a probed forward pass (the rules of :func:`default_layer`);
-    ``image_input``: the input has a 4-D image."""
+def _default_from(recorder: Recorder, model: nn.Module, inputs: ModelInput) -> str | None:
+    """The default CAM layer of a forward pass on ``inputs`` (the rules of
+    :func:`default_layer`)."""
     calls = recorder.all_calls()
     attention = _attention_names(model)
     spatial = [
@@ -107,8 +107,10 @@ def _default_from(recorder: Recorder, model: nn.Module, image_input: bool) -> st
         if _is_spatial(c.activation)
         and not any(c.name != a and _within(c.name, a) for a in attention)
     ]
-    token_norm = _token_norm_before_last_attention(calls, named_modules(model), attention)
-    sees_image = image_input or (
+    token_norm = _token_norm_before_last_attention(
+        calls, named_modules(model), attention, inputs.batch_size
+    )
+    sees_image = inputs.image_size is not None or (
         token_norm is not None and bool(spatial) and spatial[0].index < token_norm.index
     )
     if token_norm is not None and sees_image:
@@ -131,14 +133,14 @@ def _is_spatial(signature: Any) -> bool:
     )
 
 
-def _is_tokens(signature: Any) -> bool:
-    """A ``(1, N, C)`` token tensor with ``N > 1`` (the probe runs one sample)."""
+def _is_tokens(signature: Any, batch: int) -> bool:
+    """A ``(B, N, C)`` token tensor with ``N > 1`` (batch first: ``B = batch``)."""
     shape = _shape_of(signature)
     return (
         isinstance(shape, tuple)
         and len(shape) == 3
         and all(isinstance(s, int) for s in shape)
-        and shape[0] == 1
+        and shape[0] == batch
         and shape[1] > 1
     )
 
@@ -161,7 +163,7 @@ def _attention_names(model: nn.Module) -> list[str]:
 
 
 def _token_norm_before_last_attention(
-    calls: list[Call], modules: Mapping[str, nn.Module], attention_names: list[str]
+    calls: list[Call], modules: Mapping[str, nn.Module], attention_names: list[str], batch: int
 ) -> Call | None:
     """The first token norm that runs before the last attention call in the same block.
 
@@ -176,7 +178,7 @@ def _token_norm_before_last_attention(
     ran = {c.name for c in calls}
     opened: list[tuple[int, int, Call]] = []  # (attention call index, norm call index, norm)
     for position, norm in enumerate(calls):
-        if not (_is_norm(modules[norm.name]) and _is_tokens(norm.activation)):
+        if not (_is_norm(modules[norm.name]) and _is_tokens(norm.activation, batch)):
             continue
         block = _closest_ancestor(norm.name, ran)
         for later in calls[position + 1 :]:
@@ -221,7 +223,7 @@ def layers(
         return LayerTable(LayerInfo(n, type(m).__name__) for n, m in named)
     inputs = ModelInput.parse(example_input, forward_kwargs)
     recorder = _probe(model, inputs)
-    default = _default_from(recorder, model, inputs.image_size is not None)
+    default = _default_from(recorder, model, inputs)
     calls_of: dict[str, list[Any]] = {}
     for call in recorder.all_calls():
         calls_of.setdefault(call.name, []).append(call)
@@ -284,7 +286,7 @@ def default_layer(
     with torch.inference_mode(False):  # the sample taken must not be an inference tensor
         first = ModelInput.parse(x, forward_kwargs).take(torch.zeros(1, dtype=torch.long))
     recorder = _probe(model, first)
-    name = _default_from(recorder, model, first.image_size is not None)
+    name = _default_from(recorder, model, first)
     if name is None:
         raise LayerNotFoundError(
             f"{type(model).__name__} has no layer with a 4-D output of more than one spatial "
