@@ -265,8 +265,8 @@ def default_layer(
 
     The transformer rule is for images: it applies when the input has a 4-D image tensor
     or a 4-D output (a patch convolution) runs before the norm; text transformers keep
-    the CNN rule, which finds nothing (their CAM would be a grid of tokens: attribute to
-    the embedding layer instead). When both rules find a layer, the later
+    the CNN rule, which finds nothing (their CAM would be a grid of tokens: use
+    :func:`gradlens.token_attributions` instead). When both rules find a layer, the later
     one wins: the token norm of a ViT (whose patch convolution runs first), the
     convolution after the transformer blocks of a hybrid model. Models whose blocks
     return channels-last ``(B, H, W, C)`` maps (torchvision's Swin) follow the CNN rule.
