@@ -21,7 +21,8 @@ the held-out sequences, explaining the predicted class. Each is scored with
   step; lower is better);
 * the time per sequence.
 
-Writes ``metrics-text.csv`` and prints the table.
+Writes ``demo-text.png`` (the tokens of two held-out sequences coloured by each method's
+scores, :func:`gradlens.viz.text`) and ``metrics-text.csv``, and prints the table.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import metrics
+from . import metrics, viz
 from .registry import INFO
 from .training import QUICK_TEXT_RECIPE, TEXT_RECIPE, train_text_model
 
@@ -69,11 +70,12 @@ class TextDemoRow:
 @dataclass
 class TextDemoResult:
     """What the text demo produced: the held-out accuracy, the training wall time (s), the
-    table rows and the table file."""
+    table rows and the files written."""
 
     accuracy: float
     train_seconds: float
     rows: list[TextDemoRow]
+    figure: Path
     table: Path
 
 
@@ -135,7 +137,8 @@ def run_text_demo(
     attribution method.
 
     Args:
-        out: output folder (created): ``metrics-text.csv``.
+        out: output folder (created): ``demo-text.png`` (two sequences, one row per method)
+            and ``metrics-text.csv``.
         seed: seeds the data, the training and the randomisation test.
         quick: the quick recipe (:data:`~gradlens.training.QUICK_TEXT_RECIPE`) and fewer
             held-out sequences.
@@ -161,7 +164,7 @@ def run_text_demo(
         f"tiny text classifier: held-out accuracy {acc:.3f} after {train_seconds:.0f} s of "
         f"training; scoring {len(methods)} methods on {n_eval} sequences"
     )
-    rows = []
+    rows, shown = [], {}
     for name in methods:
         explain = _explainer(name, mask)
         begin = time.perf_counter()
@@ -178,6 +181,16 @@ def run_text_demo(
                 ms,
             )
         )
+        shown[name] = scores[:2]
+    shows = [(b, name) for b in range(2) for name in methods]
+    words = [[data.vocabulary[i] for i in ids[b].tolist()] for b, _ in shows]  # with padding
+    figure = viz.text(
+        words,
+        torch.stack([shown[name][b] for b, name in shows]),
+        torch.stack([mask[b] for b, _ in shows]),
+        titles=[f"{name}: sequence {b}, class {int(data.labels[b])}" for b, name in shows],
+    )
+    figure_path = viz.save(figure, out / "demo-text.png", dpi=80)
     table_path = out / "metrics-text.csv"
     with table_path.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -185,8 +198,8 @@ def run_text_demo(
         for row in rows:
             writer.writerow([row.method] + [f"{getattr(row, c):.4f}" for c in COLUMNS[1:]])
     _print_table(rows)
-    print(f"wrote {table_path}")
-    return TextDemoResult(acc, train_seconds, rows, table_path)
+    print(f"wrote {figure_path} and {table_path}")
+    return TextDemoResult(acc, train_seconds, rows, figure_path, table_path)
 
 
 def _print_table(rows: list[TextDemoRow]) -> None:

@@ -1,5 +1,6 @@
 """`gradlens demo --text --quick`: it trains the tiny text classifier, runs every per-token
-attribution method, writes the table, and the gradient methods find the triggers."""
+attribution method, writes the figure and the table, and the gradient methods find the
+triggers."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ def test_demo_text_quick_writes_the_table_and_ig_and_ixg_find_the_triggers(tmp_p
         assert main(["demo", "--text", "--quick", "--out", str(tmp_path)]) == 0
     finally:
         torch.set_num_threads(threads)
+    assert (tmp_path / "demo-text.png").stat().st_size > 10_000
     with (tmp_path / "metrics-text.csv").open() as f:
         rows = {row["method"]: row for row in csv.DictReader(f)}
     assert set(rows) == set(text_methods())
