@@ -176,7 +176,7 @@ def test_bad_options_are_refused(options, error, message):
 
 
 def test_a_named_removal_on_a_model_without_that_config_field_names_the_alternative():
-    with pytest.raises(ValueError, match=r"model\.config\.mask_token_id.*token id instead"):
+    with pytest.raises(ValueError, match=r"model\.config\.mask_token_id.*token id itself instead"):
         sufficiency(FirstToken().eval(), IDS, SCORES, removal="mask")
 
 

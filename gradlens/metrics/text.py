@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..targets import OutputSpec, Target, select_output
+from ..text.baselines import config_token_id
 from ._common import _classes, _untouched
 
 __all__ = ["ERASER_FRACTIONS", "token_localization", "comprehensiveness", "sufficiency"]
@@ -192,14 +193,7 @@ def _special_id(model: nn.Module, removal: Removal) -> int | None:
         raise ValueError(
             f'removal must be "delete", "pad", "mask", "unk" or a token id, got {removal!r}'
         )
-    field = f"{removal}_token_id"
-    token = getattr(getattr(model, "config", None), field, None)
-    if token is None:
-        raise ValueError(
-            f"removal={removal!r} needs model.config.{field}, which this model does not "
-            f"have (or is None); pass the replacement token id instead, e.g. removal=103"
-        )
-    return int(token)
+    return config_token_id(model, removal, argument="removal")
 
 
 def _rationale(scores: Tensor, real: Tensor, fractions: list[float]) -> Tensor:

@@ -21,8 +21,15 @@ CONFIG_TOKENS = ("pad", "mask", "unk")
 """Baseline names read from ``model.config.<name>_token_id``."""
 
 
-def config_token_id(model: nn.Module, name: str) -> int:
-    """``model.config.<name>_token_id``, e.g. the padding token for ``name="pad"``.
+def config_token_id(model: nn.Module, name: str, *, argument: str = "baseline") -> int:
+    """``model.config.<name>_token_id``, e.g. the padding token for ``name="pad"``: the one
+    place where gradlens reads special token ids (token baselines, ERASER replacements).
+
+    Args:
+        model: the model, e.g. a Hugging Face model or a
+            :class:`~gradlens.text_task.TinyTextClassifier`.
+        name: ``"pad"``, ``"mask"``, ``"unk"``, ...
+        argument: the caller's argument that asked for it, named in the error.
 
     Raises:
         TokenInputError: the model has no config, or the config names no such token.
@@ -37,10 +44,11 @@ def config_token_id(model: nn.Module, name: str) -> int:
         if config is None
         else f"model.config.{field} is {value!r}"
     )
+    zero = " or baseline='zero' for zero embeddings" if argument == "baseline" else ""
     raise TokenInputError(
-        f"baseline={name!r} takes the token id from model.config.{field}, but {where}; pass "
-        f"the baseline token id itself (baseline=<id>, e.g. your tokenizer's {name} token) "
-        f"or baseline='zero' for zero embeddings"
+        f"{argument}={name!r} takes the token id from model.config.{field}, but {where}; pass "
+        f"the token id itself instead ({argument}=<id>, e.g. your tokenizer's {name} "
+        f"token){zero}"
     )
 
 
