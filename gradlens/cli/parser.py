@@ -42,9 +42,12 @@ Load the result with: arrays, manifest = gradlens.load_features(DIR)
 DEMO_EXAMPLES = """examples:
   gradlens demo
   gradlens demo --quick --out /tmp/demo
+  gradlens demo --vit --out /tmp/vit-demo
 
 Trains a tiny CNN on synthetic shapes (nothing is downloaded), runs every registered
-method on held-out images and scores the maps against the known object masks.
+method on held-out images and scores the maps against the known object masks. With --vit
+it trains a tiny vision transformer instead (about two minutes on two CPU cores) and scores
+attention rollout, gradient-weighted attention rollout and Grad-CAM.
 """
 
 
@@ -152,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     extract.set_defaults(run=commands.extract)
 
     demo = command(
-        "demo", "train a tiny CNN on synthetic shapes and score every method", DEMO_EXAMPLES
+        "demo", "train a tiny CNN or ViT on synthetic shapes and score the methods", DEMO_EXAMPLES
     )
     demo.add_argument(
         "--out",
@@ -162,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    demo.add_argument(
+        "--vit",
+        action="store_true",
+        help="the attention methods and Grad-CAM on a tiny vision transformer instead",
+    )
     demo.set_defaults(run=commands.demo)
     return parser
 
