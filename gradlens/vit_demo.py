@@ -88,7 +88,7 @@ def run_vit_demo(
     recipe = QUICK_VIT_RECIPE if quick else VIT_RECIPE
     model, test, acc = train_vit_model(recipe, seed=seed, progress=progress)
     train_seconds = time.perf_counter() - start
-    n_eval = 48 if quick else len(test)
+    n_eval = min(48, len(test)) if quick else len(test)
     images, masks = test.images[:n_eval], test.masks[:n_eval]
     print(
         f"tiny ViT: held-out accuracy {acc:.3f} after {train_seconds:.0f} s of training; "
