@@ -47,7 +47,7 @@ from .rollout import (
 __all__ = ["attention_rollout", "gradient_attention_rollout"]
 
 
-@register("attention_rollout", "attention", multi_target=False)
+@register("attention_rollout", "attention", multi_target=False, uses_target=False)
 def attention_rollout(
     model: nn.Module,
     x: Inputs,
