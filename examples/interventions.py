@@ -19,37 +19,16 @@ Run: ``python examples/interventions.py [--quick] [--out DIR]``
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import torch
+import transformers
 from _common import parse_args, save_figure, shapes_model
 from torch import Tensor, nn
 
 import gradlens
 from gradlens import data, viz
 from gradlens.metrics import logit_difference, normalized, spearman
-
-
-def hugging_face_transformers() -> ModuleType:
-    """The ``transformers`` package. The tutorial ``examples/transformers.py`` has its name,
-    and this folder comes first on ``sys.path`` when an example runs, so a plain ``import
-    transformers`` here could import the tutorial instead."""
-    here = Path(__file__).resolve().parent
-    cached = sys.modules.get("transformers")
-    if cached is not None and Path(getattr(cached, "__file__", "") or ".").parent == here:
-        del sys.modules["transformers"]
-    saved = sys.path[:]
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != here]
-    try:
-        return importlib.import_module("transformers")
-    finally:
-        sys.path[:] = saved
-
-
-transformers = hugging_face_transformers()
 
 VOCAB, LENGTH = 16, 8  # content tokens 0..15, prompts of 8 tokens
 QUERY = VOCAB  # the last token of every prompt: "which token came first?"

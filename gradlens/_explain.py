@@ -129,7 +129,8 @@ def differentiate(
                 if isinstance(a, Tensor) and a.requires_grad:
                     recorder.watch(f"__input{i}__", a)
         with torch.enable_grad():
-            out = recorder.forward(*args, **inputs.kwargs)
+            call_args, call_kwargs = inputs.bind(args)
+            out = recorder.forward(*call_args, **call_kwargs)
             for name in recorder.names:
                 recorder.calls(name)  # a layer that never ran: LayerNotExecutedError naming it
             score, classes = scores(out, target, inputs.batch_size, output)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._inputs import Inputs, prepare
+from ._inputs import Inputs, ModelInput
 from .recorder import Recorder
 from .selection import Layers
 from .targets import OutputSpec
@@ -55,7 +55,7 @@ def extract(
         LayerNotFoundError: a layer spec selects nothing.
         LayerNotExecutedError: a selected layer did not run.
     """
-    args, kwargs = prepare(x, forward_kwargs)
+    args, kwargs = ModelInput.parse(x, forward_kwargs).bind()
     recorder = Recorder(
         model,
         layers,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._inputs import Inputs, as_args, prepare
+from ._inputs import Inputs, ModelInput
 from .errors import LayerNotFoundError
 from .recorder import Recorder
 from .selection import named_modules
@@ -81,7 +81,7 @@ def _probe(model: nn.Module, x: Inputs, forward_kwargs: Mapping[str, Any] | None
     recorder = Recorder(model, lambda name, module: name != "", reduce=_signature)
     # outside inference mode: the signature needs version counters, which inference tensors lack
     with torch.inference_mode(False), torch.no_grad(), recorder:
-        args, kwargs = prepare(x, forward_kwargs)
+        args, kwargs = ModelInput.parse(x, forward_kwargs).bind()
         recorder.forward(*args, **kwargs)
     return recorder
 
@@ -163,11 +163,8 @@ def default_layer(
         LayerNotFoundError: no module produces such an output (e.g. a transformer:
             name the layer explicitly).
     """
-    args = as_args(x)
-    probe_input = tuple(a[:1] if isinstance(a, Tensor) and a.ndim > 0 else a for a in args)
-    recorder = _probe(
-        model, probe_input if isinstance(x, tuple) else probe_input[0], forward_kwargs
-    )
+    first = ModelInput.parse(x, forward_kwargs).take(torch.zeros(1, dtype=torch.long))
+    recorder = _probe(model, first, None)
     name = _default_from(recorder)
     if name is None:
         raise LayerNotFoundError(

@@ -242,22 +242,29 @@ def test_forward_kwargs_are_passed_and_repeated_for_stacked_copies(name):
 
 
 @pytest.mark.parametrize("name", sorted(ATTRIBUTION_METHODS))
-def test_output_picks_the_logits_of_a_structured_output(cnn, name):
-    wrapped = _DictOutput(cnn)
+def test_output_picks_the_scores_of_a_structured_output(cnn, name):
+    wrapped = _DictOutput(cnn, "scores")
     with pytest.raises(OutputSelectionError):
         run(name, wrapped, IMAGES, 1)
     torch.testing.assert_close(
-        run(name, wrapped, IMAGES, 1, output="logits"), run(name, cnn, IMAGES, 1)
+        run(name, wrapped, IMAGES, 1, output="scores"), run(name, cnn, IMAGES, 1)
+    )
+
+
+@pytest.mark.parametrize("name", sorted(ATTRIBUTION_METHODS))
+def test_a_logits_entry_is_found_without_output(cnn, name):
+    torch.testing.assert_close(
+        run(name, _DictOutput(cnn, "logits"), IMAGES, 1), run(name, cnn, IMAGES, 1)
     )
 
 
 class _DictOutput(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, key: str) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.key = model, key
 
     def forward(self, x: torch.Tensor) -> dict:
-        return {"logits": self.model(x)}
+        return {self.key: self.model(x)}
 
 
 # -- no side effects ----------------------------------------------------------------------

@@ -498,12 +498,12 @@ def test_a_callable_target_of_the_wrong_shape_raises(method, small, small_x):
 
 
 class DictOutput(nn.Module):
-    def __init__(self, inner: nn.Module) -> None:
+    def __init__(self, inner: nn.Module, key: str = "scores") -> None:
         super().__init__()
-        self.inner = inner
+        self.inner, self.key = inner, key
 
     def forward(self, x: torch.Tensor) -> dict:
-        return {"logits": self.inner(x), "aux": x.mean()}
+        return {self.key: self.inner(x), "aux": x.mean()}
 
 
 @pytest.mark.parametrize("method", sorted(set(ALL) - {"eigencam"}))
@@ -511,7 +511,13 @@ def test_a_structured_output_needs_output(method, small, small_x):
     model = DictOutput(small)
     with pytest.raises(OutputSelectionError, match="output="):
         CAM_METHODS[method](model, small_x, "inner.block2")
-    maps = CAM_METHODS[method](model, small_x, "inner.block2", output="logits")
+    maps = CAM_METHODS[method](model, small_x, "inner.block2", output="scores")
+    torch.testing.assert_close(maps, CAM_METHODS[method](small, small_x, "block2"))
+
+
+@pytest.mark.parametrize("method", sorted(CAM_METHODS))
+def test_a_logits_entry_is_found_without_output(method, small, small_x):
+    maps = CAM_METHODS[method](DictOutput(small, "logits"), small_x, "inner.block2")
     torch.testing.assert_close(maps, CAM_METHODS[method](small, small_x, "block2"))
 
 

@@ -78,3 +78,48 @@ def test_a_parsed_input_is_passed_through_but_takes_no_second_keywords():
     assert ModelInput.parse(inputs) is inputs
     with pytest.raises(TypeError, match="forward_kwargs"):
         ModelInput.parse(inputs, {"scale": 2.0})
+
+
+# -- mappings (model(**x)) and lists of images (torchvision detectors) -----------------------
+
+
+class Named(nn.Module):
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        return pixel_values.mean((1, 2, 3)) + input_ids.sum(1)
+
+
+def test_a_mapping_input_holds_the_user_inputs_and_is_passed_by_keyword():
+    inputs = ModelInput.parse({"pixel_values": IMAGE, "input_ids": IDS})
+    assert inputs.args == (IMAGE, IDS) and inputs.keys == ("pixel_values", "input_ids")
+    assert inputs.bind() == ((), {"pixel_values": IMAGE, "input_ids": IDS})
+    assert (inputs.batch_size, inputs.image_size, inputs.image_position) == (2, (4, 5), 0)
+    assert inputs.rebuild(["a", None]) == {"pixel_values": "a", "input_ids": None}
+    torch.testing.assert_close(inputs.call(Named()), Named()(IMAGE, IDS))
+
+
+def test_a_mapping_input_is_tiled_and_indexed_like_a_tuple():
+    inputs = ModelInput.parse({"input_ids": IDS}, {"scale": 2.0})
+    tiled = inputs.tile(2)
+    assert tiled.bind() == ((), {"input_ids": tiled.args[0], "scale": 2.0})
+    assert tiled.args[0].tolist() == [[1, 2], [3, 4], [1, 2], [3, 4]]
+    assert inputs.take(torch.tensor([1])).args[0].tolist() == [[3, 4]]
+
+
+def test_a_key_in_both_the_mapping_and_forward_kwargs_is_refused():
+    with pytest.raises(TypeError, match="input_ids given both"):
+        ModelInput.parse({"input_ids": IDS}, {"input_ids": IDS})
+
+
+def test_a_list_of_images_is_one_argument_with_one_sample_per_image():
+    images = [torch.zeros(3, 8, 6), torch.ones(3, 8, 6), torch.full((3, 8, 6), 2.0)]
+    inputs = ModelInput.parse(images)
+    assert len(inputs.args) == 1 and all(a is b for a, b in zip(inputs.x, images, strict=True))
+    assert (inputs.batch_size, inputs.image_size) == (3, (8, 6))
+    assert batch_size(images) == 3
+    assert [float(i[0, 0, 0]) for i in inputs.take(torch.tensor([2, 0])).args[0]] == [2.0, 0.0]
+    assert len(inputs.tile(2).args[0]) == 6 and inputs.tile(2).batch_size == 6
+
+
+def test_images_of_different_sizes_have_no_common_image_size():
+    inputs = ModelInput.parse([torch.zeros(3, 8, 6), torch.zeros(3, 4, 4)])
+    assert inputs.batch_size == 2 and inputs.image_size is None

@@ -209,7 +209,8 @@ def attention_gradients(
         # no tape until the first attention probabilities, which start it
         with Recorder(model, tape_from_layers=True, attention=spec) as recorder:
             with torch.enable_grad():
-                out = recorder.forward(*inputs.args, **inputs.kwargs)
+                args, kwargs = inputs.bind()
+                out = recorder.forward(*args, **kwargs)
                 score, _ = scores(out, target, inputs.batch_size, output)
             recorder.grad(score)
             probs = dict(recorder.attentions)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._inputs import Inputs, prepare
+from .._inputs import Inputs, ModelInput
 from ..buffers import preserve_buffers
 from ..errors import AttentionCaptureError, LayerNotExecutedError
 from ..selection import Layers
@@ -65,7 +65,7 @@ def attentions(
         LayerNotFoundError: a layer spec selects nothing.
         LayerNotExecutedError: a selected module captured nothing (it did not run).
     """
-    args, kwargs = prepare(x, forward_kwargs)
+    args, kwargs = ModelInput.parse(x, forward_kwargs).bind()
     capture = AttentionCapture(
         model,
         layers,

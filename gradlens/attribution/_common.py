@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from .._inputs import ModelInput
 from ..selection import Layers, select_layers
 
-Attribution = Union[Tensor, tuple[Tensor | None, ...]]
+Attribution = Union[Tensor, tuple[Tensor | None, ...], dict[str, Tensor | None]]
 """A tensor shaped like the input, or for a tuple input a tuple of them (``None`` for
-inputs that are not floating point)."""
+inputs that are not floating point), or for a mapping input a dict with its keys."""
 
 
 def float_positions(args: Sequence[Any]) -> list[int]:

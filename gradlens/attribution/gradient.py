@@ -82,7 +82,8 @@ def saliency(
     Returns:
         A tensor shaped like ``x`` (``(B, K, *x.shape[1:])`` for ``K`` targets per sample);
         for a tuple input, a tuple with one such tensor per floating-point input and
-        ``None`` for the others (e.g. token ids).
+        ``None`` for the others (e.g. token ids); for a mapping input (e.g. a
+        ``BatchEncoding``), a dict with its keys.
 
     Raises:
         TargetError: a target that does not fit the output (see :mod:`gradlens.targets`).

@@ -6,7 +6,7 @@ whose forward takes token ids and an attention mask and returns a dict. Writes
 ``transformers.png`` (Grad-CAM maps of the ViT and the Swin model) and ``transformers.txt``
 (layouts, shapes and per-token attributions).
 
-Run: ``python examples/transformers.py [--quick] [--out DIR]``
+Run: ``python examples/transformer_layouts.py [--quick] [--out DIR]``
 """
 
 from __future__ import annotations
@@ -114,14 +114,13 @@ def text_model() -> dict[str, object]:
         target=1,
         baselines=torch.zeros_like(ids),  # all-padding input (the default)
         forward_kwargs={"attention_mask": mask},
-        output="logits",
         steps=200,
         return_delta=True,
     )  # (B, T, 32), like the embedding's output
     per_token = attributions.sum(-1)  # (B, T): one number per token
 
     quick = layer_gradient_x_activation(  # one forward and backward
-        model, ids, "embedding", target=1, forward_kwargs={"attention_mask": mask}, output="logits"
+        model, ids, "embedding", target=1, forward_kwargs={"attention_mask": mask}
     ).sum(-1)
     # --8<-- [end:text]
     deltas = {}
@@ -132,7 +131,6 @@ def text_model() -> dict[str, object]:
             "embedding",
             target=1,
             forward_kwargs={"attention_mask": mask},
-            output="logits",
             steps=steps,
             return_delta=True,
         )
