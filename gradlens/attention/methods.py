@@ -165,7 +165,8 @@ def gradient_attention_rollout(
             :func:`attention_rollout`); a callable gets ``(B, N, 1)`` (``(B, N, K)`` for
             ``K`` targets) and returns ``(B, 1, h, w)`` (``(B, K, h, w)``).
         output: picks the logits out of a structured model output (index, key or
-            function), e.g. ``"logits"`` for a Hugging Face model.
+            function); an output with a ``logits`` entry (a Hugging Face ``ModelOutput``)
+            needs none.
         forward_kwargs: keyword inputs for the model (e.g. an ``attention_mask``).
 
     Returns:
@@ -175,7 +176,8 @@ def gradient_attention_rollout(
 
     Raises:
         TargetError: a target that does not fit the output.
-        OutputSelectionError: a structured model output without ``output=``.
+        OutputSelectionError: a structured model output without a ``logits`` entry and
+            without ``output=``.
         ValueError: a patch grid that cannot be recognised (pass ``reshape=``).
         AttentionCaptureError: the model has no attention module, or its attention could
             not be captured.
