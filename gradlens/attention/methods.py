@@ -144,8 +144,10 @@ def gradient_attention_rollout(
     ``row`` of ``R`` (see the module docstring for the default row and the layout).
 
     One forward pass, whose autograd tape starts at the first attention probabilities,
-    and one backward with respect to the probabilities only (no parameter gradient is
-    computed); ``K`` targets per sample share both (a batched backward). Works in eval
+    and one backward with respect to the probabilities only; the parameters stay out of the
+    tape (their ``requires_grad`` is switched off during the call and restored after it), so
+    no parameter gradient is computed and no layer input is kept for one. ``K`` targets per
+    sample share both (a batched backward). Works in eval
     and train mode, inside ``torch.no_grad()`` / ``torch.inference_mode()`` and on
     frozen models.
 
