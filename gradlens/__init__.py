@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from . import attention, attribution, cam, errors, targets  # noqa: E402  (fill the registry)
+from . import attention, attribution, cam, errors, targets, text  # noqa: E402  (fill the registry)
 from .attention import (
     AttentionCapture,
     attention_rollout,
@@ -54,6 +54,7 @@ from .errors import (
     OutputSelectionError,
     RecorderStateError,
     TargetError,
+    TokenInputError,
 )
 from .extract import Extractor, extract
 from .interventions import activation_patching, attribution_patching, edits, patch
@@ -61,6 +62,7 @@ from .recorder import Call, Recorder, record
 from .registry import METHODS
 from .selection import select_layers
 from .summary import LayerInfo, default_layer, layers
+from .text import generation_attributions, token_attributions
 
 # the edit helpers live in gradlens/interventions/edits.py; this makes
 # "from gradlens.edits import zero" work as well as "gradlens.edits.zero()"
@@ -89,6 +91,7 @@ __all__ = [
     "eigencam",
     "eigengradcam",
     "extract_dataset",
+    "generation_attributions",
     "gradcam",
     "gradcampp",
     "guided_backprop",
@@ -123,6 +126,7 @@ __all__ = [
     "Recorder",
     "RecorderStateError",
     "TargetError",
+    "TokenInputError",
     "default_layer",
     "errors",
     "extract",
@@ -130,5 +134,7 @@ __all__ = [
     "record",
     "select_layers",
     "targets",
+    "text",
+    "token_attributions",
     "__version__",
 ]

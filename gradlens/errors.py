@@ -16,6 +16,7 @@ __all__ = [
     "InterventionError",
     "AttentionCaptureError",
     "AttentionRolloutError",
+    "TokenInputError",
 ]
 
 
@@ -96,3 +97,9 @@ class AttentionRolloutError(GradlensError, ValueError):
     """The captured attention cannot be rolled out to one row over the input's tokens:
     windowed attention (Swin) has no global class-token row, layers attend over different
     token counts or across sequences, or the chosen row does not exist."""
+
+
+class TokenInputError(GradlensError, ValueError):
+    """A text model's input does not fit a per-token method: token ids that are not a 2-D
+    integer tensor, a mapping without ``input_ids``, a baseline token the model's config does
+    not name, or a continuation whose batch is not the prompt's."""

@@ -34,7 +34,8 @@ import gradlens
 import gradlens.attribution
 import gradlens.cam
 import gradlens.metrics
-from gradlens.errors import AttentionCaptureError, TargetError
+import gradlens.text
+from gradlens.errors import AttentionCaptureError, LayerNotFoundError, TargetError
 from gradlens.registry import INFO, METHODS
 
 from .contract_support import (
@@ -213,6 +214,20 @@ def _attention_method(name: str) -> Callable[[Call], None]:
     return run
 
 
+def _refuses_without_embeddings(method: Callable[..., Any]) -> Callable[[Call], None]:
+    """The per-token methods on ContractNet, which has no embedding layer: they must refuse
+    it before running it, and leave no trace (tests/test_token_attributions.py and
+    tests/test_generation_attributions.py check the same contract on HF BERT and GPT-2,
+    where they succeed)."""
+
+    def run(c: Call) -> None:
+        ids = torch.zeros(BATCH, 4, dtype=torch.long)
+        with pytest.raises(LayerNotFoundError, match="no input embedding layer"):
+            method(c.model, ids, ids[:, :1])
+
+    return run
+
+
 ATTENTION = ["attn0", "attn1"]
 
 
@@ -240,6 +255,12 @@ def _attention_capture_with_gradients(c: Call) -> None:
     assert list(attention.probs) == ATTENTION
     if probs:
         assert list(attention.gradients) == ATTENTION
+
+
+def _from_embeddings(c: Call) -> None:
+    """The model as a function of block1's output, given block1's own output back."""
+    block1 = gradlens.extract(c.model, c.x, "block1")["block1"]
+    gradlens.text.FromEmbeddings(c.model, "block1")(block1, c.x)
 
 
 ENTRY_POINTS: dict[str, Case] = {
@@ -327,6 +348,36 @@ ENTRY_POINTS: dict[str, Case] = {
     "AttentionCapture": Case(
         gradlens.AttentionCapture, _attention_capture_with_gradients, False, model="transformer"
     ),
+    "token_attributions": Case(
+        gradlens.token_attributions,
+        _refuses_without_embeddings(
+            lambda model, ids, target: gradlens.token_attributions(model, ids, target)
+        ),
+        takes_target=False,
+        runs_model=False,
+    ),
+    "generation_attributions": Case(
+        gradlens.generation_attributions,
+        _refuses_without_embeddings(gradlens.generation_attributions),
+        takes_target=False,
+        runs_model=False,
+    ),
+    "embedding_layer": Case(
+        gradlens.text.embedding_layer,
+        _refuses_without_embeddings(
+            lambda model, ids, _: gradlens.text.embedding_layer(
+                model, gradlens.text.TokenInput.parse(ids)
+            )
+        ),
+        takes_target=False,
+        runs_model=False,
+    ),
+    "FromEmbeddings": Case(
+        gradlens.text.FromEmbeddings,
+        _from_embeddings,
+        takes_target=False,
+        forwards_like_the_model=True,
+    ),
     "attribute_dataset": Case(
         gradlens.attribute_dataset,
         lambda c: gradlens.attribute_dataset(
@@ -357,6 +408,7 @@ EXEMPT: dict[str, str] = {
     "InterventionError": "an exception class",
     "AttentionCaptureError": "an exception class",
     "AttentionRolloutError": "an exception class",
+    "TokenInputError": "an exception class",
     # records and results: plain data
     "Call": "what a Recorder stores for one module call",
     "LayerInfo": "a row of gradlens.layers' table",
@@ -379,9 +431,12 @@ EXEMPT: dict[str, str] = {
     "gaussian_blur": "blurs images",
     "logit_difference": "builds a metric function from class indices",
     "normalized": "rescales a metric function between two given outputs",
+    "TokenInput": "parses token ids or a mapping of model inputs",
+    "baseline_ids": "builds token ids from a config and an attention mask",
+    "config_token_id": "reads a model's config",
 }
 
-PUBLIC_MODULES = (gradlens, gradlens.cam, gradlens.attribution, gradlens.metrics)
+PUBLIC_MODULES = (gradlens, gradlens.cam, gradlens.attribution, gradlens.metrics, gradlens.text)
 
 
 def _public_callables() -> dict[str, Any]:

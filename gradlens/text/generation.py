@@ -1,0 +1,118 @@
+"""Attributions of each generated token to the tokens before it:
+:func:`generation_attributions`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import targets
+from ..errors import TokenInputError
+from .tokens import token_attributions
+
+__all__ = ["generation_attributions"]
+
+
+def generation_attributions(
+    model: nn.Module,
+    input_ids: Tensor,
+    continuation_ids: Tensor | Sequence[int] | Sequence[Sequence[int]],
+    *,
+    method: str | Callable[..., Any] = "input_x_gradient",
+    attention_mask: Tensor | None = None,
+    **options: Any,
+) -> Tensor:
+    """For each continuation token, the attribution of its log-probability to every
+    position before it.
+
+    The model (a causal language model returning ``(B, T, vocabulary)`` logits) runs on the
+    prompt followed by the continuation (teacher forcing), and the ``K`` scores ``log p(c_k |
+    prompt, c_<k)`` (:func:`gradlens.targets.sequence` with ``per_token=True``) are
+    attributed together by :func:`token_attributions`: all ``K`` rows come from one forward
+    and one batched backward (saliency, Input×Gradient), or one forward and one batched
+    backward per chunk of integration steps (Integrated Gradients) -- not ``K`` separate
+    passes. Row ``k`` equals a :func:`token_attributions` call with the single target
+    ``log p(c_k)``, with the positions at and after ``c_k``'s own set to 0.
+
+    Args:
+        model: the language model.
+        input_ids: the prompt, ``(B, P)`` token ids (left-padded with ``attention_mask``, if
+            padded at all).
+        continuation_ids: the continuation, ``(B, K)`` token ids, or ``(K,)`` for the same
+            continuation after every prompt.
+        method: as for :func:`token_attributions` (Input×Gradient by default: one pass).
+        attention_mask: ``(B, P)`` mask of the prompt; the continuation counts as real.
+        **options: passed to :func:`token_attributions` (``baseline=``, ``reduce=``,
+            ``layer=``, ``output=``, ``steps=``, ...).
+
+    Returns:
+        ``(B, K, P + K)``: row ``k`` over the prompt and the continuation; positions
+        ``>= P + k`` (the token itself and later ones) and padding are 0.
+
+    Raises:
+        TokenInputError: ``input_ids`` is not ``(B, P)`` integers, ``continuation_ids`` not
+            ``(B, K)`` or ``(K,)`` integers, or the continuation's batch is not the prompt's.
+        LayerNotFoundError, ValueError, OutputSelectionError: as for
+            :func:`token_attributions`.
+    """
+    if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
+        kind = (
+            f"a {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}"
+            if isinstance(input_ids, Tensor)
+            else type(input_ids).__name__
+        )
+        raise TokenInputError(f"input_ids must be a (B, P) integer tensor of prompts, got {kind}")
+    batch, prompt = input_ids.shape
+    continuation = _continuation(continuation_ids, batch, input_ids.device)
+    k = continuation.shape[1]
+    ids = torch.cat([input_ids, continuation], dim=1)
+    inputs: Tensor | dict[str, Tensor] = ids
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise TokenInputError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; it must match "
+                f"input_ids {tuple(input_ids.shape)}"
+            )
+        ones = torch.ones_like(continuation, dtype=attention_mask.dtype)
+        forward_kwargs = dict(options.pop("forward_kwargs", None) or {})
+        forward_kwargs["attention_mask"] = torch.cat([attention_mask, ones], dim=1)
+        options["forward_kwargs"] = forward_kwargs
+    target = targets.sequence(continuation, per_token=True, output_spec=options.pop("output", None))
+    scores = token_attributions(model, inputs, target, method=method, **options)
+    # row k attributes log p(c_k), at position P + k: only the positions before it count
+    before = torch.arange(prompt + k, device=scores.device) < (
+        prompt + torch.arange(k, device=scores.device)[:, None]
+    )
+    return torch.where(before, scores, torch.zeros_like(scores))
+
+
+def _continuation(
+    continuation_ids: Tensor | Sequence[int] | Sequence[Sequence[int]],
+    batch: int,
+    device: torch.device,
+) -> Tensor:
+    """``(B, K)`` int64 continuation ids on ``device``."""
+    ids = continuation_ids
+    if not isinstance(ids, Tensor):
+        try:
+            ids = torch.as_tensor(ids)
+        except (TypeError, ValueError, RuntimeError):
+            raise TokenInputError(
+                "continuation_ids must be token ids: a (B, K) or (K,) integer tensor or list"
+            ) from None
+    if ids.is_floating_point() or ids.ndim not in (1, 2) or ids.shape[-1] == 0:
+        raise TokenInputError(
+            f"continuation_ids must be (B, K) or (K,) integer token ids with K >= 1, got a "
+            f"{ids.dtype} tensor of shape {tuple(ids.shape)}"
+        )
+    if ids.ndim == 1:
+        ids = ids.expand(batch, -1)
+    if ids.shape[0] != batch:
+        raise TokenInputError(
+            f"continuation_ids holds {ids.shape[0]} continuations but input_ids holds {batch} "
+            f"prompts; give one continuation per prompt ({batch}, K), or one (K,) for all"
+        )
+    return ids.to(device=device, dtype=torch.long)
