@@ -163,7 +163,7 @@ def rollout_cases(model: torch.nn.Module, eager: torch.nn.Module, x: torch.Tenso
         "plain inference_mode forward": plain,
         "reference (eager, retain_grad, backward)": lambda: reference_gradient_rollout(eager, x),
         "gradlens.gradient_attention_rollout": lambda: gradlens.gradient_attention_rollout(
-            model, x, output="logits"
+            model, x
         ),
     }
 
@@ -172,7 +172,7 @@ def bench_rollout(batch: int, size: int, repeats: int) -> None:
     model = hf_vit(size)
     eager = eager_twin(model, size)
     x = images(batch, size)
-    ours = gradlens.gradient_attention_rollout(model, x, output="logits", upsample=False)
+    ours = gradlens.gradient_attention_rollout(model, x, upsample=False)
     grid = size // 16
     expected = reference_gradient_rollout(eager, x).reshape(batch, grid, grid)
     expected = gradlens.maps.normalize(expected)
@@ -214,7 +214,7 @@ def memory_case(name: str, batch: int, size: int) -> float:
                 "plain inference_mode forward"
             ](),
             "gradlens.gradient_attention_rollout": lambda x: gradlens.gradient_attention_rollout(
-                model, x, output="logits"
+                model, x
             ),
             "reference gradient rollout": lambda x: reference_gradient_rollout(eager, x),
         }

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,15 @@ from .maps import to_2d
 from .registry import INFO, METHODS
 from .training import train_demo_model
 
-__all__ = ["DemoRow", "DemoResult", "run_demo"]
+__all__ = [
+    "DemoRow",
+    "DemoResult",
+    "run_demo",
+    "Scores",
+    "score_maps",
+    "write_table",
+    "print_table",
+]
 
 COLUMNS = [
     "method",
@@ -75,9 +84,63 @@ def _options(name: str, layer: str) -> dict[str, Any]:
     return options
 
 
-def _spatial(maps: Tensor) -> Tensor:
-    """``(B, H, W)`` float maps (:func:`gradlens.maps.to_2d`)."""
-    return to_2d(maps.detach()).float()
+@dataclass
+class Scores:
+    """The ground-truth scores of one method's maps on one set of images (see
+    :func:`score_maps`)."""
+
+    maps: Tensor
+    pointing_game: float
+    deletion_auc: float
+    insertion_auc: float
+    ms_per_image: float
+
+
+def score_maps(
+    model: nn.Module, images: Tensor, masks: Tensor, explain: Callable[[Tensor], Tensor]
+) -> Scores:
+    """Time one explanation of ``images`` and score its maps against the objects.
+
+    The scores of both demos (this one and :mod:`gradlens.vit_demo`): the pointing game
+    against ``masks`` (tolerance: the paper's 15 px at 224 px, scaled to the image side)
+    and the mean deletion and insertion AUCs (16 steps) of :mod:`gradlens.metrics`.
+
+    Args:
+        model: the explained classifier (the deletion and insertion curves run it).
+        images: ``(B, C, H, W)`` held-out images.
+        masks: ``(B, H, W)`` boolean object masks.
+        explain: ``images -> maps``, ``(B, H, W)`` or input-shaped ``(B, C, H, W)``
+            (reduced with :func:`gradlens.maps.to_2d`); the call is timed.
+
+    Returns:
+        :class:`Scores` with the ``(B, H, W)`` float maps and the mean scores.
+    """
+    start = time.perf_counter()
+    maps = to_2d(explain(images).detach()).float()
+    ms = (time.perf_counter() - start) * 1e3 / len(images)
+    tolerance = max(1, round(15 * images.shape[-1] / 224))
+    hits = metrics.pointing_game(maps, masks=masks, tolerance=tolerance)
+    deletion = metrics.deletion(model, images, maps, steps=16)
+    insertion = metrics.insertion(model, images, maps, steps=16)
+    return Scores(
+        maps,
+        hits.float().mean().item(),
+        deletion.auc.mean().item(),
+        insertion.auc.mean().item(),
+        ms,
+    )
+
+
+def write_table(path: Path, rows: Sequence[Any]) -> Path:
+    """Write demo rows (dataclasses whose first field is the method name, the rest numbers)
+    as CSV with a header of their field names; returns ``path``."""
+    columns = [field.name for field in fields(rows[0])]
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([row.method] + [f"{getattr(row, c):.4f}" for c in columns[1:]])
+    return path
 
 
 def run_demo(
@@ -101,7 +164,6 @@ def run_demo(
     layer = model.cam_layer_name
     n_eval, n_sanity = (24, 4) if quick else (96, 8)
     images, masks = test.images[:n_eval], test.masks[:n_eval]
-    tolerance = max(1, round(15 * images.shape[-1] / 224))  # the paper's 15 px at 224 px
     # a CNN has no attention: the attention methods are in the ViT demo (gradlens.vit_demo)
     methods = {name: f for name, f in METHODS.items() if INFO[name].kind != "attention"}
     print(f"held-out accuracy {acc:.3f}; evaluating {len(methods)} methods on {n_eval} images")
@@ -120,12 +182,7 @@ def run_demo(
             explanation: Tensor = _f(m, x, target=target, **_o)
             return explanation
 
-        start = time.perf_counter()
-        maps = _spatial(explain(model, images))
-        ms = (time.perf_counter() - start) * 1e3 / len(images)
-        hits = metrics.pointing_game(maps, masks=masks, tolerance=tolerance)
-        deletion = metrics.deletion(model, images, maps, steps=16)
-        insertion = metrics.insertion(model, images, maps, steps=16)
+        scored = score_maps(model, images, masks, partial(explain, model))
         # layers=[""] re-initialises the whole model at once: the cascade's last step
         # without the eight intermediate ones, which the table does not show.
         sanity = metrics.randomization_test(
@@ -134,35 +191,41 @@ def run_demo(
         rows.append(
             DemoRow(
                 name,
-                hits.float().mean().item(),
-                deletion.auc.mean().item(),
-                insertion.auc.mean().item(),
+                scored.pointing_game,
+                scored.deletion_auc,
+                scored.insertion_auc,
                 torch.nan_to_num(sanity.correlations[-1], nan=0.0).mean().item(),
-                ms,
+                scored.ms_per_image,
             )
         )
-        shown[name] = maps[:4]
+        shown[name] = scored.maps[:4]
     figure = viz.show(test.images[:4], shown, boxes=test.boxes[:4])
     figure_path = viz.save(figure, out / "demo.png", dpi=80)
-    table_path = out / "metrics.csv"
-    with table_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        for row in rows:
-            writer.writerow([row.method] + [f"{getattr(row, c):.4f}" for c in COLUMNS[1:]])
-    _print_table(rows)
+    table_path = write_table(out / "metrics.csv", rows)
+    print_table(rows)
     print(f"wrote {figure_path} and {table_path}")
     return DemoResult(acc, rows, figure_path, table_path)
 
 
-def _print_table(rows: list[DemoRow]) -> None:
-    header = (
-        f"{'method':<22}{'pointing':>9}{'deletion':>9}{'insertion':>10}{'sanity':>8}{'ms/img':>9}"
+HEADINGS = {
+    "pointing_game": ("pointing", 9, ".2f"),
+    "deletion_auc": ("deletion", 9, ".3f"),
+    "insertion_auc": ("insertion", 10, ".3f"),
+    "sanity_spearman": ("sanity", 8, ".2f"),
+    "ms_per_image": ("ms/img", 9, ".1f"),
+}
+"""The printed table's column heading, width and number format of each score."""
+
+
+def print_table(rows: Sequence[Any]) -> None:
+    """Print demo rows (see :func:`write_table`) as an aligned table, one method a line."""
+    columns = [field.name for field in fields(rows[0])][1:]
+    name_width = max(22, 2 + max(len(row.method) for row in rows))
+    header = f"{'method':<{name_width}}" + "".join(
+        f"{HEADINGS[c][0]:>{HEADINGS[c][1]}}" for c in columns
     )
     print(header)
     print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r.method:<22}{r.pointing_game:>9.2f}{r.deletion_auc:>9.3f}{r.insertion_auc:>10.3f}"
-            f"{r.sanity_spearman:>8.2f}{r.ms_per_image:>9.1f}"
-        )
+    for row in rows:
+        cells = (f"{getattr(row, c):>{HEADINGS[c][1]}{HEADINGS[c][2]}}" for c in columns)
+        print(f"{row.method:<{name_width}}" + "".join(cells))

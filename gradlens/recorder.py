@@ -203,7 +203,8 @@ class Recorder:
             from .attention.capture import AttentionCapture  # the attention package uses methods
 
             spec = None if attention is True else attention
-            self._attention = AttentionCapture(model, spec, grad=True)
+            # the Recorder restores the buffers itself (or not: restore_buffers=False)
+            self._attention = AttentionCapture(model, spec, grad=True, restore_buffers=False)
 
     # -- context management -------------------------------------------------------------
 

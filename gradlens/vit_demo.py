@@ -5,13 +5,13 @@ On a fresh machine, with nothing downloaded: train a :class:`~gradlens.tiny_vit.
 the synthetic shapes (:func:`~gradlens.tiny_vit.train_vit_model`), then for held-out images
 run attention rollout, gradient-weighted attention rollout and Grad-CAM at the last block's
 first LayerNorm, and score each with the pointing game against the object's mask and the
-deletion and insertion AUCs (:mod:`gradlens.metrics`). Writes ``vit_demo.png`` and
+deletion and insertion AUCs (:mod:`gradlens.metrics`), as the CNN demo does
+(:func:`gradlens.demo.score_maps`). Writes ``vit_demo.png`` and
 ``vit_metrics.csv`` and prints the table.
 """
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,14 +19,13 @@ from pathlib import Path
 
 from torch import Tensor
 
-from . import metrics, viz
+from . import viz
 from .attention import attention_rollout, gradient_attention_rollout
 from .cam import gradcam
+from .demo import print_table, score_maps, write_table
 from .tiny_vit import QUICK_VIT_RECIPE, VIT_RECIPE, TinyViT, train_vit_model
 
 __all__ = ["ViTDemoRow", "ViTDemoResult", "run_vit_demo", "vit_methods"]
-
-COLUMNS = ["method", "pointing_game", "deletion_auc", "insertion_auc", "ms_per_image"]
 
 
 @dataclass
@@ -89,44 +88,28 @@ def run_vit_demo(
     recipe = QUICK_VIT_RECIPE if quick else VIT_RECIPE
     model, test, acc = train_vit_model(recipe, seed=seed, progress=progress)
     train_seconds = time.perf_counter() - start
-    n_eval = 48 if quick else len(test)
+    n_eval = min(48, len(test)) if quick else len(test)
     images, masks = test.images[:n_eval], test.masks[:n_eval]
-    tolerance = max(1, round(15 * images.shape[-1] / 224))  # the paper's 15 px at 224 px
     print(
         f"tiny ViT: held-out accuracy {acc:.3f} after {train_seconds:.0f} s of training; "
         f"scoring on {n_eval} images"
     )
     rows, shown = [], {}
     for name, explain in vit_methods(model).items():
-        begin = time.perf_counter()
-        maps = explain(images)
-        ms = (time.perf_counter() - begin) * 1e3 / len(images)
-        hits = metrics.pointing_game(maps, masks=masks, tolerance=tolerance)
-        deletion = metrics.deletion(model, images, maps, steps=16)
-        insertion = metrics.insertion(model, images, maps, steps=16)
+        scored = score_maps(model, images, masks, explain)
         rows.append(
             ViTDemoRow(
                 name,
-                hits.float().mean().item(),
-                deletion.auc.mean().item(),
-                insertion.auc.mean().item(),
-                ms,
+                scored.pointing_game,
+                scored.deletion_auc,
+                scored.insertion_auc,
+                scored.ms_per_image,
             )
         )
-        shown[name] = maps[:4]
+        shown[name] = scored.maps[:4]
     figure = viz.show(test.images[:4], shown, boxes=test.boxes[:4])
     figure_path = viz.save(figure, out / "vit_demo.png", dpi=80)
-    table_path = out / "vit_metrics.csv"
-    with table_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        for row in rows:
-            writer.writerow([row.method] + [f"{getattr(row, c):.4f}" for c in COLUMNS[1:]])
-    print(f"{'method':<32}{'pointing':>9}{'deletion':>9}{'insertion':>10}{'ms/img':>9}")
-    for r in rows:
-        print(
-            f"{r.method:<32}{r.pointing_game:>9.2f}{r.deletion_auc:>9.3f}"
-            f"{r.insertion_auc:>10.3f}{r.ms_per_image:>9.1f}"
-        )
+    table_path = write_table(out / "vit_metrics.csv", rows)
+    print_table(rows)
     print(f"wrote {figure_path} and {table_path}")
     return ViTDemoResult(acc, train_seconds, rows, figure_path, table_path)

@@ -3,8 +3,11 @@
 ``ContractNet`` is a small CNN with everything that can go wrong: BatchNorm (buffers that
 train-mode forwards update), Dropout (train-mode randomness), an in-place ReLU, and
 :class:`ErrorModule` s (after and inside the last convolution block) that raise
-:class:`Boom` when armed. :func:`snapshot` records everything gradlens promises not to
-change; :func:`assert_unchanged` compares two snapshots and names what differs.
+:class:`Boom` when armed. ``ContractViT`` is the same for the attention entry points: the
+fused attention kernel and ``nn.MultiheadAttention``, attention dropout, BatchNorm, an
+:class:`ErrorModule` after the attention. :func:`snapshot` records everything gradlens
+promises not to change (the global ``torch.backends.mha`` fast-path setting too);
+:func:`assert_unchanged` compares two snapshots and names what differs.
 """
 
 from __future__ import annotations
@@ -84,11 +87,68 @@ class ContractNet(nn.Module):
         return self.head(self.boom(self.block2(self.block1(self.stem(x)))))
 
 
+class SelfAttention(nn.Module):
+    """Two-head self-attention through ``F.scaled_dot_product_attention`` (the fused kernel,
+    as timm and Hugging Face ``sdpa`` call it), with attention dropout in train mode."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, tokens, width = x.shape
+        q, k, v = self.qkv(x).reshape(batch, tokens, 3, 2, width // 2).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=0.1 if self.training else 0.0
+        )
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, width))
+
+
+class ContractViT(nn.Module):
+    """The contract's attention model: ``(B, 3, 8, 8)`` -> ``(B, 3)`` logits.
+
+    ``patches`` (4 x 4 patches: a 2 x 2 grid) -> class token + positions -> ``attn0``
+    (:class:`SelfAttention`, fused kernel) -> ``attn1`` (``nn.MultiheadAttention`` called
+    with ``need_weights=False``, as torchvision does; its fast path is a global setting the
+    capture switches off) -> ``boom`` (an :class:`ErrorModule`) -> ``head`` (BatchNorm on
+    the class token, whose statistics train-mode forwards update; Dropout; linear).
+    """
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.patches = nn.Conv2d(3, width, 4, stride=4)
+        self.class_token = nn.Parameter(torch.randn(1, 1, width))
+        self.position = nn.Parameter(torch.randn(1, 5, width) * 0.1)
+        self.norm0 = nn.LayerNorm(width)
+        self.attn0 = SelfAttention(width)
+        self.norm1 = nn.LayerNorm(width)
+        self.attn1 = nn.MultiheadAttention(width, 2, dropout=0.1, batch_first=True)
+        self.boom = ErrorModule()
+        self.head = nn.Sequential(
+            nn.BatchNorm1d(width), nn.Dropout(0.5), nn.Linear(width, NUM_CLASSES)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.patches(x).flatten(2).transpose(1, 2)  # (B, 4, width)
+        cls = self.class_token.expand(len(x), -1, -1)
+        h = torch.cat([cls, tokens], dim=1) + self.position
+        h = h + self.attn0(self.norm0(h))
+        normed = self.norm1(h)
+        h = h + self.attn1(normed, normed, normed, need_weights=False)[0]
+        return self.head(self.boom(h)[:, 0])
+
+
+MODELS = ("cnn", "transformer")
+"""The contract's models: ``"cnn"`` (:class:`ContractNet`), ``"transformer"``
+(:class:`ContractViT`, for the attention entry points)."""
+
+
 @dataclass
 class Setup:
     """A model and input prepared for one mode, and the context to call gradlens in."""
 
-    model: ContractNet
+    model: ContractNet | ContractViT
     x: Tensor
     mode: str
 
@@ -100,13 +160,14 @@ class Setup:
         return contextlib.nullcontext()
 
 
-def make_model() -> ContractNet:
-    """A ContractNet with fixed weights and non-trivial BatchNorm statistics, in eval mode."""
+def make_model(kind: str = "cnn") -> ContractNet | ContractViT:
+    """A model of ``kind`` (see :data:`MODELS`) with fixed weights and non-trivial BatchNorm
+    statistics, in eval mode."""
     torch.manual_seed(0)
-    model = ContractNet()
+    model = ContractNet() if kind == "cnn" else ContractViT()
     with torch.no_grad():
         for bn in model.modules():
-            if isinstance(bn, nn.BatchNorm2d):
+            if isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 bn.running_mean.uniform_(-0.5, 0.5)
                 bn.running_var.uniform_(0.5, 1.5)
     return model.eval()
@@ -116,18 +177,23 @@ def make_input() -> Tensor:
     return torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
 
 
-def setup(mode: str) -> Setup:
-    """The model and input for ``mode`` (see :data:`MODES`), with some ``.grad`` preset."""
+def setup(mode: str, kind: str = "cnn") -> Setup:
+    """The model of ``kind`` (see :data:`MODELS`) and the input for ``mode`` (see
+    :data:`MODES`), with some ``.grad`` preset."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
-    model = make_model()
+    if kind not in MODELS:
+        raise ValueError(f"unknown model {kind!r}; one of {MODELS}")
+    model = make_model(kind)
     if mode == "train":
         model.train()
     if mode == "frozen":
         model.requires_grad_(False)
     # known gradients that a call must neither replace nor accumulate into
-    model.head[3].weight.grad = torch.full_like(model.head[3].weight, 0.25)
-    model.block1[0].bias.grad = torch.arange(4.0)
+    last = model.head[-1].weight
+    last.grad = torch.full_like(last, 0.25)
+    early = model.block1[0].bias if isinstance(model, ContractNet) else model.attn0.qkv.bias
+    early.grad = torch.arange(float(early.numel()))
     if mode == "inference_mode":
         with torch.inference_mode():
             x = make_input()
@@ -140,7 +206,7 @@ def setup(mode: str) -> Setup:
 
 
 @contextlib.contextmanager
-def armed(model: ContractNet, name: str = "boom") -> Iterator[None]:
+def armed(model: nn.Module, name: str = "boom") -> Iterator[None]:
     """The model's forward raises :class:`Boom` at the error module ``name``."""
     module = model.get_submodule(name)
     if not isinstance(module, ErrorModule):
@@ -186,6 +252,7 @@ def snapshot(model: nn.Module, x: Tensor) -> dict[str, Any]:
     return {
         "grad_enabled": torch.is_grad_enabled(),
         "inference_mode": torch.is_inference_mode_enabled(),
+        "mha_fastpath": torch.backends.mha.get_fastpath_enabled(),
         "global_hooks": {
             name: list(value.items())
             for name, value in vars(module_globals).items()
@@ -229,7 +296,7 @@ def _compare_tensor(
 def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """What differs between two :func:`snapshot` results, one line per difference."""
     problems = []
-    for flag in ("grad_enabled", "inference_mode"):
+    for flag in ("grad_enabled", "inference_mode", "mha_fastpath"):
         if after[flag] != before[flag]:
             problems.append(f"torch {flag}: {before[flag]} -> {after[flag]}")
     for name, hooks in before["global_hooks"].items():

@@ -666,3 +666,18 @@ def test_scaled_dot_product_scale_is_respected():
     q = torch.randn(1, 1, 3, 4)
     probs = attentions(Model(), q)["attention"]
     torch.testing.assert_close(probs[0, 0], torch.softmax(q[0, 0] @ q[0, 0].T / math.sqrt(2), -1))
+
+
+def test_buffers_updated_by_a_train_mode_forward_in_the_block_are_restored():
+    from .contract_support import ContractViT
+
+    torch.manual_seed(0)
+    model = ContractViT().train()  # BatchNorm in the head: train-mode forwards update it
+    x = torch.randn(2, 3, 8, 8)
+    before = [b.clone() for b in model.buffers()]
+    with capture_attention(model):
+        model(x)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+    with capture_attention(model, restore_buffers=False):  # the forward's own update stays
+        model(x)
+    assert int(model.head[0].num_batches_tracked) == 1

@@ -155,7 +155,7 @@ def test_gradient_rollout_equals_the_formula_on_hugging_face_maps_and_their_grad
     maps, grads = reference_maps(eager_vit, images, target)
     expected = class_row_as_grid(by_hand_gradient_rollout(maps, grads))
     ours = gradlens.gradient_attention_rollout(
-        eager_vit, images, target, output="logits", upsample=False, normalize=False
+        eager_vit, images, target, upsample=False, normalize=False
     )
     torch.testing.assert_close(ours, expected, **TOL)
 
@@ -165,16 +165,14 @@ def test_sdpa_attention_gives_the_same_maps_as_eager_attention(eager_vit, images
     sdpa.load_state_dict(eager_vit.state_dict())
     before = full_state(sdpa)
     for name in METHOD_NAMES:
-        expected = METHODS[name](eager_vit, images, output="logits")
-        torch.testing.assert_close(METHODS[name](sdpa, images, output="logits"), expected, **TOL)
+        expected = METHODS[name](eager_vit, images)
+        torch.testing.assert_close(METHODS[name](sdpa, images), expected, **TOL)
     assert_untouched(before, sdpa)
 
 
 def test_image_maps_are_upsampled_and_normalised_like_cams(eager_vit, images):
-    raw = gradlens.gradient_attention_rollout(
-        eager_vit, images, output="logits", upsample=False, normalize=False
-    )
-    maps = gradlens.gradient_attention_rollout(eager_vit, images, output="logits")
+    raw = gradlens.gradient_attention_rollout(eager_vit, images, upsample=False, normalize=False)
+    maps = gradlens.gradient_attention_rollout(eager_vit, images)
     expected = gradlens.cam.postprocess(raw, (32, 32), upsample=True, normalize=True)
     assert maps.shape == (2, 32, 32) and maps.dtype == torch.float32
     torch.testing.assert_close(maps, expected, **TOL)
@@ -183,10 +181,10 @@ def test_image_maps_are_upsampled_and_normalised_like_cams(eager_vit, images):
 
 def test_k_targets_per_sample_give_one_map_each_from_one_call(eager_vit, images):
     targets = torch.tensor([[0, 2, 3], [1, 1, 0]])
-    together = gradlens.gradient_attention_rollout(eager_vit, images, targets, output="logits")
+    together = gradlens.gradient_attention_rollout(eager_vit, images, targets)
     assert together.shape == (2, 3, 32, 32)
     for k in range(3):
-        one = gradlens.gradient_attention_rollout(eager_vit, images, targets[:, k], output="logits")
+        one = gradlens.gradient_attention_rollout(eager_vit, images, targets[:, k])
         torch.testing.assert_close(together[:, k], one, **TOL)
 
 
@@ -195,7 +193,7 @@ def test_gradient_rollout_works_in_any_grad_mode_and_leaves_the_model_as_it_was(
     eager_vit, images, mode
 ):
     model = copy.deepcopy(eager_vit)
-    expected = gradlens.gradient_attention_rollout(model, images, 1, output="logits")
+    expected = gradlens.gradient_attention_rollout(model, images, 1)
     if mode == "frozen":
         model.requires_grad_(False)
     if mode == "train":
@@ -205,7 +203,7 @@ def test_gradient_rollout_works_in_any_grad_mode_and_leaves_the_model_as_it_was(
         mode, torch.enable_grad
     )
     with context():
-        maps = gradlens.gradient_attention_rollout(model, images, 1, output="logits")
+        maps = gradlens.gradient_attention_rollout(model, images, 1)
     assert_untouched(before, model)
     torch.testing.assert_close(maps, expected, **TOL)
 
@@ -288,7 +286,7 @@ MASK = (TEXT != 0).long()
 def test_text_encoders_explain_the_first_tokens_row_over_all_tokens(name):
     model = bert()
     before = full_state(model)
-    kwargs = dict(output="logits", forward_kwargs={"attention_mask": MASK})
+    kwargs = dict(forward_kwargs={"attention_mask": MASK})
     maps = METHODS[name](model, TEXT, **kwargs)
     assert_untouched(before, model)
     assert maps.shape == (2, 6) and maps.amax(1).eq(1).all() and maps.amin(1).eq(0).all()
@@ -362,7 +360,5 @@ def test_a_text_row_that_does_not_exist_is_refused(name, row):
     model = bert()
     before = full_state(model)
     with pytest.raises(AttentionRolloutError, match=f"row {row} does not exist: .* 6 tokens"):
-        METHODS[name](
-            model, TEXT, row=row, output="logits", forward_kwargs={"attention_mask": MASK}
-        )
+        METHODS[name](model, TEXT, row=row, forward_kwargs={"attention_mask": MASK})
     assert_untouched(before, model)

@@ -107,6 +107,8 @@ def test_gradient_rollout_accumulates_layer_by_layer():
         expected = expected + weighted @ expected
     assert torch.allclose(gradient_rollout(maps, grads), expected, atol=1e-6)
     assert torch.allclose(gradient_rollout(maps, grads, row=0), expected[:, 0], atol=1e-6)
+    assert torch.allclose(gradient_rollout(maps, grads, row=3), expected[:, 3], atol=1e-6)
+    assert torch.allclose(gradient_rollout(maps, grads, row=-1), expected[:, 4], atol=1e-6)
 
 
 def test_k_gradients_per_sample_give_k_rollouts():

@@ -423,6 +423,18 @@ def test_demo_runs_gradlens_demo_run_demo(capsys, monkeypatch, tmp_path):
     assert calls == [{"out": str(tmp_path), "seed": 3, "quick": True, "progress": True}]
 
 
+def test_demo_vit_runs_gradlens_vit_demo_run_vit_demo_and_not_the_cnn_demo(
+    capsys, monkeypatch, tmp_path
+):
+    calls = []
+    fake = types.ModuleType("gradlens.vit_demo")
+    fake.run_vit_demo = lambda **kwargs: calls.append(kwargs)
+    monkeypatch.setitem(sys.modules, "gradlens.vit_demo", fake)
+    monkeypatch.setitem(sys.modules, "gradlens.demo", None)  # importing it would now fail
+    assert run(capsys, "demo", "--vit", "--out", tmp_path)[0] == 0
+    assert calls == [{"out": str(tmp_path), "seed": 0, "quick": False, "progress": True}]
+
+
 @pytest.mark.parametrize("command", ["layers", "cam", "extract", "demo"])
 def test_every_subcommand_has_help_with_examples(capsys, command):
     status, out, _ = run(capsys, command, "--help")

@@ -1,6 +1,7 @@
 """The zero-side-effect contract, checked for every public entry point.
 
-Every entry point runs on a small CNN (tests/contract_support.py) in five modes -- eval,
+Every entry point runs on a small CNN (the attention entry points on a small transformer;
+tests/contract_support.py) in five modes -- eval,
 train, frozen parameters, under ``torch.no_grad()``, under ``torch.inference_mode()`` --
 with three outcomes: success, a bad target (a class index out of range, which must raise
 :class:`~gradlens.errors.TargetError`), and a layer that raises in the middle of the
@@ -95,6 +96,9 @@ class Case:
             the CAM layer, which has run, so hooks and tape are live when the error comes),
             or ``"block2.2"`` (inside the CAM layer) for entry points that rightly stop the
             forward once that layer has run.
+        model: the model it runs on (``contract_support.MODELS``): ``"cnn"``, or
+            ``"transformer"`` for the attention entry points (its ``boom`` runs after both
+            attention modules, so the capture and its tape are live when the error comes).
     """
 
     entry: Any
@@ -103,6 +107,7 @@ class Case:
     runs_model: bool = True
     forwards_like_the_model: bool = False
     error_at: str = "boom"
+    model: str = "cnn"
 
 
 # Eigen-CAM needs only the layer's activations (its MethodInfo says it uses no target), so
@@ -110,7 +115,8 @@ class Case:
 STOPS_AT_THE_LAYER = {"eigencam"}
 
 KINDS_WITH_A_CASE = ("cam", "attribution")
-"""Method kinds that ContractNet can explain; a method of another kind needs its own case."""
+"""Method kinds that ContractNet can explain; a method of another kind needs its own case
+(the attention methods: ContractViT)."""
 
 
 def _method_options(name: str) -> dict[str, Any]:
@@ -181,13 +187,29 @@ def _first_logit(output: torch.Tensor) -> torch.Tensor:
 
 
 def _refuses_the_cnn(method: Callable[..., Any]) -> Callable[[Call], None]:
-    """The attention methods on ContractNet, which has no attention module: they must refuse
-    it before running it, and leave no trace (tests/test_attention_methods.py checks the
-    same contract on transformers, where they succeed)."""
+    """An attention method on ContractNet, which has no attention module: it must refuse it
+    before running it, and leave no trace."""
 
     def run(c: Call) -> None:
+        cnn = setup("eval").model  # c.model is the transformer
+        before = snapshot(cnn, c.x)
         with pytest.raises(AttentionCaptureError, match="no attention module"):
-            method(c.model, c.x, target=c.target)
+            method(cnn, c.x, target=c.target)
+        assert_unchanged(before, snapshot(cnn, c.x))
+
+    return run
+
+
+def _attention_method(name: str) -> Callable[[Call], None]:
+    """A registered attention method on ContractViT: a (B, 8, 8) map (the 2 x 2 patch grid
+    upsampled), after refusing ContractNet."""
+    method = METHODS[name]
+    refuse = _refuses_the_cnn(method)
+
+    def run(c: Call) -> None:
+        refuse(c)
+        maps = method(c.model, c.x, target=c.target)
+        assert maps.shape == (BATCH, SIZE, SIZE) and maps.isfinite().all()
 
     return run
 
@@ -232,6 +254,35 @@ def _refuses_without_embeddings(method: Callable[..., Any]) -> Callable[[Call], 
             method(c.model, ids, ids[:, :1])
 
     return run
+
+
+ATTENTION = ["attn0", "attn1"]
+
+
+def _attentions(c: Call) -> None:
+    probs = gradlens.attentions(c.model, c.x)
+    assert list(probs) == ATTENTION and all(p.shape == (BATCH, 2, 5, 5) for p in probs.values())
+
+
+def _capture_attention(c: Call) -> None:
+    with gradlens.capture_attention(c.model) as attention:
+        c.model(c.x)
+    assert list(attention.probs) == ATTENTION
+
+
+def _attention_capture_with_gradients(c: Call) -> None:
+    """AttentionCapture(grad=True) and a gradient taken with respect to the probabilities
+    only (as Recorder.grad does), so the parameters' .grad stays as it was."""
+    with gradlens.AttentionCapture(c.model, grad=True) as attention:
+        logits = c.model(c.x)
+        probs = attention.graph_tensors()
+        if not torch.is_inference_mode_enabled():  # no tape under inference_mode
+            assert len(probs) == 2
+            with torch.enable_grad():
+                torch.autograd.grad(logits[:, 0].sum(), probs)
+    assert list(attention.probs) == ATTENTION
+    if probs:
+        assert list(attention.gradients) == ATTENTION
 
 
 def _from_embeddings(c: Call) -> None:
@@ -318,10 +369,17 @@ ENTRY_POINTS: dict[str, Case] = {
         takes_target=False,
     ),
     **{
-        name: Case(METHODS[name], _refuses_the_cnn(METHODS[name]), False, runs_model=False)
+        name: Case(METHODS[name], _attention_method(name), info.uses_target, model="transformer")
         for name, info in INFO.items()
         if info.kind == "attention"
     },
+    "attentions": Case(gradlens.attentions, _attentions, False, model="transformer"),
+    "capture_attention": Case(
+        gradlens.capture_attention, _capture_attention, False, model="transformer"
+    ),
+    "AttentionCapture": Case(
+        gradlens.AttentionCapture, _attention_capture_with_gradients, False, model="transformer"
+    ),
     "token_attributions": Case(
         gradlens.token_attributions,
         _refuses_without_embeddings(
@@ -409,11 +467,6 @@ EXEMPT: dict[str, str] = {
     "TokenInput": "parses token ids or a mapping of model inputs",
     "baseline_ids": "builds token ids from a config and an attention mask",
     "config_token_id": "reads a model's config",
-    # ContractNet has no attention module; tests/test_attention_capture.py checks that the
-    # capture leaves transformers untouched (hooks, fast path, attention settings, state)
-    "attentions": "needs an attention model",
-    "capture_attention": "needs an attention model",
-    "AttentionCapture": "needs an attention model",
 }
 
 PUBLIC_MODULES = (gradlens, gradlens.cam, gradlens.attribution, gradlens.metrics, gradlens.text)
@@ -481,7 +534,7 @@ def _expected(name: str, prepared: Setup, armed_model: bool) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("name", "mode"), _params("success", sorted(ENTRY_POINTS)))
 def test_success_leaves_no_trace(name: str, mode: str, tmp_path: Path) -> None:
-    prepared = setup(mode)
+    prepared = setup(mode, ENTRY_POINTS[name].model)
     expected = _expected(name, prepared, armed_model=False)
     _run(name, prepared, None, tmp_path)
     assert_unchanged(expected, snapshot(prepared.model, prepared.x))
@@ -494,7 +547,7 @@ def test_success_leaves_no_trace(name: str, mode: str, tmp_path: Path) -> None:
 def test_bad_target_raises_target_error_and_leaves_no_trace(
     name: str, mode: str, tmp_path: Path
 ) -> None:
-    prepared = setup(mode)
+    prepared = setup(mode, ENTRY_POINTS[name].model)
     expected = _expected(name, prepared, armed_model=False)
     with pytest.raises(TargetError, match=f"{BAD_TARGET} is out of range"):
         _run(name, prepared, BAD_TARGET, tmp_path)
@@ -516,7 +569,7 @@ def test_a_target_mixing_classes_and_lists_is_a_target_error() -> None:
 def test_a_layer_that_raises_gets_through_and_leaves_no_trace(
     name: str, mode: str, tmp_path: Path
 ) -> None:
-    prepared = setup(mode)
+    prepared = setup(mode, ENTRY_POINTS[name].model)
     expected = _expected(name, prepared, armed_model=True)
     with armed(prepared.model, ENTRY_POINTS[name].error_at), pytest.raises(Boom) as info:
         _run(name, prepared, None, tmp_path)

@@ -24,13 +24,14 @@ without changing the model:
 Each map is recorded under the dotted name of the innermost running captured module. The
 recorded tensor is the one the attention output is computed from, so gradients with
 respect to it are exact. Nothing about the model is changed: the hooks come off, the
-fast-path setting is restored, and no attention-implementation setting or flag is touched.
+fast-path setting is restored, buffers that train-mode forwards in the block update are
+restored (``restore_buffers``), and no attention-implementation setting or flag is touched.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .._hooks import HookSet
+from ..buffers import preserve_buffers
 from ..errors import (
     AttentionCaptureError,
     GradientNotAvailableError,
@@ -161,6 +163,9 @@ class AttentionCapture:
         reduce: a function applied to each stored (detached) probabilities tensor as it is
             captured, e.g. ``lambda p: p[:, :, 0]`` to keep only the first query's row, or
             a copy to another device; gradients still refer to the full probabilities.
+        restore_buffers: restore the model's buffers on exit (BatchNorm running statistics
+            that train-mode forwards inside the block update), as the
+            :class:`~gradlens.Recorder` does; see :func:`gradlens.buffers.preserve_buffers`.
 
     Raises:
         AttentionCaptureError: ``layers=None`` and the model has no attention module
@@ -179,11 +184,14 @@ class AttentionCapture:
         grad: bool = False,
         stop_early: bool = False,
         reduce: Callable[[Tensor], Tensor] | None = None,
+        restore_buffers: bool = True,
     ) -> None:
         self.model = model
         self.grad = grad
         self.stop_early = stop_early
         self.reduce = reduce
+        self.restore_buffers = restore_buffers
+        self._buffer_guard = ExitStack()
         found = attention_modules(model)
         if layers is None:
             if not found:
@@ -228,6 +236,8 @@ class AttentionCapture:
         self._entry_grad_mode = torch.is_grad_enabled()
         self._tape_started = False
         try:
+            if self.restore_buffers:
+                self._buffer_guard.enter_context(preserve_buffers(self.model))
             for name, module in self._tracked.items():
                 selected = name in self.modules
                 self._hooks.forward_pre(module, self._push_hook(name, selected))
@@ -255,6 +265,7 @@ class AttentionCapture:
             self._mode = None
         torch.backends.mha.set_fastpath_enabled(self._fastpath)
         self._hooks.remove()
+        self._buffer_guard.close()
         if self._tape_started:
             torch.set_grad_enabled(self._entry_grad_mode)
         self._frames = []
@@ -466,6 +477,7 @@ def capture_attention(
     grad: bool = False,
     stop_early: bool = False,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    restore_buffers: bool = True,
 ) -> AttentionCapture:
     """Create an :class:`AttentionCapture`: ``with gradlens.capture_attention(model) as a: ...``.
 
@@ -475,6 +487,7 @@ def capture_attention(
         grad: keep the probabilities in the autograd graph, for their gradients.
         stop_early: end the forward once every selected module has been captured.
         reduce: a function applied to each stored probabilities tensor.
+        restore_buffers: restore the model's buffers on exit.
 
     Returns:
         The (not yet entered) :class:`AttentionCapture`.
@@ -483,4 +496,11 @@ def capture_attention(
         AttentionCaptureError: ``layers=None`` and the model has no attention module.
         LayerNotFoundError: a layer spec selects nothing.
     """
-    return AttentionCapture(model, layers, grad=grad, stop_early=stop_early, reduce=reduce)
+    return AttentionCapture(
+        model,
+        layers,
+        grad=grad,
+        stop_early=stop_early,
+        reduce=reduce,
+        restore_buffers=restore_buffers,
+    )

@@ -37,6 +37,7 @@ __all__ = [
     "add_residual",
     "rollout",
     "gradient_rollout",
+    "positive_weighted",
 ]
 
 HeadFusion = Literal["mean", "max", "min"]
@@ -209,20 +210,40 @@ def gradient_rollout(
                 f"a gradient of shape {tuple(g.shape)} does not fit an attention map of shape "
                 f"{tuple(a.shape)}; expected {tuple(a.shape)} or (K, *{tuple(a.shape)})"
             )
-    weighted = [
-        (g.float() * a.float()).clamp(min=0).mean(dim=-3) for a, g in zip(attentions, gradients)
-    ]
-    leading = weighted[0].shape[:-2]  # (B,) or (K, B)
+    leading = gradients[0].shape[:-3]  # (B,) or (K, B)
+    device = attentions[0].device
     if row is None:
-        eye = torch.eye(tokens, device=weighted[0].device)
+        eye = torch.eye(tokens, device=device)
         result = eye.expand(*leading, tokens, tokens).clone()
-        for layer in weighted:
-            result = result + layer @ result
+        for a, g in zip(attentions, gradients):
+            result = result + positive_weighted(a, g) @ result
         return result
-    vector = one_hot_rows(batch, tokens, row, weighted[0].device).expand(*leading, tokens)
-    for layer in reversed(weighted):
-        vector = vector + (vector.unsqueeze(-2) @ layer).squeeze(-2)
+    # the row vector starts one-hot, so the last layer needs only its row of Ā; each
+    # earlier layer's Ā is made when it is used (one (B, N, N) map alive at a time)
+    vector = one_hot_rows(batch, tokens, row, device).expand(*leading, tokens)
+    row %= tokens  # one_hot_rows checked it is in [-N, N)
+    vector = vector + positive_weighted(attentions[-1], gradients[-1], row).squeeze(-2)
+    for a, g in zip(reversed(attentions[:-1]), reversed(gradients[:-1])):
+        vector = vector + (vector.unsqueeze(-2) @ positive_weighted(a, g)).squeeze(-2)
     return vector
+
+
+def positive_weighted(attention: Tensor, gradient: Tensor, row: int | None = None) -> Tensor:
+    """``Ā = mean_heads(ReLU(dA ⊙ A))``, the gradient-weighted map of one layer.
+
+    Args:
+        attention: the probabilities ``A``, ``(B, heads, N, N)``.
+        gradient: their gradient ``dA``, ``(B, heads, N, N)`` or ``(K, B, heads, N, N)``.
+        row: only this query row of ``Ā``, or ``None`` for all of them.
+
+    Returns:
+        float32 ``(..., B, N, N)`` (``(..., B, 1, N)`` for one ``row``).
+    """
+    if row is not None:
+        attention = attention[..., row : row + 1, :]
+        gradient = gradient[..., row : row + 1, :]
+    weighted = gradient.float() * attention.float()  # a new tensor: ReLU in place
+    return weighted.clamp_(min=0).mean(dim=-3)
 
 
 def check_maps(attentions: Sequence[Tensor]) -> tuple[int, int]:

@@ -134,16 +134,21 @@ def extract(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     """``gradlens demo``: train a tiny CNN on synthetic shapes and score every method;
+    ``--vit``: train a tiny vision transformer and score the attention methods;
     ``--text``: train a tiny text transformer and score the per-token attributions."""
     # each demo trains a model: imported only when asked for
     if args.text:
         from ..text_demo import run_text_demo
 
         run_text_demo(out=args.out, seed=args.seed, quick=args.quick, progress=True)
-        return 0
-    from ..demo import run_demo
+    elif args.vit:
+        from ..vit_demo import run_vit_demo
 
-    run_demo(out=args.out, seed=args.seed, quick=args.quick, progress=True)
+        run_vit_demo(out=args.out, seed=args.seed, quick=args.quick, progress=True)
+    else:
+        from ..demo import run_demo
+
+        run_demo(out=args.out, seed=args.seed, quick=args.quick, progress=True)
     return 0
 
 
