@@ -26,7 +26,7 @@ def embedding_layer(model: nn.Module, tokens: TokenInput) -> str:
     Raises:
         LayerNotFoundError: the model has no embedding layer (pass ``layer=``).
     """
-    modules = dict(model.named_modules())
+    modules: dict[str, nn.Module] = dict(model.named_modules())
     getter = getattr(model, "get_input_embeddings", None)
     if callable(getter):
         try:
