@@ -3,7 +3,8 @@
 Uses small random-init torchvision ``VisionTransformer`` and ``SwinTransformer`` models and
 a tiny text classifier (embedding, one transformer encoder layer, mean pooling, linear)
 whose forward takes token ids and an attention mask and returns a dict. Writes
-``transformers.png`` (Grad-CAM maps of the ViT and the Swin model) and ``transformers.txt``
+``transformers.png`` (Grad-CAM maps of the ViT and the Swin model), ``transformers_tokens.png``
+(the per-token attributions drawn with ``gradlens.viz.text``) and ``transformers.txt``
 (layouts, shapes and per-token attributions).
 
 Run: ``python examples/transformer_layouts.py [--quick] [--out DIR]``
@@ -44,6 +45,8 @@ def vision_transformer(x: Tensor) -> dict[str, Tensor]:
     # the last encoder block's first LayerNorm returns (B, 1 + 8 * 8, 32) tokens: a class
     # token and an 8 x 8 grid, read as (B, 32, 8, 8) automatically
     maps = gradcam(vit, x, "encoder.layers.encoder_layer_1.ln_1")  # (B, 64, 64)
+    # it is also the default layer: gradcam(vit, x) gives the same maps
+    assert gradlens.default_layer(vit, x) == "encoder.layers.encoder_layer_1.ln_1"
 
     # --8<-- [end:vit]
     # --8<-- [start:reshape]
@@ -123,6 +126,17 @@ def text_model() -> dict[str, object]:
         model, ids, "embedding", target=1, forward_kwargs={"attention_mask": mask}
     ).sum(-1)
     # --8<-- [end:text]
+    # --8<-- [start:text-picture]
+    words = [
+        ["the", "cat", "sat", "<down>", "[PAD]", "[PAD]"],
+        ["a", "$5", "dog", "ran", "far", "away"],
+    ]
+    picture = gradlens.viz.text(
+        words, per_token, mask, titles=["sample 0", "sample 1"], line_width=40
+    )
+    page = gradlens.viz.text_html(words, per_token, mask)  # the same as HTML, for notebooks
+    # --8<-- [end:text-picture]
+    assert "&lt;down&gt;" in page and "[PAD]" not in page
     deltas = {}
     for steps in (16, 50, 200):
         _, d = layer_integrated_gradients(
@@ -139,6 +153,7 @@ def text_model() -> dict[str, object]:
         gap = model(ids, mask)["logits"][:, 1] - model(torch.zeros_like(ids), mask)["logits"][:, 1]
     assert torch.allclose(delta, torch.tensor([float(v) for v in deltas[200]]), atol=1e-3)
     return {
+        "picture": picture,
         "f(x) - f(baseline)": [f"{float(v):.3f}" for v in gap],
         "completeness delta by steps": deltas,
         "per-token IG, sample 0": [round(float(v), 3) for v in per_token[0]],
@@ -153,11 +168,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     save_figure(gradlens.viz.show(x, maps, panel_size=1.4), args.out / "transformers.png")
     torch.manual_seed(0)
     lines = [f"{name}: {tuple(m.shape)}" for name, m in maps.items()]
-    lines += [f"{key}: {value}" for key, value in text_model().items()]
+    text_results = text_model()
+    tokens_png = save_figure(
+        text_results.pop("picture"), args.out / "transformers_tokens.png", dpi=110
+    )
+    lines += [f"{key}: {value}" for key, value in text_results.items()]
     report = args.out / "transformers.txt"
     report.write_text("\n".join(lines) + "\n")
     print(report.read_text())
-    return [args.out / "transformers.png", report]
+    return [args.out / "transformers.png", tokens_png, report]
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ._inputs import Inputs, ModelInput
 from .errors import LayerNotFoundError
-from .recorder import Recorder
+from .recorder import Call, Recorder
 from .selection import named_modules
 
 __all__ = ["LayerInfo", "LayerTable", "layers", "default_layer"]
@@ -77,11 +77,11 @@ def _signature(t: Tensor) -> tuple[Any, ...]:
     )
 
 
-def _probe(model: nn.Module, x: Inputs, forward_kwargs: Mapping[str, Any] | None) -> Recorder:
+def _probe(model: nn.Module, inputs: ModelInput) -> Recorder:
     recorder = Recorder(model, lambda name, module: name != "", reduce=_signature)
     # outside inference mode: the signature needs version counters, which inference tensors lack
     with torch.inference_mode(False), torch.no_grad(), recorder:
-        args, kwargs = ModelInput.parse(x, forward_kwargs).bind()
+        args, kwargs = inputs.bind()
         recorder.forward(*args, **kwargs)
     return recorder
 
@@ -96,12 +96,30 @@ def _shape_of(signature: Any) -> Any:
     return None
 
 
-def _default_from(recorder: Recorder) -> str | None:
-    calls = [c for c in recorder.all_calls() if _is_spatial(c.activation)]
-    if not calls:
+def _default_from(recorder: Recorder, model: nn.Module, inputs: ModelInput) -> str | None:
+    """The default CAM layer of a forward pass on ``inputs`` (the rules of
+    :func:`default_layer`)."""
+    calls = recorder.all_calls()
+    attention = _attention_names(model)
+    spatial = [
+        c
+        for c in calls
+        if _is_spatial(c.activation)
+        and not any(c.name != a and _within(c.name, a) for a in attention)
+    ]
+    token_norm = _token_norm_before_last_attention(
+        calls, named_modules(model), attention, inputs.batch_size
+    )
+    sees_image = inputs.image_size is not None or (
+        token_norm is not None and bool(spatial) and spatial[0].index < token_norm.index
+    )
+    if token_norm is not None and sees_image:
+        if not spatial or spatial[-1].index < token_norm.index:
+            return token_norm.name
+    if not spatial:
         return None
-    last = calls[-1].activation
-    same = [c.name for c in calls if c.activation == last]
+    last = spatial[-1].activation
+    same = [c.name for c in spatial if c.activation == last]
     return min(same, key=lambda n: (len(n), n))
 
 
@@ -113,6 +131,73 @@ def _is_spatial(signature: Any) -> bool:
         and all(isinstance(s, int) for s in shape)
         and shape[2] * shape[3] > 1
     )
+
+
+def _is_tokens(signature: Any, batch: int) -> bool:
+    """A ``(B, N, C)`` token tensor with ``N > 1`` (batch first: ``B = batch``)."""
+    shape = _shape_of(signature)
+    return (
+        isinstance(shape, tuple)
+        and len(shape) == 3
+        and all(isinstance(s, int) for s in shape)
+        and shape[0] == batch
+        and shape[1] > 1
+    )
+
+
+def _is_norm(module: nn.Module) -> bool:
+    # LlamaRMSNorm, T5LayerNorm and the like are not nn.LayerNorm subclasses
+    return isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or type(module).__name__.endswith("Norm")
+
+
+def _within(name: str, ancestor: str) -> bool:
+    """``name`` is ``ancestor`` or inside it (``""`` is the model)."""
+    return ancestor == "" or name == ancestor or name.startswith(ancestor + ".")
+
+
+def _attention_names(model: nn.Module) -> list[str]:
+    # deferred: the attention package imports the CAMs, which import this module
+    from .attention.capture import attention_modules
+
+    return [name for name in attention_modules(model) if name]
+
+
+def _token_norm_before_last_attention(
+    calls: list[Call], modules: Mapping[str, nn.Module], attention_names: list[str], batch: int
+) -> Call | None:
+    """The first token norm that runs before the last attention call in the same block.
+
+    A *token norm* is a normalisation layer with a ``(B, N, C)`` output. The *block* of a
+    norm call is the call of its closest ancestor that ran (the model when none did); the
+    norm *opens* the first attention call that finishes after it within that block (the
+    block itself counts when it is an attention module).
+    """
+    attention = set(attention_names)
+    if not attention:
+        return None
+    ran = {c.name for c in calls}
+    opened: list[tuple[int, int, Call]] = []  # (attention call index, norm call index, norm)
+    for position, norm in enumerate(calls):
+        if not (_is_norm(modules[norm.name]) and _is_tokens(norm.activation, batch)):
+            continue
+        block = _closest_ancestor(norm.name, ran)
+        for later in calls[position + 1 :]:
+            if later.name == block:  # the block returned: it ran no attention after the norm
+                if block in attention:
+                    opened.append((later.index, norm.index, norm))
+                break
+            if later.name in attention and _within(later.name, block):
+                opened.append((later.index, norm.index, norm))
+                break
+    return max(opened, key=lambda o: (o[0], -o[1]))[2] if opened else None
+
+
+def _closest_ancestor(name: str, ran: set[str]) -> str:
+    while "." in name:
+        name = name.rsplit(".", 1)[0]
+        if name in ran:
+            return name
+    return ""
 
 
 def layers(
@@ -136,8 +221,9 @@ def layers(
     named = [(n, m) for n, m in named_modules(model).items() if n]
     if example_input is None:
         return LayerTable(LayerInfo(n, type(m).__name__) for n, m in named)
-    recorder = _probe(model, example_input, forward_kwargs)
-    default = _default_from(recorder)
+    inputs = ModelInput.parse(example_input, forward_kwargs)
+    recorder = _probe(model, inputs)
+    default = _default_from(recorder, model, inputs)
     calls_of: dict[str, list[Any]] = {}
     for call in recorder.all_calls():
         calls_of.setdefault(call.name, []).append(call)
@@ -154,22 +240,58 @@ def default_layer(
 ) -> str:
     """The layer CAM methods use when ``layer=None``.
 
-    It is the last module, in the order modules finish, whose output is 4-D with more
-    than one spatial position (so not a global pool); among modules returning that same
-    tensor (``layer4``, ``layer4.1``, ``layer4.1.relu``) the shortest name. One forward pass
-    without tape on the first sample of ``x`` finds it.
+    One forward pass without tape on the first sample of the input records every module's
+    output, and two rules read it:
+
+    * **Transformers** (blocks of ``(B, N, C)`` tokens): the input of the last attention,
+      that is the first LayerNorm of the last block -- ``ln_1`` in torchvision's ViT,
+      ``norm1`` in timm, ``layernorm_before`` in Hugging Face ViT and Swin -- as
+      pytorch-grad-cam recommends (a ViT's last block reaches the head only through its
+      class token, so its patch tokens get no gradient). Precisely: a *token norm* is a
+      normalisation layer (``nn.LayerNorm``, ``nn.RMSNorm`` or a class whose name ends in
+      ``Norm``) whose output is ``(B, N, C)`` with ``N > 1``. It *opens* an attention when
+      an attention module (:func:`gradlens.attention.capture.attention_modules`:
+      ``nn.MultiheadAttention`` or a class whose name contains ``Attention``) finishes
+      after it inside its block -- the closest enclosing module that ran, itself counted
+      when it is the attention module. The layer is the first token norm that opens the
+      last attention call, so norms inside the attention (query/key norms) and the norm
+      before the MLP are not chosen. Post-norm blocks (BERT's), whose norms come after
+      the attention, open none.
+    * **CNNs**: the last module, in the order modules finish, whose output is 4-D with more
+      than one spatial position (so not a global pool), leaving out modules inside an
+      attention module (their 4-D outputs are heads x queries x keys, not images); among
+      modules returning that same tensor (``layer4``, ``layer4.1``, ``layer4.1.relu``) the
+      shortest name.
+
+    The transformer rule is for images: it applies when the input has a 4-D image tensor
+    or a 4-D output (a patch convolution) runs before the norm; text transformers keep
+    the CNN rule, which finds nothing (their CAM would be a grid of tokens: use
+    :func:`gradlens.token_attributions` instead). When both rules find a layer, the later
+    one wins: the token norm of a ViT (whose patch convolution runs first), the
+    convolution after the transformer blocks of a hybrid model. Models whose blocks
+    return channels-last ``(B, H, W, C)`` maps (torchvision's Swin) follow the CNN rule.
+
+    Args:
+        model: the model.
+        x: its input, as for the CAM methods (only the first sample is run).
+        forward_kwargs: keyword inputs for the model.
+
+    Returns:
+        The dotted name of the layer.
 
     Raises:
-        LayerNotFoundError: no module produces such an output (e.g. a transformer:
-            name the layer explicitly).
+        LayerNotFoundError: neither rule finds a layer (a model without spatial outputs or
+            attention blocks, or with post-norm blocks only): name the layer explicitly.
     """
-    first = ModelInput.parse(x, forward_kwargs).take(torch.zeros(1, dtype=torch.long))
-    recorder = _probe(model, first, None)
-    name = _default_from(recorder)
+    with torch.inference_mode(False):  # the sample taken must not be an inference tensor
+        first = ModelInput.parse(x, forward_kwargs).take(torch.zeros(1, dtype=torch.long))
+    recorder = _probe(model, first)
+    name = _default_from(recorder, model, first)
     if name is None:
         raise LayerNotFoundError(
             f"{type(model).__name__} has no layer with a 4-D output of more than one spatial "
-            "position, so no CAM layer can be chosen automatically; pass layer= "
+            "position, nor a LayerNorm of (B, N, C) tokens before an attention module, so no "
+            "CAM layer can be chosen automatically; pass layer= "
             "(gradlens.layers(model, x) lists the layers and their output shapes)"
         )
     return name

@@ -254,14 +254,15 @@ class DataclassOutput(nn.Module):
         return Prediction(logits=logits, embedding=logits.detach())
 
 
-def test_structured_model_output_with_output(resnet18, image_batch):
+def test_structured_model_output_is_scored_on_its_logits(resnet18, image_batch):
     model = DataclassOutput(resnet18)
+    expected = C.gradcam(resnet18, image_batch, "layer4")
+    torch.testing.assert_close(C.gradcam(model, image_batch, "inner.layer4"), expected)
     torch.testing.assert_close(
-        C.gradcam(model, image_batch, "inner.layer4", output="logits"),
-        C.gradcam(resnet18, image_batch, "layer4"),
+        C.gradcam(model, image_batch, "inner.layer4", output="logits"), expected
     )
     with pytest.raises(gradlens.OutputSelectionError, match="output="):
-        C.gradcam(model, image_batch, "inner.layer4")
+        C.gradcam(model, image_batch, "inner.layer4", output="scores")
 
 
 class TupleBlock(nn.Module):

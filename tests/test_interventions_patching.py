@@ -356,3 +356,12 @@ def test_each_position_needs_layers_with_the_same_number_of_positions(resnet18, 
             lambda out: out[:, 0],
             positions="each",
         )
+
+
+def test_encodings_given_as_mappings_patch_like_tensors(gpt2, prompts):
+    clean, corrupted = prompts
+    as_tensors = gradlens.activation_patching(gpt2, clean, corrupted, BLOCKS, lm_metric)
+    as_mappings = gradlens.activation_patching(
+        gpt2, {"input_ids": clean}, {"input_ids": corrupted}, BLOCKS, lm_metric
+    )
+    torch.testing.assert_close(as_mappings, as_tensors)

@@ -92,9 +92,10 @@ def test_default_layer_fails_clearly_without_spatial_outputs():
         gradlens.default_layer(SharedNet(), torch.randn(2, 4))
 
 
-def test_default_layer_of_a_vit_is_its_patch_embedding():
-    # by the rule (last 4-D output): name a transformer block explicitly instead
-    assert gradlens.default_layer(small_vit(), torch.randn(1, 3, 32, 32)) == "conv_proj"
+def test_default_layer_of_a_vit_is_the_first_norm_of_its_last_block():
+    # the input of the last attention (tests/test_default_layer.py has the other ViTs)
+    layer = gradlens.default_layer(small_vit(), torch.randn(1, 3, 32, 32))
+    assert layer == "encoder.layers.encoder_layer_1.ln_1"
 
 
 def test_default_layer_works_inside_inference_mode(resnet18):

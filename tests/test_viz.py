@@ -167,17 +167,17 @@ def test_save_needs_a_known_suffix(tmp_path):
 
 def test_viz_does_not_import_pyplot():
     import ast
+    from pathlib import Path
 
     import gradlens.viz
 
-    with open(gradlens.viz.__file__) as source:
-        tree = ast.parse(source.read())
     imported = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            imported += [f"{node.module}.{alias.name}" for alias in node.names]
+    for path in Path(gradlens.viz.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                imported += [f"{node.module}.{alias.name}" for alias in node.names]
     assert "matplotlib.figure.Figure" in imported
     assert not any("pyplot" in name for name in imported)
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .._explain import differentiate
-from .._inputs import Inputs, as_args, batch_size
+from .._inputs import Inputs, ModelInput, as_args, batch_size
 from .._pytree import flatten
 from ..buffers import preserve_buffers
 from ..errors import InterventionError
@@ -102,6 +102,7 @@ def activation_patching(
     index = _positions(clean_acts, positions)
     cases = [(name, p) for name in names for p in (index if index is not None else [None])]
     per_forward = len(cases) if batch_size is None else max(1, batch_size // b)
+    corrupted_input = ModelInput.parse(corrupted, forward_kwargs)
     values: list[Tensor] = []
     for start in range(0, len(cases), per_forward):
         chunk = cases[start : start + per_forward]
@@ -109,10 +110,8 @@ def activation_patching(
             name: _patch_rows(name, clean_acts[name], chunk, b)
             for name in dict.fromkeys(name for name, _ in chunk)
         }
-        args = _repeat(as_args(corrupted), b, len(chunk))
-        kwargs = _repeat(dict(forward_kwargs or {}), b, len(chunk))
         with torch.inference_mode(), patch(model, edits, select=select):
-            output = model(*args, **kwargs)
+            output = corrupted_input.tile(len(chunk)).call(model)
         values.extend(_metric_per_case(metric, output, b, len(chunk)))
     n_positions = 1 if index is None else len(index)
     return torch.stack(values).reshape(len(names), n_positions)
@@ -288,19 +287,6 @@ def _patch_rows(
         return patched
 
     return edit
-
-
-def _repeat(inputs: Any, b: int, times: int) -> Any:
-    """Tensors of ``inputs`` (a tuple or a dict) whose dim 0 is ``b``, repeated ``times``."""
-
-    def tile(value: Any) -> Any:
-        if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == b and times > 1:
-            return value.repeat(times, *([1] * (value.ndim - 1)))
-        return value
-
-    if isinstance(inputs, dict):
-        return {key: tile(value) for key, value in inputs.items()}
-    return tuple(tile(value) for value in inputs)
 
 
 def _metric_per_case(metric: Metric, output: Any, b: int, cases: int) -> list[Tensor]:

@@ -1,8 +1,4 @@
-"""Pictures of attribution maps: heatmap overlays and grids of images x methods (matplotlib only).
-
-Figures are built as :class:`matplotlib.figure.Figure` objects directly, never through
-``pyplot``, so nothing here needs a GUI, selects a backend or opens a window; a figure
-shows up in a notebook when it is the cell's value, and :func:`save` writes it to disk.
+"""Images and their maps: heatmap :func:`overlay` and grids of images x maps (:func:`show`).
 
 Images may be torch tensors or numpy arrays, channels-first ``(C, H, W)`` or channels-last
 ``(H, W, C)`` (``C`` = 1, 3 or 4; a 4th channel is dropped), or ``(H, W)`` greyscale. The
@@ -21,7 +17,6 @@ image size when it differs, and each panel is scaled on its own.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Union
 
 import matplotlib
@@ -33,31 +28,20 @@ from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
-from .maps import normalize, resize
+from ..maps import normalize, resize
+from ._arrays import ArrayLike, as_numpy
+from .colours import DIVERGING_CMAP
 
-__all__ = ["overlay", "show", "save", "patching_heatmap", "DIVERGING_CMAP"]
+__all__ = ["overlay", "show"]
 
-ArrayLike = Union[torch.Tensor, np.ndarray]
 Maps = Union[ArrayLike, Sequence[ArrayLike], Mapping[str, ArrayLike]]
-
-DIVERGING_CMAP = "bwr"
-"""Colour map of signed maps: blue negative, white zero, red positive."""
-
-
-def _numpy(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        tensor = x.detach().cpu()
-        if tensor.dtype in (torch.bfloat16, torch.float16):
-            tensor = tensor.float()
-        return tensor.numpy()
-    return np.asarray(x)
 
 
 def _rgb(
     image: Any, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
 ) -> np.ndarray:
     """An image as float64 ``(H, W, 3)`` in [0, 1] (see the module docstring)."""
-    array = _numpy(image)
+    array = as_numpy(image)
     if array.ndim == 2:
         array = array[..., None]
     elif array.ndim != 3:
@@ -84,7 +68,7 @@ def _rgb(
 
 def _heat(heatmap: Any, size: tuple[int, int] | None = None) -> np.ndarray:
     """A heatmap as float64 ``(H, W)``, resized bilinearly to ``size`` if it differs."""
-    array = _numpy(heatmap).astype(np.float64)
+    array = as_numpy(heatmap).astype(np.float64)
     while array.ndim > 2 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
@@ -149,7 +133,7 @@ def _columns(maps: Maps, titles: Sequence[str] | None, batch: int) -> list[tuple
         named = [(None, m) for m in maps]
     columns: list[tuple[str | None, np.ndarray]] = []
     for name, value in named:
-        array = _numpy(value).astype(np.float64)
+        array = as_numpy(value).astype(np.float64)
         if array.ndim == 2 and batch == 1:
             array = array[None]
         if array.ndim == 3:
@@ -224,7 +208,7 @@ def show(
     batch = len(images)
     columns = _columns(maps, titles, batch)
     if boxes is not None:
-        boxes = _numpy(boxes)
+        boxes = as_numpy(boxes)
         if boxes.shape != (batch, 4):
             raise ValueError(f"boxes must have shape ({batch}, 4), got {boxes.shape}")
     groups = 1 if ncols is None else max(1, min(ncols, batch))
@@ -280,100 +264,4 @@ def show(
                         linewidth=1.5,
                     )
                 )
-    return fig
-
-
-def save(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
-    """Write ``fig`` to ``path``; the format follows the suffix (``.png``, ``.pdf``, ``.svg``, ...).
-
-    Missing parent folders are created.
-
-    Returns:
-        The path written, as a :class:`~pathlib.Path`.
-
-    Raises:
-        ValueError: the path has no suffix, or matplotlib does not know the format.
-    """
-    path = Path(path)
-    fmt = path.suffix.lstrip(".").lower()
-    if not fmt:
-        raise ValueError(
-            f"cannot tell the format of {str(path)!r}: give it a suffix such as .png or .pdf"
-        )
-    supported = fig.canvas.get_supported_filetypes()
-    if fmt not in supported:
-        raise ValueError(
-            f"unsupported format {fmt!r}; matplotlib writes {', '.join(sorted(supported))}"
-        )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format=fmt, dpi=dpi)
-    return path
-
-
-def patching_heatmap(
-    results: ArrayLike | Mapping[str, ArrayLike],
-    layers: Sequence[str] | None = None,
-    positions: Sequence[str] | None = None,
-    *,
-    title: str | None = None,
-    panel_size: float = 3.0,
-) -> Figure:
-    """Heat maps of patching results, layer x position, one panel per result.
-
-    For :func:`gradlens.activation_patching` and :func:`gradlens.attribution_patching`:
-    pass ``{"activation patching": ap, "attribution patching": atp}`` to see the
-    estimate beside the measured effect. Each panel has its own colour scale, symmetric
-    around 0 (blue negative, white 0, red positive) with a colour bar.
-
-    Args:
-        results: an ``(L, P)`` array, or ``{panel title: (L, P) array}``; all of one shape.
-        layers: the ``L`` row labels (e.g. the layer names); default ``0..L-1``.
-        positions: the ``P`` column labels (e.g. the tokens); default ``0..P-1``.
-        title: a title above the panels.
-        panel_size: the height of a panel in inches; panels are wider for more
-            positions, up to three times that.
-
-    Returns:
-        The :class:`~matplotlib.figure.Figure`.
-
-    Raises:
-        ValueError: a result is not 2-D, the results differ in shape, or a label list
-            has the wrong length.
-    """
-    panels = dict(results) if isinstance(results, Mapping) else {"": results}
-    arrays = {name: _numpy(value).astype(np.float64) for name, value in panels.items()}
-    shapes = {name: array.shape for name, array in arrays.items()}
-    if any(len(shape) != 2 for shape in shapes.values()) or len(set(shapes.values())) != 1:
-        raise ValueError(
-            f"patching results must be 2-D arrays (layers, positions) of one shape; got {shapes}"
-        )
-    n_layers, n_positions = next(iter(shapes.values()))
-    row_labels = [str(label) for label in (range(n_layers) if layers is None else layers)]
-    column_labels = [str(p) for p in (range(n_positions) if positions is None else positions)]
-    if len(row_labels) != n_layers or len(column_labels) != n_positions:
-        raise ValueError(
-            f"{len(row_labels)} layer and {len(column_labels)} position labels for results "
-            f"of shape ({n_layers}, {n_positions})"
-        )
-    width = min(max(1.5 + 0.3 * n_positions, panel_size), 3 * panel_size)  # per panel
-    fig = Figure(figsize=(width * len(arrays), panel_size + 0.6), layout="constrained")
-    for k, (name, array) in enumerate(arrays.items()):
-        ax = fig.add_subplot(1, len(arrays), k + 1)
-        limit = float(np.abs(array).max()) or 1.0
-        shown = ax.imshow(
-            array,
-            cmap=DIVERGING_CMAP,
-            vmin=-limit,
-            vmax=limit,
-            aspect="auto",
-            interpolation="nearest",
-        )
-        fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
-        ax.set_xticks(range(n_positions), column_labels, rotation=90, fontsize=7)
-        ax.set_yticks(range(n_layers), row_labels if k == 0 else [""] * n_layers, fontsize=7)
-        ax.set_xlabel("position", fontsize=8)
-        if name:
-            ax.set_title(name, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
     return fig
