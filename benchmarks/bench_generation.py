@@ -15,7 +15,7 @@ continuation of K = 16 tokens. Both sides run Integrated Gradients on the embedd
 * gradlens: ``generation_attributions(model, ids, continuation, method="integrated_gradients",
   steps=S, batch_size=b)`` -- one forward of prompt + continuation per chunk of ``b`` steps and
   one batched backward for all K log-probabilities; ``b = None`` (all steps in one chunk),
-  8, and 1 (one step per pass, the memory-lean setting).
+  8, and 1 (one step per pass: generation_attributions' default, the memory-lean setting).
 
 The baseline is token 0 on the prompt and the continuation's own tokens after it, Captum's
 baseline, so the prompt columns of gradlens' rows are checked against Captum's
@@ -131,7 +131,7 @@ def variants(
         "captum LLMGradientAttribution": theirs,
         "gradlens (all steps per pass)": ours(None),
         "gradlens (8 steps per pass)": ours(8),
-        "gradlens (1 step per pass)": ours(1),
+        "gradlens (1 step per pass, default)": ours(1),
     }
 
 

@@ -177,3 +177,25 @@ def test_the_model_is_left_untouched(mode: str) -> None:
             steps=2,
         )
     assert_unchanged(before, snapshot(model, prompt))
+
+
+def test_integrated_gradients_runs_one_step_per_pass_by_default(
+    gpt2: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backwards: list[bool] = []
+    grad = torch.autograd.grad
+
+    def counting_grad(*args: Any, **kwargs: Any) -> Any:
+        backwards.append(kwargs.get("is_grads_batched", False))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    gradlens.generation_attributions(
+        gpt2,
+        token_ids(2, PROMPT),
+        token_ids(2, K, seed=2),
+        method="integrated_gradients",
+        baseline=0,
+        steps=3,
+    )
+    assert backwards == [True, True, True]  # one batched backward per step, K targets each

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..errors import TokenInputError
 from .inputs import TokenInput
 
-__all__ = ["Baseline", "CONFIG_TOKENS", "baseline_ids", "config_token_id"]
+__all__ = ["Baseline", "CONFIG_TOKENS", "baseline_ids", "check_vocabulary", "config_token_id"]
 
 Baseline = Union[str, int, Tensor]
 """``"pad"``, ``"mask"``, ``"unk"`` (the token id from ``model.config``), ``"zero"`` (zero

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .. import targets
+from .. import registry, targets
 from ..errors import TokenInputError
 from .tokens import token_attributions
 
@@ -33,9 +34,9 @@ def generation_attributions(
     prompt, c_<k)`` (:func:`gradlens.targets.sequence` with ``per_token=True``) are
     attributed together by :func:`token_attributions`: all ``K`` rows come from one forward
     and one batched backward (saliency, Input×Gradient), or one forward and one batched
-    backward per chunk of integration steps (Integrated Gradients) -- not ``K`` separate
-    passes. Row ``k`` equals a :func:`token_attributions` call with the single target
-    ``log p(c_k)``, with the positions at and after ``c_k``'s own set to 0.
+    backward per integration step (Integrated Gradients) -- not ``K`` separate passes.
+    Row ``k`` equals a :func:`token_attributions` call with the single target ``log p(c_k)``,
+    with the positions at and after ``c_k``'s own set to 0.
 
     Args:
         model: the language model.
@@ -46,7 +47,9 @@ def generation_attributions(
         method: as for :func:`token_attributions` (Input×Gradient by default: one pass).
         attention_mask: ``(B, P)`` mask of the prompt; the continuation counts as real.
         **options: passed to :func:`token_attributions` (``baseline=``, ``reduce=``,
-            ``layer=``, ``output=``, ``steps=``, ...).
+            ``layer=``, ``output=``, ``steps=``, ...). ``batch_size`` defaults to ``B``
+            here: one integration step (or noise sample) per forward, since the batched
+            backward holds ``K`` gradients of every intermediate tensor.
 
     Returns:
         ``(B, K, P + K)``: row ``k`` over the prompt and the continuation; positions
@@ -81,6 +84,11 @@ def generation_attributions(
         forward_kwargs["attention_mask"] = torch.cat([attention_mask, ones], dim=1)
         options["forward_kwargs"] = forward_kwargs
     target = targets.sequence(continuation, per_token=True, output_spec=options.pop("output", None))
+    if "batch_size" in inspect.signature(registry.get(method, "attribution")).parameters:
+        # the batched backward holds K gradients of every intermediate tensor: one copy of
+        # the batch per pass (one integration step, one noise sample) keeps the peak low and
+        # was about as fast as larger chunks (benchmarks/bench_generation.py)
+        options.setdefault("batch_size", batch)
     scores = token_attributions(model, inputs, target, method=method, **options)
     # row k attributes log p(c_k), at position P + k: only the positions before it count
     before = torch.arange(prompt + k, device=scores.device) < (
