@@ -79,7 +79,7 @@ def test_token_ids_in_a_mapping_reach_the_embedding_layer(bert):
         bert, encoding, "bert.embeddings.word_embeddings", target=1
     )
     assert result.shape == (2, 4, 32)
-    with pytest.raises(TypeError, match="embedding layer"):
+    with pytest.raises(TypeError, match="gradlens.token_attributions"):
         gradlens.saliency(bert, encoding, target=1)
 
 

@@ -36,7 +36,8 @@ def require_float_inputs(args: Sequence[Any], method: str) -> list[int]:
         raise TypeError(
             f"{method} attributes to floating-point inputs, and the model input holds none "
             f"({kinds}); "
-            "for token ids attribute to the embedding layer "
+            "for token ids use gradlens.token_attributions (one score per token), or "
+            "attribute to the embedding layer yourself "
             "(gradlens.attribution.layer_integrated_gradients or layer_gradient_x_activation)"
         )
     return positions
