@@ -213,6 +213,10 @@ HEADINGS = {
     "insertion_auc": ("insertion", 10, ".3f"),
     "sanity_spearman": ("sanity", 8, ".2f"),
     "ms_per_image": ("ms/img", 9, ".1f"),
+    "localization": ("localization", 13, ".3f"),
+    "comprehensiveness": ("compr.", 8, ".3f"),
+    "sufficiency": ("suff.", 8, ".3f"),
+    "ms_per_sample": ("ms/seq", 8, ".2f"),
 }
 """The printed table's column heading, width and number format of each score."""
 

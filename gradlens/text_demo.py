@@ -27,7 +27,6 @@ scores, :func:`gradlens.viz.text`) and ``metrics-text.csv``, and prints the tabl
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from collections.abc import Callable
@@ -39,24 +38,16 @@ import torch
 from torch import Tensor, nn
 
 from . import metrics, viz
+from .demo import print_table, write_table
 from .registry import INFO
 from .training import QUICK_TEXT_RECIPE, TEXT_RECIPE, train_text_model
 
 __all__ = ["TextDemoRow", "TextDemoResult", "run_text_demo", "text_methods"]
 
-COLUMNS = [
-    "method",
-    "localization",
-    "comprehensiveness",
-    "sufficiency",
-    "sanity_spearman",
-    "ms_per_sample",
-]
-
 
 @dataclass
 class TextDemoRow:
-    """One method's scores (see :data:`COLUMNS`): higher localisation and
+    """One method's scores (the columns of ``metrics-text.csv``): higher localisation and
     comprehensiveness, lower sufficiency and sanity correlation are better."""
 
     method: str
@@ -191,25 +182,7 @@ def run_text_demo(
         titles=[f"{name}: sequence {b}, class {int(data.labels[b])}" for b, name in shows],
     )
     figure_path = viz.save(figure, out / "demo-text.png", dpi=80)
-    table_path = out / "metrics-text.csv"
-    with table_path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(COLUMNS)
-        for row in rows:
-            writer.writerow([row.method] + [f"{getattr(row, c):.4f}" for c in COLUMNS[1:]])
-    _print_table(rows)
+    table_path = write_table(out / "metrics-text.csv", rows)
+    print_table(rows)
     print(f"wrote {figure_path} and {table_path}")
     return TextDemoResult(acc, train_seconds, rows, figure_path, table_path)
-
-
-def _print_table(rows: list[TextDemoRow]) -> None:
-    header = (
-        f"{'method':<22}{'localization':>13}{'compr.':>8}{'suff.':>8}{'sanity':>8}{'ms/seq':>8}"
-    )
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r.method:<22}{r.localization:>13.3f}{r.comprehensiveness:>8.3f}"
-            f"{r.sufficiency:>8.3f}{r.sanity_spearman:>8.2f}{r.ms_per_sample:>8.2f}"
-        )
