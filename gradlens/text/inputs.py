@@ -14,7 +14,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from .._inputs import prepare
+from .._inputs import ModelInput
 from ..errors import TokenInputError
 
 __all__ = ["TokenInputs", "TokenInput"]
@@ -26,17 +26,19 @@ optionally ``"attention_mask"`` (called as ``model(**inputs)``)."""
 
 @dataclasses.dataclass(frozen=True)
 class TokenInput:
-    """A text model's input: where its token ids are, and its attention mask.
+    """A text model's input: the parsed :class:`~gradlens._inputs.ModelInput`, where its
+    token ids are, and its attention mask.
 
     Attributes:
-        args: the positional inputs (``(ids,)`` for an ids tensor, ``()`` for a mapping).
-        kwargs: the keyword inputs (the mapping's entries, plus any ``forward_kwargs``).
+        model_input: the whole input, parsed once (``model(ids, **forward_kwargs)`` or
+            ``model(**inputs, **forward_kwargs)``).
+        ids_position: the index of the token ids among ``model_input.args``.
         ids: the token ids, ``(B, T)`` int64.
         attention_mask: ``(B, T)``, nonzero where a token is real, or ``None`` (all real).
     """
 
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    model_input: ModelInput
+    ids_position: int
     ids: Tensor
     attention_mask: Tensor | None
 
@@ -50,23 +52,22 @@ class TokenInput:
             TokenInputError: no ``"input_ids"`` in a mapping, ids that are not a 2-D integer
                 tensor, or an attention mask of another shape.
         """
-        if isinstance(inputs, Mapping):
-            args, kwargs = prepare((), {**inputs, **(forward_kwargs or {})})
-            if "input_ids" not in kwargs:
-                raise TokenInputError(
-                    f"a mapping input needs the token ids under 'input_ids' (it has "
-                    f"{', '.join(map(repr, kwargs)) or 'no keys'}); or pass the ids tensor "
-                    "and the other inputs as forward_kwargs"
-                )
-            ids = kwargs["input_ids"]
-        elif isinstance(inputs, Tensor):
-            args, kwargs = prepare(inputs, forward_kwargs)
-            ids = args[0]
-        else:
+        if not isinstance(inputs, (Tensor, Mapping)):
             raise TokenInputError(
                 f"inputs must be token ids (a (B, T) integer tensor) or a mapping with "
                 f"'input_ids' (a dict or BatchEncoding), got {type(inputs).__name__}"
             )
+        model_input = ModelInput.parse(inputs, forward_kwargs)
+        position = 0
+        if model_input.keys is not None:
+            if "input_ids" not in model_input.keys:
+                raise TokenInputError(
+                    f"a mapping input needs the token ids under 'input_ids' (it has "
+                    f"{', '.join(map(repr, model_input.keys)) or 'no keys'}); or pass the ids "
+                    "tensor and the other inputs as forward_kwargs"
+                )
+            position = model_input.keys.index("input_ids")
+        ids = model_input.args[position]
         if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.is_floating_point():
             kind = (
                 f"a {ids.dtype} tensor of shape {tuple(ids.shape)}"
@@ -74,13 +75,23 @@ class TokenInput:
                 else type(ids).__name__
             )
             raise TokenInputError(f"token ids must be a (B, T) integer tensor, got {kind}")
-        mask = kwargs.get("attention_mask")
+        mask = model_input.bind()[1].get("attention_mask")
         if mask is not None and (not isinstance(mask, Tensor) or mask.shape != ids.shape):
             shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
             raise TokenInputError(
                 f"attention_mask has shape {shape}; it must match the token ids {tuple(ids.shape)}"
             )
-        return cls(args=args, kwargs=kwargs, ids=ids.long(), attention_mask=mask)
+        return cls(model_input, position, ids.long(), mask)
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """The positional arguments of the model call."""
+        return self.model_input.bind()[0]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the model call."""
+        return self.model_input.bind()[1]
 
     @property
     def batch_size(self) -> int:
@@ -96,19 +107,8 @@ class TokenInput:
 
     def with_ids(self, ids: Tensor) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``(args, kwargs)`` for ``n`` stacked copies of the batch whose token ids are
-        ``ids`` (``(n * B, T)``): every other input whose dim 0 is the batch is repeated."""
+        ``ids`` (``(n * B, T)``): every other input whose dim 0 is the batch is repeated
+        (:meth:`ModelInput.tile <gradlens._inputs.ModelInput.tile>`)."""
         copies = ids.shape[0] // self.batch_size
-
-        def repeat(value: Any) -> Any:
-            if copies > 1 and isinstance(value, Tensor) and value.ndim > 0:
-                if value.shape[0] == self.batch_size:
-                    return value.repeat(copies, *([1] * (value.ndim - 1)))
-            return value
-
-        if self.args:
-            return (ids, *map(repeat, self.args[1:])), {
-                k: repeat(v) for k, v in self.kwargs.items()
-            }
-        kwargs = {k: repeat(v) for k, v in self.kwargs.items()}
-        kwargs["input_ids"] = ids
-        return (), kwargs
+        tiled = self.model_input.tile(copies).with_args({self.ids_position: ids})
+        return tiled.bind()
