@@ -112,7 +112,7 @@ def attention_rollout(
     check_head_fusion(head_fusion)
     check_discard_ratio(discard_ratio)
     inputs = ModelInput.parse(x, forward_kwargs)
-    captured = attentions(model, inputs.x, layers=layers, forward_kwargs=inputs.kwargs)
+    captured = attentions(model, inputs, layers=layers)
     maps = list(captured.values())
     tokens = check_rollable(captured, inputs.batch_size)
     row = choose_row(maps, tokens, inputs.image_size, row, reshape)

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..errors import TokenInputError
 from ..targets import OutputSpec, Target, select_output
 from ..text.baselines import config_token_id
 from ._common import _classes, _untouched
@@ -245,7 +246,10 @@ def _eraser(
     batch = ids.shape[0]
     variants_ids = ids.expand(len(fractions), -1, -1)
     if replacement is None:
-        pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+        try:  # deleted tokens leave padding at the end
+            pad: int | None = config_token_id(model, "pad", argument="removal")
+        except TokenInputError:
+            pad = None
         variant_ids, variant_mask = _delete(
             variants_ids.flatten(0, 1),
             (real & ~removed).flatten(0, 1),
