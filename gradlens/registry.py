@@ -24,6 +24,7 @@ __all__ = [
     "register",
     "get",
     "info",
+    "names",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -148,3 +149,14 @@ def info(method: str) -> MethodInfo:
     """The :class:`MethodInfo` of a registered method (raises like :func:`get`)."""
     get(method)
     return INFO[method]
+
+
+def names(kind: Kind, *, needs_layer: bool | None = None) -> list[str]:
+    """The registered methods of ``kind``, in registration order; with ``needs_layer``,
+    only those that do (``True``) or do not (``False``) take a layer of their own (e.g. the
+    attributions :func:`gradlens.token_attributions` can run: ``needs_layer=False``)."""
+    return [
+        name
+        for name, entry in INFO.items()
+        if entry.kind == kind and (needs_layer is None or entry.needs_layer == needs_layer)
+    ]

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import metrics, viz
+from . import metrics, registry, viz
 from .demo import print_table, write_table
 from .registry import INFO
 from .training import QUICK_TEXT_RECIPE, TEXT_RECIPE, train_text_model
@@ -73,7 +73,7 @@ class TextDemoResult:
 def text_methods() -> list[str]:
     """The registered attribution methods :func:`gradlens.token_attributions` runs: those
     that need no layer of their own, in registration order."""
-    return [n for n, info in INFO.items() if info.kind == "attribution" and not info.needs_layer]
+    return registry.names("attribution", needs_layer=False)
 
 
 def _explainer(name: str, attention_mask: Tensor) -> Callable[..., Tensor]:

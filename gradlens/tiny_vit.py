@@ -121,6 +121,8 @@ def sincos_positions(height: int, width: int, dim: int) -> Tensor:
     """2-D sine-cosine position embeddings ``(height * width, dim)`` of a row-major grid
     (``dim`` a multiple of 4): a quarter of the features each for sin and cos of the column
     and of the row, at frequencies from 1 to 1/10000."""
+    if dim % 4:
+        raise ValueError(f"sine-cosine positions need a width that is a multiple of 4, got {dim}")
     rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     quarter = dim // 4
     frequencies = 1.0 / 10000 ** (torch.arange(quarter) / max(quarter - 1, 1))

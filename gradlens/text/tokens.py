@@ -195,8 +195,6 @@ def _method(method: str | Callable[..., Any]) -> Callable[..., Any]:
         raise ValueError(
             f"{method!r} needs a layer of its own; token attributions run a method on the "
             "embedding layer's output -- choose one of "
-            + ", ".join(
-                sorted(n for n in registry.ATTRIBUTION_METHODS if not registry.INFO[n].needs_layer)
-            )
+            + ", ".join(sorted(registry.names("attribution", needs_layer=False)))
         )
     return function
