@@ -19,3 +19,10 @@ def as_numpy(x: Any) -> np.ndarray:
             tensor = tensor.float()
         return tensor.numpy()
     return np.asarray(x)
+
+
+def symmetric_limit(values: np.ndarray) -> float:
+    """The largest absolute value, ignoring NaNs, as the colour limit ``[-limit, limit]``;
+    1.0 when there is none (all zero, empty or NaN), so a blank panel stays drawable."""
+    finite = np.abs(values[~np.isnan(values)]) if values.size else values
+    return float(finite.max(initial=0.0)) or 1.0

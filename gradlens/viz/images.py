@@ -29,7 +29,7 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Rectangle
 
 from ..maps import normalize, resize
-from ._arrays import ArrayLike, as_numpy
+from ._arrays import ArrayLike, as_numpy, symmetric_limit
 from .colours import DIVERGING_CMAP
 
 __all__ = ["overlay", "show"]
@@ -231,7 +231,7 @@ def show(
             is_signed = bool((heat < 0).any()) if signed is None else signed
             shown: AxesImage | ScalarMappable
             if is_signed:
-                limit = float(np.abs(heat).max()) or 1.0
+                limit = symmetric_limit(heat)
                 shown = ax.imshow(
                     heat,
                     cmap=DIVERGING_CMAP,

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from ._arrays import ArrayLike, as_numpy
+from ._arrays import ArrayLike, as_numpy, symmetric_limit
 from .colours import DIVERGING_CMAP
 
 __all__ = ["patching_heatmap"]
@@ -62,7 +62,7 @@ def patching_heatmap(
     fig = Figure(figsize=(width * len(arrays), panel_size + 0.6), layout="constrained")
     for k, (name, array) in enumerate(arrays.items()):
         ax = fig.add_subplot(1, len(arrays), k + 1)
-        limit = float(np.abs(array).max()) or 1.0
+        limit = symmetric_limit(array)
         shown = ax.imshow(
             array,
             cmap=DIVERGING_CMAP,

@@ -33,7 +33,7 @@ import numpy as np
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 
-from ._arrays import ArrayLike, as_numpy
+from ._arrays import ArrayLike, as_numpy, symmetric_limit
 from .colours import DIVERGING_CMAP, SEQUENTIAL_CMAP
 
 __all__ = ["text", "text_html", "wrap"]
@@ -92,7 +92,7 @@ def _token_rows(
     cmap = matplotlib.colormaps[DIVERGING_CMAP if is_signed else SEQUENTIAL_CMAP]
     coloured = []
     for row, row_values, row_shown in zip(rows, values, shown):
-        scale = limit or float(np.abs(row_values[row_shown]).max(initial=0.0)) or 1.0
+        scale = limit or symmetric_limit(row_values[row_shown])
         positions = 0.5 + 0.5 * row_values / scale if is_signed else row_values / scale
         coloured.append(
             [
