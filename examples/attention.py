@@ -25,9 +25,10 @@ import gradlens.viz
 from gradlens import metrics
 from gradlens.data import make_shapes
 from gradlens.errors import AttentionRolloutError
-from gradlens.tiny_vit import ViTRecipe, train_vit_model
+from gradlens.tiny_vit import train_vit_model
+from gradlens.training import Recipe
 
-QUICK_RECIPE = ViTRecipe(n_train=128, n_test=32, epochs=1, batch_size=32, lr=1e-3)
+QUICK_RECIPE = Recipe(n_train=128, n_test=32, epochs=1, batch_size=32, lr=1e-3)
 
 
 def image_maps(model: nn.Module, x: Tensor) -> dict[str, Tensor]:

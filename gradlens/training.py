@@ -12,8 +12,8 @@ on the documentation's Performance page).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -230,7 +230,8 @@ def accuracy(model: nn.Module, images: Inputs, labels: Tensor, *, batch_size: in
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """How :func:`train_demo_model` (and :func:`train_text_model`) builds its data and trains.
+    """How :func:`train_demo_model`, :func:`train_text_model` and
+    :func:`gradlens.tiny_vit.train_vit_model` build their data and train.
 
     Attributes:
         n_train: training samples (``make_shapes(n_train, seed=seed)``, or
@@ -259,6 +260,37 @@ QUICK_RECIPE = Recipe(n_train=2400, n_test=500, epochs=4, batch_size=32, lr=1e-2
 """For demos and tests: 300 steps; the model still reaches >= 95 % held-out accuracy."""
 
 
+M = TypeVar("M")
+
+
+def seeded(build: Callable[[], M], seed: int) -> M:
+    """``build()`` with the global RNG seeded to ``seed`` inside a fork, so that the caller's
+    random state is left as it was (a model's initialisation from a seed)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def train_with_recipe(
+    model: nn.Module,
+    train_data: ShapesData | TextTaskData,
+    recipe: Recipe,
+    *,
+    seed: int,
+    progress: bool,
+) -> None:
+    """:func:`train` with the epochs, batch size and learning rate of ``recipe``."""
+    train(
+        model,
+        train_data,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        seed=seed,
+        progress=progress,
+    )
+
+
 def train_demo_model(
     *, quick: bool = False, seed: int = 0, progress: bool = True
 ) -> tuple[TinyCNN, ShapesData, float]:
@@ -277,21 +309,11 @@ def train_demo_model(
     recipe = QUICK_RECIPE if quick else FULL_RECIPE
     train_data = make_shapes(recipe.n_train, seed=seed)
     test_data = make_shapes(recipe.n_test, seed=seed + 1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = TinyCNN(num_classes=len(train_data.class_names))
+    model = seeded(lambda: TinyCNN(num_classes=len(train_data.class_names)), seed)
     # oneDNN runs these small convolutions faster channels-last on CPU (docs/performance.md);
     # inputs may stay in either layout.
     model = model.to(memory_format=torch.channels_last)
-    train(
-        model,
-        train_data,
-        epochs=recipe.epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        seed=seed,
-        progress=progress,
-    )
+    train_with_recipe(model, train_data, recipe, seed=seed, progress=progress)
     return model, test_data, accuracy(model, test_data.images, test_data.labels)
 
 
@@ -333,16 +355,6 @@ def train_text_model(
     train_data = make_text_task(recipe.n_train, seed=seed)
     test_data = make_text_task(recipe.n_test, seed=seed + 1)
     if model is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = TinyTextClassifier()
-    train(
-        model,
-        train_data,
-        epochs=recipe.epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        seed=seed,
-        progress=progress,
-    )
+        model = seeded(TinyTextClassifier, seed)
+    train_with_recipe(model, train_data, recipe, seed=seed, progress=progress)
     return model, test_data, accuracy(model, test_data.inputs, test_data.labels)

@@ -18,10 +18,10 @@ from gradlens.cli import main
 from gradlens.tiny_vit import (
     QUICK_VIT_RECIPE,
     TinyViT,
-    ViTRecipe,
     sincos_positions,
     train_vit_model,
 )
+from gradlens.training import Recipe
 
 
 def test_the_tiny_vit_has_a_class_token_and_an_8_by_8_patch_grid():
@@ -75,7 +75,7 @@ def one_thread():
 # against 0.19 and 0.07 for the untrained model. The full recipe's figures (accuracy >= 0.97,
 # gradient rollout >= 0.85) take two minutes to train: `python examples/attention.py` measures
 # them, and docs/figures/attention.txt quotes them.
-TEST_RECIPE = ViTRecipe(n_train=960, n_test=300, epochs=2, batch_size=16, lr=3e-3)
+TEST_RECIPE = Recipe(n_train=960, n_test=300, epochs=2, batch_size=16, lr=3e-3)
 
 
 @pytest.fixture(scope="module")
