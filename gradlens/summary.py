@@ -118,8 +118,16 @@ def _default_from(recorder: Recorder, model: nn.Module, inputs: ModelInput) -> s
             return token_norm.name
     if not spatial:
         return None
-    last = spatial[-1].activation
-    same = [c.name for c in spatial if c.activation == last]
+    last = spatial[-1]
+    # the same tensor returned by nested modules (layer4, layer4.1, layer4.1.relu); only
+    # nested ones count: a freed tensor's memory can be reused by a later, unrelated output
+    # of the same shape, which then has the same signature
+    same = [
+        c.name
+        for c in spatial
+        if c.activation == last.activation
+        and (_within(c.name, last.name) or _within(last.name, c.name))
+    ]
     return min(same, key=lambda n: (len(n), n))
 
 
@@ -261,8 +269,8 @@ def default_layer(
     * **CNNs**: the last module, in the order modules finish, whose output is 4-D with more
       than one spatial position (so not a global pool), leaving out modules inside an
       attention module (their 4-D outputs are heads x queries x keys, not images); among
-      modules returning that same tensor (``layer4``, ``layer4.1``, ``layer4.1.relu``) the
-      shortest name.
+      nested modules returning that same tensor (``layer4``, ``layer4.1``,
+      ``layer4.1.relu``) the shortest name.
 
     The transformer rule is for images: it applies when the input has a 4-D image tensor
     or a 4-D output (a patch convolution) runs before the norm; text transformers keep
