@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import io
 import os
-import statistics
 import sys
 import time
 
@@ -39,25 +38,7 @@ import gradlens.maps
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _memory import growth, median_growth, print_growth  # noqa: E402
-from _timing import interleaved_times  # noqa: E402
-
-
-def measure(cases: dict, repeats: int, warmup: int = 1) -> dict[str, tuple[float, float]]:
-    """Median and minimum wall time (s) of each case, run round-robin."""
-    times = interleaved_times(cases, repeats, warmup)
-    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
-
-
-def print_table(results: dict[str, tuple[float, float]], baseline: str, title: str) -> None:
-    base_median, base_min = results[baseline]
-    width = max(len(n) for n in results)
-    print(f"\n{title}")
-    print(f"{'case':<{width}}  {'median ms':>10}  {'ratio':>6}  {'min ms':>9}  {'ratio':>6}")
-    for name, (med, low) in results.items():
-        print(
-            f"{name:<{width}}  {med * 1e3:>10.1f}  {med / base_median:>5.2f}x"
-            f"  {low * 1e3:>9.1f}  {low / base_min:>5.2f}x"
-        )
+from _timing import median_and_min, print_median_and_min  # noqa: E402
 
 
 def timm_vit(size: int) -> torch.nn.Module:
@@ -113,8 +94,10 @@ def bench_capture(name: str, model: torch.nn.Module, batch: int, size: int, repe
         f"\n{name}, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, "
         f"{repeats} repeats"
     )
-    results = measure(capture_cases(model, x), repeats)
-    print_table(results, "plain inference_mode forward", "Capture (ratio to the plain forward)")
+    results = median_and_min(capture_cases(model, x), repeats)
+    print_median_and_min(
+        results, "plain inference_mode forward", "Capture (ratio to the plain forward)"
+    )
     ours, base = results["gradlens.attentions"], results["plain inference_mode forward"]
     print(
         f"attentions / forward: median {ours[0] / base[0]:.2f}x, min {ours[1] / base[1]:.2f}x"
@@ -181,8 +164,8 @@ def bench_rollout(batch: int, size: int, repeats: int) -> None:
         f"\nHugging Face ViT-S/16 shape (sdpa; the reference: eager), batch {batch}, "
         f"{size}x{size}, {torch.get_num_threads()} threads, {repeats} repeats"
     )
-    results = measure(rollout_cases(model, eager, x), repeats)
-    print_table(
+    results = median_and_min(rollout_cases(model, eager, x), repeats)
+    print_median_and_min(
         results, "plain inference_mode forward", "Gradient rollout (ratio to the plain forward)"
     )
     ours_t = results["gradlens.gradient_attention_rollout"]

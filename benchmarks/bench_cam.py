@@ -30,7 +30,6 @@ import contextlib
 import copy
 import io
 import os
-import statistics
 import sys
 import time
 
@@ -45,28 +44,7 @@ import gradlens.cam.score_cam as score_cam  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _memory import growth, median_growth, print_growth  # noqa: E402
-from _timing import interleaved_times  # noqa: E402
-
-
-def measure(cases: dict, repeats: int, warmup: int = 1) -> dict[str, tuple[float, float]]:
-    """Median and minimum wall time (s) of each case, run round-robin. The minimum is shown
-    beside the median because it is the least disturbed by other processes competing for
-    the cores."""
-    times = interleaved_times(cases, repeats, warmup)
-    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
-
-
-def print_table(medians: dict[str, tuple[float, float]], baseline: str, title: str) -> None:
-    base_median, base_min = medians[baseline]
-    width = max(len(n) for n in medians)
-    print(f"\n{title}")
-    print(f"{'case':<{width}}  {'median ms':>10}  {'ratio':>6}  {'min ms':>9}  {'ratio':>6}")
-    for name, (med, low) in medians.items():
-        print(
-            f"{name:<{width}}  {med * 1e3:>10.1f}  {med / base_median:>5.2f}x  "
-            f"{low * 1e3:>9.1f}  {low / base_min:>5.2f}x"
-        )
-
+from _timing import median_and_min, print_median_and_min  # noqa: E402
 
 MEMORY_CASES = ["inference forward", "gradlens.gradcam", "Captum LayerGradCam", "full-tape forward"]
 
@@ -137,8 +115,8 @@ def bench_gradcam(batch: int, size: int, repeats: int) -> dict[str, float]:
         f"\nResNet-50, batch {batch}, {size}x{size}, {torch.get_num_threads()} threads, "
         f"{repeats} repeats"
     )
-    medians = measure(cases, repeats=repeats)
-    print_table(
+    medians = median_and_min(cases, repeats=repeats)
+    print_median_and_min(
         medians,
         "plain inference_mode forward",
         "Grad-CAM (ratio to the plain inference_mode forward)",
@@ -222,8 +200,8 @@ def bench_scorecam(size: int, repeats: int) -> dict[str, float]:
         f"{torch.get_num_threads()} threads, {repeats} repeats, no warm-up "
         "(each run is 500+ forwards)"
     )
-    medians = measure(cases, repeats=repeats, warmup=0)
-    print_table(
+    medians = median_and_min(cases, repeats=repeats, warmup=0)
+    print_median_and_min(
         medians, "gradlens.scorecam (defaults)", "Score-CAM (ratio to gradlens at its defaults)"
     )
     peers = [v for k, v in medians.items() if k.startswith(("pytorch-grad-cam", "torchcam"))]
