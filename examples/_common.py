@@ -30,10 +30,10 @@ def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
 
 @functools.lru_cache(maxsize=2)
 def shapes_model(quick: bool) -> tuple[training.TinyCNN, data.ShapesData, float]:
-    """A :class:`~gradlens.training.TinyCNN` trained on synthetic shapes, its held-out data
+    """A :class:`~gradlens.demos.training.TinyCNN` trained on synthetic shapes, its held-out data
     and accuracy.
 
-    The full run is ``gradlens.training.train_demo_model()`` (>= 95 % held-out accuracy in
+    The full run is ``gradlens.demos.training.train_demo_model()`` (>= 95 % held-out accuracy in
     about a minute); ``quick`` trains one short epoch, enough to exercise the code paths.
     Cached, so that several examples run in one process train only once.
     """

@@ -1,7 +1,7 @@
 """Attention rollout and gradient-weighted attention rollout, beside Grad-CAM, on a tiny ViT.
 
-Trains a :class:`gradlens.tiny_vit.TinyViT` on the synthetic shapes
-(:func:`gradlens.tiny_vit.train_vit_model`; ``--quick`` trains a barely trained one on a few
+Trains a :class:`gradlens.demos.tiny_vit.TinyViT` on the synthetic shapes
+(:func:`gradlens.demos.tiny_vit.train_vit_model`; ``--quick`` trains a barely trained one on a few
 images), explains held-out images with both attention methods and with Grad-CAM, and scores
 them with the pointing game against the objects' masks. Also explains a small random-init
 text classifier (one number per token) and shows what happens on Swin's windowed
@@ -23,10 +23,10 @@ from torch import Tensor, nn
 import gradlens
 import gradlens.viz
 from gradlens import metrics
-from gradlens.data import make_shapes
+from gradlens.demos.shapes import make_shapes
+from gradlens.demos.tiny_vit import train_vit_model
+from gradlens.demos.training import Recipe
 from gradlens.errors import AttentionRolloutError
-from gradlens.tiny_vit import train_vit_model
-from gradlens.training import Recipe
 
 QUICK_RECIPE = Recipe(n_train=128, n_test=32, epochs=1, batch_size=32, lr=1e-3)
 

@@ -25,7 +25,7 @@ from _common import parse_args
 from PIL import Image
 
 from gradlens import cli
-from gradlens.data import make_shapes
+from gradlens.demos.shapes import make_shapes
 
 SCRIPT = Path(__file__).with_name("command_line.sh")
 

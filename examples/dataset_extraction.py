@@ -24,9 +24,9 @@ from _common import parse_args
 from torch.utils.data import DataLoader, Dataset
 
 import gradlens.cam  # noqa: F401  (registers the CAM methods by name)
-from gradlens.data import ShapesDataset, make_shapes
 from gradlens.dataset import attribute_dataset, extract_dataset, load_features, merge_shards
-from gradlens.training import TinyCNN
+from gradlens.demos.shapes import ShapesDataset, make_shapes
+from gradlens.demos.training import TinyCNN
 
 
 def build(n: int) -> tuple[TinyCNN, ShapesDataset]:
@@ -147,9 +147,9 @@ WORKER = textwrap.dedent("""
     import torch
     import torch.distributed as dist
     from torch.utils.data import DataLoader
-    from gradlens.data import ShapesDataset, make_shapes
+    from gradlens.demos.shapes import ShapesDataset, make_shapes
     from gradlens.dataset import extract_dataset
-    from gradlens.training import TinyCNN
+    from gradlens.demos.training import TinyCNN
 
     # --8<-- [start:torchrun]
     dist.init_process_group("gloo")                       # "nccl" for one GPU per process

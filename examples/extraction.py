@@ -19,7 +19,7 @@ from _common import parse_args
 from torch import nn
 
 import gradlens
-from gradlens.training import TinyCNN
+from gradlens.demos.training import TinyCNN
 
 
 def extract_features(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, ...]]:

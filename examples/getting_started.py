@@ -18,7 +18,7 @@ from _common import parse_args, save_figure, shapes_model
 import gradlens
 import gradlens.viz
 from gradlens.cam import gradcam
-from gradlens.training import train_demo_model
+from gradlens.demos.training import train_demo_model
 
 # --8<-- [end:imports]
 

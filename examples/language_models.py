@@ -3,7 +3,7 @@ of a BERT classifier trained on the synthetic text task, per-generated-token att
 a GPT-2, and Grad-CAM of a detector's detections.
 
 Every model is built from a small config with random weights (nothing is downloaded); the
-BERT is trained on :func:`gradlens.text_task.make_text_task`, whose trigger tokens are the
+BERT is trained on :func:`gradlens.demos.text_task.make_text_task`, whose trigger tokens are the
 ground truth. Writes ``language_models.png`` (the BERT's token attributions as coloured
 text) and ``language_models.txt``.
 

@@ -1,7 +1,7 @@
 """Evaluating per-token attributions against ground truth: the synthetic text task, the tiny
 text transformer, token localisation and the ERASER scores.
 
-Trains the :class:`~gradlens.text_task.TinyTextClassifier` on the synthetic text task
+Trains the :class:`~gradlens.demos.text_task.TinyTextClassifier` on the synthetic text task
 (``--quick``: a few hundred sequences, one epoch), attributes the held-out sequences with
 ``gradlens.token_attributions`` and writes ``text_evaluation.txt``: a sample with its
 triggers, and per method the localisation and the ERASER comprehensiveness and sufficiency
@@ -19,8 +19,8 @@ from _common import parse_args
 
 import gradlens
 from gradlens import metrics
-from gradlens.data import make_text_task
-from gradlens.training import TEXT_RECIPE, Recipe, train_text_model
+from gradlens.demos.text_task import make_text_task
+from gradlens.demos.training import TEXT_RECIPE, Recipe, train_text_model
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

@@ -24,7 +24,7 @@ import gradlens
 import gradlens.viz
 from gradlens.attribution import layer_gradient_x_activation, layer_integrated_gradients
 from gradlens.cam import gradcam, scorecam
-from gradlens.data import make_shapes
+from gradlens.demos.shapes import make_shapes
 
 
 def vision_transformer(x: Tensor) -> dict[str, Tensor]:

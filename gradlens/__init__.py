@@ -6,9 +6,15 @@ and the methods built on it.
 
 from __future__ import annotations
 
+import importlib
 import sys
+from types import ModuleType
 
-from . import attention, attribution, cam, errors, targets, text  # noqa: E402  (fill the registry)
+from . import attention, attribution, cam, errors, targets, text, version  # (fill the registry)
+
+# The old module paths that share a name with a function of this namespace are loaded
+# first, so that the functions bound below are what ``gradlens.extract`` is afterwards.
+from . import extract as _extract_module  # noqa: F401
 from .attention import (
     AttentionCapture,
     attention_rollout,
@@ -39,6 +45,9 @@ from .cam import (
     scorecam,
     xgradcam,
 )
+from .core.extract import Extractor, extract
+from .core.recorder import Call, Recorder, record
+from .core.selection import select_layers
 from .dataset import Manifest, attribute_dataset, extract_dataset, load_features, merge_shards
 from .errors import (
     AttentionCaptureError,
@@ -56,19 +65,27 @@ from .errors import (
     TargetError,
     TokenInputError,
 )
-from .extract import Extractor, extract
 from .interventions import activation_patching, attribution_patching, edits, patch
-from .recorder import Call, Recorder, record
+from .layering.discovery import LayerInfo, default_layer, layers
 from .registry import METHODS
-from .selection import select_layers
-from .summary import LayerInfo, default_layer, layers
 from .text import generation_attributions, token_attributions
 
 # the edit helpers live in gradlens/interventions/edits.py; this makes
 # "from gradlens.edits import zero" work as well as "gradlens.edits.zero()"
 sys.modules[f"{__name__}.edits"] = edits
 
-__version__ = "0.1.0"
+__version__ = version.__version__
+
+# Subpackages that ``import gradlens`` does not load (they import matplotlib, or are only
+# used by the command line), imported on first attribute access (PEP 562).
+_LAZY = ("metrics", "viz", "demos", "cli", "layering", "core", "passes", "maps", "registry")
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "METHODS",

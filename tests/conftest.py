@@ -63,7 +63,7 @@ def image_batch() -> torch.Tensor:
 def trained_text_model():
     """``(model, held-out data, accuracy)``: the tiny text classifier trained on the synthetic
     text task with the quick recipe (about 10 s on one thread), shared by the text tests."""
-    from gradlens.training import QUICK_TEXT_RECIPE, train_text_model
+    from gradlens.demos.training import QUICK_TEXT_RECIPE, train_text_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a busy 2-core machine stalls multi-threaded tiny ops

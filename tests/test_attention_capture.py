@@ -21,7 +21,7 @@ from torch import nn
 
 import gradlens
 from gradlens.attention import AttentionCapture, attention_modules, attentions, capture_attention
-from gradlens.attention._maths import attention_with_probabilities
+from gradlens.core.attention.maths import attention_with_probabilities
 from gradlens.errors import (
     AttentionCaptureError,
     GradientNotAvailableError,

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import gradlens
+from gradlens.demos.training import TinyCNN
 from gradlens.errors import AttentionCaptureError, AttentionRolloutError
 from gradlens.registry import ATTENTION_METHODS, INFO, METHODS
-from gradlens.training import TinyCNN
 
 from .conftest import assert_same_state, model_state
 

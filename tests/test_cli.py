@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 import gradlens
-from gradlens._explain import differentiate
 from gradlens.cli import Preprocess, main
 from gradlens.dataset import load_features
+from gradlens.passes import differentiate
 from gradlens.registry import INFO, METHODS, MethodInfo
 
 USER_MODULE = """
@@ -409,16 +409,16 @@ def test_extract_under_torchrun_gives_the_single_process_files(capsys, workdir, 
 
 
 def test_demo_help_does_not_import_the_demo(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "gradlens.demo", None)  # importing it would now fail
+    monkeypatch.setitem(sys.modules, "gradlens.demos.image", None)  # importing it would now fail
     status, out, _ = run(capsys, "demo", "--help")
     assert status == 0 and "--quick" in out
 
 
 def test_demo_runs_gradlens_demo_run_demo(capsys, monkeypatch, tmp_path):
     calls = []
-    fake = types.ModuleType("gradlens.demo")
+    fake = types.ModuleType("gradlens.demos.image")
     fake.run_demo = lambda **kwargs: calls.append(kwargs)
-    monkeypatch.setitem(sys.modules, "gradlens.demo", fake)
+    monkeypatch.setitem(sys.modules, "gradlens.demos.image", fake)
     assert run(capsys, "demo", "--out", tmp_path, "--seed", 3, "--quick")[0] == 0
     assert calls == [{"out": str(tmp_path), "seed": 3, "quick": True, "progress": True}]
 
@@ -427,10 +427,10 @@ def test_demo_vit_runs_gradlens_vit_demo_run_vit_demo_and_not_the_cnn_demo(
     capsys, monkeypatch, tmp_path
 ):
     calls = []
-    fake = types.ModuleType("gradlens.vit_demo")
+    fake = types.ModuleType("gradlens.demos.vit")
     fake.run_vit_demo = lambda **kwargs: calls.append(kwargs)
-    monkeypatch.setitem(sys.modules, "gradlens.vit_demo", fake)
-    monkeypatch.setitem(sys.modules, "gradlens.demo", None)  # importing it would now fail
+    monkeypatch.setitem(sys.modules, "gradlens.demos.vit", fake)
+    monkeypatch.setitem(sys.modules, "gradlens.demos.image", None)  # importing it would now fail
     assert run(capsys, "demo", "--vit", "--out", tmp_path)[0] == 0
     assert calls == [{"out": str(tmp_path), "seed": 0, "quick": False, "progress": True}]
 
@@ -461,8 +461,8 @@ def test_the_installed_console_script(tmp_path):
 
 def test_demo_text_runs_gradlens_text_demo_run_text_demo(capsys, monkeypatch, tmp_path):
     calls = []
-    fake = types.ModuleType("gradlens.text_demo")
+    fake = types.ModuleType("gradlens.demos.text")
     fake.run_text_demo = lambda **kwargs: calls.append(kwargs)
-    monkeypatch.setitem(sys.modules, "gradlens.text_demo", fake)
+    monkeypatch.setitem(sys.modules, "gradlens.demos.text", fake)
     assert run(capsys, "demo", "--text", "--out", tmp_path, "--seed", 3)[0] == 0
     assert calls == [{"out": str(tmp_path), "seed": 3, "quick": False, "progress": True}]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gradlens.data import ShapesDataset, make_shapes
+from gradlens.demos.shapes import ShapesDataset, make_shapes
 
 
 @pytest.fixture(scope="module")

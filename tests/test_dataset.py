@@ -27,9 +27,9 @@ from torch.utils.data import (
 )
 
 import gradlens
-from gradlens._explain import differentiate
 from gradlens.dataset import attribute_dataset, extract_dataset, load_features
 from gradlens.errors import ManifestMismatchError
+from gradlens.passes import differentiate
 from gradlens.registry import METHODS
 from gradlens.targets import segmentation
 

@@ -1,12 +1,12 @@
-"""gradlens._explain.clean_pass: the one forward that fixes the target on the clean input."""
+"""gradlens.passes.clean_pass: the one forward that fixes the target on the clean input."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from gradlens._explain import clean_pass
-from gradlens._inputs import ModelInput
+from gradlens.core.inputs import ModelInput
+from gradlens.passes import clean_pass
 
 from .conftest import assert_same_state, model_state
 

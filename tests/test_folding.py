@@ -11,7 +11,7 @@ from torch import nn
 
 import gradlens
 import gradlens.cam.score_cam as score_cam
-from gradlens._folding import folded_copy
+from gradlens.core.folding import folded_copy
 
 from .conftest import assert_same_state, model_state
 

@@ -1,4 +1,4 @@
-"""gradlens._inputs.ModelInput: a method's input, read once."""
+"""gradlens.core.inputs.ModelInput: a method's input, read once."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradlens._inputs import ModelInput, batch_size
+from gradlens.core.inputs import ModelInput, batch_size
 
 
 class ImageAndIds(nn.Module):

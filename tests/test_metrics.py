@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from gradlens.demos.training import TinyCNN
 from gradlens.errors import LayerNotFoundError, TargetError
 from gradlens.metrics import (
     average_drop,
@@ -19,7 +20,6 @@ from gradlens.metrics import (
     randomization_test,
     spearman,
 )
-from gradlens.training import TinyCNN
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,7 +8,7 @@ from torch import nn
 
 import gradlens
 from gradlens import LayerNotFoundError, OutputSelectionError, RecorderStateError
-from gradlens.outputs import replace_outputs
+from gradlens.core.outputs import replace_outputs
 
 from .conftest import assert_same_state, model_state
 from .models import LSTMNet, SharedNet, StructuredNet

@@ -9,7 +9,7 @@ from torch import nn
 
 import gradlens
 from gradlens import LayerNotFoundError
-from gradlens.selection import select_layers
+from gradlens.core.selection import select_layers
 
 from .models import SharedNet, small_vit
 

@@ -9,7 +9,7 @@ import csv
 import torch
 
 from gradlens.cli import main
-from gradlens.text_demo import text_methods
+from gradlens.demos.text import text_methods
 
 
 def test_text_methods_are_the_attributions_without_a_layer_of_their_own():

@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-import gradlens.data
-from gradlens.text_task import (
+from gradlens.demos.text_task import (
     MASK_ID,
     PAD_ID,
     UNK_ID,
@@ -18,7 +17,7 @@ from gradlens.text_task import (
     trigger_ids,
     vocabulary,
 )
-from gradlens.training import Recipe, accuracy, train, train_text_model
+from gradlens.demos.training import Recipe, accuracy, train, train_text_model
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +136,8 @@ def test_sequences_longer_than_the_positions_are_refused():
 
 
 def test_the_text_names_are_importable_from_gradlens_data():
+    import gradlens.data
+
     assert gradlens.data.make_text_task is make_text_task
     assert gradlens.data.TinyTextClassifier is TinyTextClassifier
     assert {"make_text_task", "TextTaskData", "TinyTextClassifier"} <= set(gradlens.data.__all__)

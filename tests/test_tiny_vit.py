@@ -13,15 +13,16 @@ import pytest
 import torch
 
 import gradlens
+import gradlens.demos.vit
 from gradlens import metrics
 from gradlens.cli import main
-from gradlens.tiny_vit import (
+from gradlens.demos.tiny_vit import (
     QUICK_VIT_RECIPE,
     TinyViT,
     sincos_positions,
     train_vit_model,
 )
-from gradlens.training import Recipe
+from gradlens.demos.training import Recipe
 
 
 def test_the_tiny_vit_has_a_class_token_and_an_8_by_8_patch_grid():
@@ -104,7 +105,7 @@ def test_gradlens_demo_vit_writes_its_figure_and_table(trained_vit, tmp_path, mo
     """The command line's ``gradlens demo --vit --quick``, on the model trained above instead
     of one trained on the quick recipe (which takes a minute), and on 24 held-out images
     instead of 48 (the deletion and insertion curves are most of the demo's time)."""
-    import gradlens.vit_demo
+    import gradlens.demos.vit
 
     recipes = []
     model, test_data, accuracy = trained_vit
@@ -113,7 +114,7 @@ def test_gradlens_demo_vit_writes_its_figure_and_table(trained_vit, tmp_path, mo
         recipes.append(recipe)
         return model, test_data[:24], accuracy
 
-    monkeypatch.setattr(gradlens.vit_demo, "train_vit_model", cached)
+    monkeypatch.setattr(gradlens.demos.vit, "train_vit_model", cached)
     assert main(["demo", "--vit", "--quick", "--out", str(tmp_path)]) == 0
     assert recipes == [QUICK_VIT_RECIPE]
     assert (tmp_path / "vit_demo.png").stat().st_size > 10_000

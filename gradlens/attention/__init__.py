@@ -17,9 +17,14 @@ eager attention); see :mod:`gradlens.attention.capture`.
 
 from __future__ import annotations
 
-from .capture import AttentionCall, AttentionCapture, attention_modules, capture_attention
+from ..core.attention.capture import (
+    AttentionCall,
+    AttentionCapture,
+    attention_modules,
+    capture_attention,
+)
+from ..core.attention.probabilities import attentions
 from .methods import attention_rollout, gradient_attention_rollout
-from .probabilities import attentions
 
 __all__ = [
     "AttentionCall",

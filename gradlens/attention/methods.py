@@ -27,16 +27,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._inputs import Inputs, ModelInput
 from ..cam.base import postprocess
 from ..cam.reshape import Reshape, to_nchw, token_grid
+from ..core.attention.probabilities import attentions
+from ..core.inputs import Inputs, ModelInput
+from ..core.output_selection import OutputSpec
+from ..core.recorder import Recorder
+from ..core.selection import Layers
 from ..errors import AttentionRolloutError
 from ..maps import normalize as normalize_maps
-from ..recorder import Recorder
 from ..registry import register
-from ..selection import Layers
-from ..targets import OutputSpec, Target, scores
-from .probabilities import attentions
+from ..targets.scores import Target, scores
 from .rollout import (
     HeadFusion,
     check_discard_ratio,

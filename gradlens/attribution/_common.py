@@ -3,8 +3,8 @@
 Layout convention: when the methods evaluate the model on ``k`` modified copies of a batch of
 ``B`` samples (noisy copies, interpolation steps, occluded copies) the copies are stacked
 *copy-major*: row ``j * B + b`` is copy ``j`` of sample ``b`` -- the layout of
-:meth:`ModelInput.tile <gradlens._inputs.ModelInput.tile>`, for which
-:func:`gradlens._explain.repeat_target` tiles the targets.
+:meth:`ModelInput.tile <gradlens.core.inputs.ModelInput.tile>`, for which
+:func:`gradlens.passes.repeat_target` tiles the targets.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .._inputs import ModelInput
-from ..selection import Layers, select_layers
+from ..core.inputs import ModelInput
 
 Attribution = Union[Tensor, tuple[Tensor | None, ...], dict[str, Tensor | None]]
 """A tensor shaped like the input, or for a tuple input a tuple of them (``None`` for
@@ -63,22 +62,6 @@ def gradient_or_zeros(gradient: Tensor | None, like: Tensor, scores: Tensor) -> 
     if gradient is not None:
         return gradient
     return like.new_zeros((scores.shape[1], *like.shape) if scores.ndim == 2 else like.shape)
-
-
-def single_layer(model: nn.Module, layer: Layers) -> str:
-    """The name of the one module ``layer`` selects.
-
-    Raises:
-        LayerNotFoundError: it selects nothing.
-        ValueError: it selects several modules.
-    """
-    selected = list(select_layers(model, layer))
-    if len(selected) != 1:
-        raise ValueError(
-            f"layer must select exactly one module; {layer!r} selects {len(selected)}: "
-            f"{', '.join(map(repr, selected[:5]))}{', ...' if len(selected) > 5 else ''}"
-        )
-    return selected[0]
 
 
 def steps_per_chunk(batch_size: int | None, batch: int, total: int) -> int:

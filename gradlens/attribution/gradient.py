@@ -8,10 +8,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .._explain import Differentiated, differentiate
-from .._inputs import Inputs, ModelInput
+from ..core.inputs import Inputs, ModelInput
+from ..core.output_selection import OutputSpec
+from ..passes import Differentiated, differentiate
 from ..registry import register
-from ..targets import OutputSpec, Target
+from ..targets.scores import Target
 from ._common import (
     Attribution,
     as_result,
@@ -34,10 +35,10 @@ def input_gradients(
 ) -> tuple[Differentiated, dict[int, Tensor]]:
     """Gradients of the target scores with respect to each floating-point input.
 
-    One forward and one (batched) backward through :func:`gradlens._explain.differentiate`.
+    One forward and one (batched) backward through :func:`gradlens.passes.differentiate`.
 
     Returns:
-        ``(result, gradients)``: the :class:`~gradlens._explain.Differentiated` record, and
+        ``(result, gradients)``: the :class:`~gradlens.passes.Differentiated` record, and
         ``{input position: gradient}`` shaped like that input, or ``(B, K, *input.shape[1:])``
         for ``K`` targets per sample (zeros for an input the scores do not depend on).
 

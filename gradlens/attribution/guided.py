@@ -8,17 +8,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._explain import check_target
-from .._inputs import Inputs, ModelInput
 from ..cam import gradcam
+from ..core.inputs import Inputs, ModelInput
+from ..core.output_selection import OutputSpec
+from ..core.outputs import OutputReplacer, replace_outputs
+from ..core.selection import Layers
 from ..errors import LayerNotFoundError
+from ..layering.discovery import default_layer
+from ..layering.resolve import single_layer
 from ..maps import resize
-from ..outputs import OutputReplacer, replace_outputs
+from ..passes import check_target
 from ..registry import register
-from ..selection import Layers
-from ..summary import default_layer
-from ..targets import OutputSpec, Target
-from ._common import Attribution, as_result, single_layer
+from ..targets.scores import Target
+from ._common import Attribution, as_result
 from .gradient import input_gradients
 
 __all__ = ["guided_backprop", "guided_gradcam"]
@@ -73,7 +75,7 @@ def guided_backprop(
     Springenberg, Dosovitskiy, Brox & Riedmiller (2015), "Striving for Simplicity: The All
     Convolutional Net". During one forward and backward, the output of every ``nn.ReLU``
     module (each call: torchvision reuses one ReLU several times per block) is wrapped by
-    :func:`gradlens.outputs.replace_outputs` in a guided-ReLU autograd function; the hooks come
+    :func:`gradlens.core.outputs.replace_outputs` in a guided-ReLU autograd function; the hooks come
     off afterwards and the modules, their ``inplace`` flags and their hooks are unchanged.
     In-place ReLUs work (full backward hooks, which Captum's ``GuidedBackprop`` uses, are
     not needed). Equal to Captum's ``GuidedBackprop``.

@@ -20,20 +20,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._explain import check_target, clean_pass, differentiate, repeat_target
-from .._inputs import Inputs, ModelInput
-from ..extract import extract
-from ..outputs import replace_outputs
+from ..core.extract import extract
+from ..core.inputs import Inputs, ModelInput
+from ..core.output_selection import OutputSpec
+from ..core.outputs import replace_outputs
+from ..core.selection import Layers
+from ..layering.resolve import single_layer
+from ..passes import check_target, clean_pass, differentiate, repeat_target
 from ..registry import register
-from ..selection import Layers
-from ..targets import OutputSpec, Target
+from ..targets.scores import Target
 from ._common import (
     Attribution,
     as_result,
     broadcast_to_input,
     gradient_or_zeros,
     require_float_inputs,
-    single_layer,
     steps_per_chunk,
     targets_first_to_dim1,
 )
@@ -384,7 +385,7 @@ def _delta(
 
 
 class _Substitute:
-    """An edit for :func:`~gradlens.outputs.replace_outputs`: the layer's output becomes
+    """An edit for :func:`~gradlens.core.outputs.replace_outputs`: the layer's output becomes
     the interpolated points."""
 
     def __init__(self, points: Tensor, name: str) -> None:

@@ -8,11 +8,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .._explain import differentiate
-from .._inputs import Inputs
-from ..selection import Layers
-from ..targets import OutputSpec, Target
-from ._common import single_layer, targets_first_to_dim1
+from ..core.inputs import Inputs
+from ..core.output_selection import OutputSpec
+from ..core.selection import Layers
+from ..layering.resolve import single_layer
+from ..passes import differentiate
+from ..targets.scores import Target
+from ._common import targets_first_to_dim1
 
 __all__ = ["layer_gradient_x_activation"]
 

@@ -23,10 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from .. import registry
-from .._explain import check_target, clean_pass, repeat_target
-from .._inputs import Inputs, ModelInput
+from ..core.inputs import Inputs, ModelInput
+from ..core.output_selection import OutputSpec
+from ..passes import check_target, clean_pass, repeat_target
 from ..registry import register
-from ..targets import OutputSpec, Target
+from ..targets.scores import Target
 from ._common import Attribution, as_result, require_float_inputs, steps_per_chunk
 from .gradient import saliency
 

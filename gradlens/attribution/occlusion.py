@@ -10,11 +10,12 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from .._explain import check_target, clean_pass, repeat_target
-from .._inputs import Inputs, ModelInput
-from ..buffers import preserve_buffers
+from ..core.buffers import preserve_buffers
+from ..core.inputs import Inputs, ModelInput
+from ..core.output_selection import OutputSpec
+from ..passes import check_target, clean_pass, repeat_target
 from ..registry import register
-from ..targets import OutputSpec, Target, scores
+from ..targets.scores import Target, scores
 from ._common import (
     Attribution,
     as_result,

@@ -13,15 +13,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._explain import CleanPass
-from .._inputs import Inputs, ModelInput
-from ..buffers import preserve_buffers
+from ..core.buffers import preserve_buffers
+from ..core.inputs import Inputs, ModelInput
+from ..core.output_selection import OutputSpec
+from ..core.outputs import replace_outputs
+from ..core.selection import Layers
+from ..layering.resolve import resolve_layers
 from ..maps import safe_divide
-from ..outputs import replace_outputs
+from ..passes import CleanPass
 from ..registry import register
-from ..selection import Layers
-from ..targets import OutputSpec, Target, scores
-from .base import CamResult, finish, layer_tensor, resolve_layers
+from ..targets.scores import Target, scores
+from .base import CamResult, finish, layer_tensor
 from .perturbed import channel_maps, check_batch_size, chunks, clean_layers, row_target
 from .reshape import Reshape, channel_axis, to_nchw
 

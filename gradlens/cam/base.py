@@ -17,14 +17,15 @@ from typing import Any, TypedDict
 import torch
 from torch import Tensor, nn
 
-from .._explain import differentiate
-from .._inputs import Inputs, ModelInput
+from ..core.inputs import Inputs, ModelInput
+from ..core.output_selection import OutputSpec
+from ..core.selection import Layers
 from ..errors import OutputSelectionError
+from ..layering.resolve import resolve_layers
 from ..maps import normalize as normalize_maps
 from ..maps import resize
-from ..selection import Layers, select_layers
-from ..summary import default_layer
-from ..targets import OutputSpec, Target
+from ..passes import differentiate
+from ..targets.scores import Target
 from .reshape import Reshape, to_nchw
 
 __all__ = [
@@ -158,13 +159,6 @@ def cam(
         ]
         raw[name] = torch.stack(per_target, dim=1) if multi else per_target[0]
     return finish(raw, inputs, upsample=upsample, normalize=normalize, per_layer=per_layer)
-
-
-def resolve_layers(model: nn.Module, inputs: ModelInput, layer: Layers | None) -> list[str]:
-    """The names of the selected layers (in model order), or the default CAM layer for ``None``."""
-    if layer is None:
-        return [default_layer(model, inputs.x, forward_kwargs=inputs.kwargs)]
-    return list(select_layers(model, layer))
 
 
 def as_nchw(value: Any, inputs: ModelInput, reshape: Reshape, name: str) -> Tensor:

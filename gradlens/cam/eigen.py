@@ -17,12 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._inputs import Inputs, ModelInput
-from ..extract import extract
+from ..core.extract import extract
+from ..core.inputs import Inputs, ModelInput
+from ..core.output_selection import OutputSpec
+from ..core.selection import Layers
+from ..layering.resolve import resolve_layers
 from ..registry import register
-from ..selection import Layers
-from ..targets import OutputSpec, Target
-from .base import CamResult, as_nchw, finish, resolve_layers
+from ..targets.scores import Target
+from .base import CamResult, as_nchw, finish
 from .reshape import Reshape
 
 __all__ = ["eigencam", "first_component"]

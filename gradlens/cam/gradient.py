@@ -18,11 +18,11 @@ import sys
 
 from torch import Tensor, nn
 
-from .._inputs import Inputs
+from ..core.inputs import Inputs
+from ..core.selection import Layers
 from ..maps import safe_divide
 from ..registry import register
-from ..selection import Layers
-from ..targets import Target
+from ..targets.scores import Target
 from .base import CamOptions, CamResult, cam
 from .eigen import first_component
 

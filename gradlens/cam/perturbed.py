@@ -20,9 +20,10 @@ from collections.abc import Iterator, Mapping
 
 from torch import Tensor, nn
 
-from .._explain import CleanPass, clean_pass
-from .._inputs import ModelInput
-from ..targets import OutputSpec, Target
+from ..core.inputs import ModelInput
+from ..core.output_selection import OutputSpec
+from ..passes import CleanPass, clean_pass
+from ..targets.scores import Target
 from .base import weighted_sum
 
 __all__ = ["clean_layers", "row_target", "chunks", "check_batch_size", "channel_maps"]
@@ -36,7 +37,7 @@ def clean_layers(
     output: OutputSpec,
     select: OutputSpec | Mapping[str, OutputSpec],
 ) -> CleanPass:
-    """The clean pass (:func:`gradlens._explain.clean_pass`) recording the layers ``names``;
+    """The clean pass (:func:`gradlens.passes.clean_pass`) recording the layers ``names``;
     its scores are float32 ``(B,)`` or ``(B, K)``."""
     clean = clean_pass(model, inputs, target, output=output, layers=names, select=select)
     clean.scores = clean.scores.float()

@@ -13,16 +13,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._explain import CleanPass
-from .._folding import folded_copy
-from .._inputs import Inputs, ModelInput
-from ..buffers import preserve_buffers
+from ..core.buffers import preserve_buffers
+from ..core.folding import folded_copy
+from ..core.inputs import Inputs, ModelInput
+from ..core.output_selection import OutputSpec
+from ..core.selection import Layers
+from ..layering.resolve import resolve_layers
 from ..maps import normalize as normalize_maps
 from ..maps import resize
+from ..passes import CleanPass
 from ..registry import register
-from ..selection import Layers
-from ..targets import OutputSpec, Target, probability, scores
-from .base import CamResult, as_nchw, finish, resolve_layers
+from ..targets.scores import Target, probability, scores
+from .base import CamResult, as_nchw, finish
 from .perturbed import channel_maps, check_batch_size, chunks, clean_layers, row_target
 from .reshape import Reshape
 

@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 
 from .. import registry
+from ..core.selection import select_layers
 from ..dataset import extract_dataset
 from ..dataset.sources import ImageFiles, image_folder
 from ..maps import to_2d
-from ..selection import select_layers
 from .images import load_image, save_npy, save_png, unique_stems
 from .messages import one_line
 from .models import load_model, parse_device, random_weights_note
@@ -26,7 +26,7 @@ from .models import load_model, parse_device, random_weights_note
 
 def layers(args: argparse.Namespace) -> int:
     """``gradlens layers``: print the model's layers with their output shapes."""
-    from ..summary import layers as layer_table
+    from ..layering.discovery import layers as layer_table
 
     model, _ = load_model(args.model, args.weights, num_classes=args.num_classes)
     example = torch.randn(1, *args.input_size, generator=torch.Generator().manual_seed(0))
@@ -138,15 +138,15 @@ def demo(args: argparse.Namespace) -> int:
     ``--text``: train a tiny text transformer and score the per-token attributions."""
     # each demo trains a model: imported only when asked for
     if args.text:
-        from ..text_demo import run_text_demo
+        from ..demos.text import run_text_demo
 
         run_text_demo(out=args.out, seed=args.seed, quick=args.quick, progress=True)
     elif args.vit:
-        from ..vit_demo import run_vit_demo
+        from ..demos.vit import run_vit_demo
 
         run_vit_demo(out=args.out, seed=args.seed, quick=args.quick, progress=True)
     else:
-        from ..demo import run_demo
+        from ..demos.image import run_demo
 
         run_demo(out=args.out, seed=args.seed, quick=args.quick, progress=True)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..version import __version__
 from . import commands
 from .models import MODEL_HELP, WEIGHTS_HELP
 
@@ -56,8 +57,6 @@ held-out sequences and scores the tokens against the known triggers.
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gradlens`` argument parser with its four subcommands."""
-    from .. import __version__
-
     parser = argparse.ArgumentParser(
         prog="gradlens",
         description="Gradient-aware interpretability for PyTorch models.",

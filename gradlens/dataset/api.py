@@ -13,10 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from .. import registry
-from .._inputs import Inputs
-from ..extract import extract
-from ..selection import Layers, select_layers
-from ..targets import OutputSpec, Target
+from ..core.extract import extract
+from ..core.inputs import Inputs
+from ..core.output_selection import OutputSpec
+from ..core.selection import Layers, select_layers
+from ..targets.scores import Target
 from .identity import describe_options
 from .manifest import Manifest, PathLike
 from .rows import Interval

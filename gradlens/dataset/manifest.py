@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from ..version import __version__
 from .rows import count
 from .storage import atomic_write
 
@@ -119,9 +120,7 @@ class Manifest:
 
 def gradlens_version() -> str:
     """The version of the installed gradlens (recorded in every manifest)."""
-    import gradlens  # at call time: gradlens/__init__ imports this package before it is done
-
-    return str(getattr(gradlens, "__version__", "unknown"))
+    return __version__
 
 
 def _differences(name: str, here: Any, requested: Any) -> list[str]:

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._inputs import Inputs
-from .._inputs import batch_size as input_batch_size
+from ..core.inputs import Inputs
+from ..core.inputs import batch_size as input_batch_size
 from . import directory
 from .distributed import Dist
 from .identity import fingerprint

@@ -25,8 +25,8 @@ from torch.utils.data import (
     Subset,
 )
 
-from .._inputs import Inputs
-from .._inputs import batch_size as input_batch_size
+from ..core.inputs import Inputs
+from ..core.inputs import batch_size as input_batch_size
 from .rows import Interval, intersect
 
 PathLike = Union[str, "os.PathLike[str]"]

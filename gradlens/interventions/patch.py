@@ -8,11 +8,11 @@ from typing import Any, Union
 
 from torch import Tensor, nn
 
-from ..buffers import preserve_buffers
+from ..core.buffers import preserve_buffers
+from ..core.output_selection import OutputSpec
+from ..core.outputs import replace_outputs
+from ..core.selection import LayerSpec, select_layers
 from ..errors import LayerNotExecutedError
-from ..outputs import replace_outputs
-from ..selection import LayerSpec, select_layers
-from ..targets import OutputSpec
 from .edits import Edit, as_edit
 
 __all__ = ["patch", "EditSpec"]
@@ -40,7 +40,7 @@ def patch(
 
     Every call of an edited module inside the block is edited, in any forward: a plain
     call, each step of ``model.generate(...)``, a backward through the edited forward.
-    The edits are output-replacing hooks (:func:`gradlens.outputs.replace_outputs`), so
+    The edits are output-replacing hooks (:func:`gradlens.core.outputs.replace_outputs`), so
     they compose with :func:`gradlens.record` entered *inside* the block: a record of a
     later layer sees the edited forward and its gradients, and a record of an edited
     layer stores the edited value (its gradient is the gradient with respect to the

@@ -15,14 +15,14 @@ from typing import Any, Literal, Union
 import torch
 from torch import Tensor, nn
 
-from .._explain import differentiate
-from .._inputs import Inputs, ModelInput, as_args, batch_size
-from .._pytree import flatten
-from ..buffers import preserve_buffers
+from ..core.buffers import preserve_buffers
+from ..core.extract import extract
+from ..core.inputs import Inputs, ModelInput, as_args, batch_size
+from ..core.output_selection import OutputSpec
+from ..core.pytree import flatten
+from ..core.selection import Layers, LayerSpec, select_layers
 from ..errors import InterventionError
-from ..extract import extract
-from ..selection import Layers, LayerSpec, select_layers
-from ..targets import OutputSpec
+from ..passes import differentiate
 from .edits import position_index
 from .patch import EditSpec, patch
 

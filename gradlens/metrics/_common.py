@@ -11,12 +11,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._explain import clean_pass
-from .._inputs import ModelInput
-from ..buffers import preserve_buffers
+from ..core.buffers import preserve_buffers
+from ..core.inputs import ModelInput
+from ..core.output_selection import OutputSpec, select_output
 from ..errors import TargetError
 from ..maps import resize, to_2d
-from ..targets import OutputSpec, Target, select_output
+from ..passes import clean_pass
+from ..targets.scores import Target
 
 Method = Callable[..., Tensor]
 

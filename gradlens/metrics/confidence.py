@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..core.output_selection import OutputSpec
 from ..maps import normalize
-from ..targets import OutputSpec, Target
+from ..targets.scores import Target
 from ._common import _check_images, _classes, _logits, _reduce_maps, _score, _untouched
 
 __all__ = ["average_drop", "increase_in_confidence"]

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..core.output_selection import OutputSpec, select_output
 from ..errors import TargetError
-from ..targets import OutputSpec, select_output
 
 __all__ = ["logit_difference", "normalized"]
 

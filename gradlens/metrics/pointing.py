@@ -34,7 +34,7 @@ def pointing_game(
             bilinearly to the masks' size when ``masks`` is given and the sizes differ.
         masks: ``(B, H, W)`` bool (or 0/1) object masks.
         boxes: ``(B, 4)`` ``(x0, y0, x1, y1)``, ``x0``, ``y0`` inclusive and ``x1``, ``y1``
-            exclusive (as :class:`gradlens.data.ShapesData` boxes), in the pixels of the
+            exclusive (as :class:`gradlens.demos.shapes.ShapesData` boxes), in the pixels of the
             maps, which are used at their own size (upsample them to the image first).
         tolerance: the largest distance in pixels that still counts as a hit.
 

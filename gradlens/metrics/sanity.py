@@ -12,8 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.output_selection import OutputSpec
 from ..errors import LayerNotFoundError
-from ..targets import OutputSpec, Target
+from ..targets.scores import Target
 from ._common import Method, _classes, _reduce_maps
 
 __all__ = ["RandomizationResult", "randomization_test", "spearman"]

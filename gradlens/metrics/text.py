@@ -28,8 +28,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..core.output_selection import OutputSpec, select_output
 from ..errors import TokenInputError
-from ..targets import OutputSpec, Target, select_output
+from ..targets.scores import Target
 from ..text.baselines import config_token_id
 from ._common import _classes, _untouched
 
@@ -47,7 +48,7 @@ def token_localization(
     """Whether each sample's top-scoring real token is a ground-truth token.
 
     The text counterpart of the pointing game: on the synthetic text task
-    (:func:`gradlens.data.make_text_task`) the ground truth is the trigger tokens that
+    (:func:`gradlens.demos.shapes.make_text_task`) the ground truth is the trigger tokens that
     decide the label. The top token is the *first* maximum among the real tokens (padding
     is never chosen). The localisation over a data set is ``hits.float().mean()``.
 

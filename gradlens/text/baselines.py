@@ -27,7 +27,7 @@ def config_token_id(model: nn.Module, name: str, *, argument: str = "baseline") 
 
     Args:
         model: the model, e.g. a Hugging Face model or a
-            :class:`~gradlens.text_task.TinyTextClassifier`.
+            :class:`~gradlens.demos.text_task.TinyTextClassifier`.
         name: ``"pad"``, ``"mask"``, ``"unk"``, ...
         argument: the caller's argument that asked for it, named in the error.
 

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.outputs import replace_outputs
+from ..core.recorder import Recorder
 from ..errors import LayerNotExecutedError, LayerNotFoundError
-from ..outputs import replace_outputs
-from ..recorder import Recorder
 from .inputs import TokenInput
 
 __all__ = ["embedding_layer", "FromEmbeddings"]
@@ -93,7 +93,7 @@ class FromEmbeddings(nn.Module):
 
 
 class _Replacement:
-    """An edit for :func:`~gradlens.outputs.replace_outputs` giving the embeddings."""
+    """An edit for :func:`~gradlens.core.outputs.replace_outputs` giving the embeddings."""
 
     def __init__(self, embeddings: Tensor) -> None:
         self.embeddings = embeddings

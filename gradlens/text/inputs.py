@@ -14,7 +14,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from .._inputs import ModelInput
+from ..core.inputs import ModelInput
 from ..errors import TokenInputError
 
 __all__ = ["TokenInputs", "TokenInput"]
@@ -26,7 +26,7 @@ optionally ``"attention_mask"`` (called as ``model(**inputs)``)."""
 
 @dataclasses.dataclass(frozen=True)
 class TokenInput:
-    """A text model's input: the parsed :class:`~gradlens._inputs.ModelInput`, where its
+    """A text model's input: the parsed :class:`~gradlens.core.inputs.ModelInput`, where its
     token ids are, and its attention mask.
 
     Attributes:
@@ -108,7 +108,7 @@ class TokenInput:
     def with_ids(self, ids: Tensor) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``(args, kwargs)`` for ``n`` stacked copies of the batch whose token ids are
         ``ids`` (``(n * B, T)``): every other input whose dim 0 is the batch is repeated
-        (:meth:`ModelInput.tile <gradlens._inputs.ModelInput.tile>`)."""
+        (:meth:`ModelInput.tile <gradlens.core.inputs.ModelInput.tile>`)."""
         copies = ids.shape[0] // self.batch_size
         tiled = self.model_input.tile(copies).with_args({self.ids_position: ids})
         return tiled.bind()

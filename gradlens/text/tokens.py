@@ -10,10 +10,11 @@ import torch
 from torch import Tensor, nn
 
 from .. import registry
-from ..attribution._common import single_layer
-from ..extract import extract
-from ..selection import Layers
-from ..targets import OutputSpec, Target
+from ..core.extract import extract
+from ..core.output_selection import OutputSpec
+from ..core.selection import Layers
+from ..layering.resolve import single_layer
+from ..targets.scores import Target
 from .baselines import Baseline, baseline_ids, check_vocabulary
 from .embedding import FromEmbeddings, embedding_layer
 from .inputs import TokenInput, TokenInputs

@@ -2,8 +2,8 @@
 transformer trained here, scored against the ground truth of the synthetic text task.
 
 On a fresh machine, with nothing downloaded: generate the synthetic text task
-(:mod:`gradlens.text_task`), train the :class:`~gradlens.text_task.TinyTextClassifier`
-(:func:`gradlens.training.train_text_model`), then run every attribution method that
+(:mod:`gradlens.text_task`), train the :class:`~gradlens.demos.text_task.TinyTextClassifier`
+(:func:`gradlens.demos.training.train_text_model`), then run every attribution method that
 :func:`gradlens.token_attributions` can run (the registered attribution methods that need
 no layer of their own, :func:`text_methods`), each with its registered quick options
 (except occlusion's image windows: it occludes one token at a time), on
@@ -37,9 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import metrics, registry, viz
-from .demo import print_table, write_table
-from .registry import INFO
+from .. import metrics, registry, viz
+from ..registry import INFO
+from ..text import token_attributions
+from .image import print_table, write_table
 from .training import QUICK_TEXT_RECIPE, TEXT_RECIPE, train_text_model
 
 __all__ = ["TextDemoRow", "TextDemoResult", "run_text_demo", "text_methods"]
@@ -80,8 +81,6 @@ def _explainer(name: str, attention_mask: Tensor) -> Callable[..., Tensor]:
     """``explain(model, input_ids, target) -> (B, 1, T)`` scores of method ``name`` with
     its quick options but image windows (one map row per sequence, the layout the
     randomisation test reads)."""
-    from . import token_attributions  # the per-token attributions (gradlens.text)
-
     # occlusion's quick windows are image windows; token_attributions occludes one whole
     # token at a time when given none
     options = {k: v for k, v in INFO[name].quick_options.items() if k not in ("window", "stride")}
@@ -131,7 +130,7 @@ def run_text_demo(
         out: output folder (created): ``demo-text.png`` (two sequences, one row per method)
             and ``metrics-text.csv``.
         seed: seeds the data, the training and the randomisation test.
-        quick: the quick recipe (:data:`~gradlens.training.QUICK_TEXT_RECIPE`) and fewer
+        quick: the quick recipe (:data:`~gradlens.demos.training.QUICK_TEXT_RECIPE`) and fewer
             held-out sequences.
         progress: show the training progress bar.
 

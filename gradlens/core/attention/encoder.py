@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._hooks import HookSet
+from ..hooks import HookSet
 
 __all__ = ["padded_output_hooks"]
 

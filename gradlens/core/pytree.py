@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import Tensor
 
-from .errors import OutputSelectionError
-from .targets import OutputSpec, select_output
+from ..errors import OutputSelectionError
+from .output_selection import OutputSpec, select_output
 
 __all__ = ["Rebuild", "flatten", "partial_rebuild", "selected_positions"]
 

@@ -8,7 +8,7 @@ four-head self-attention computed with
 class token. It is the ground-truth model of the attention methods: the pointing game of
 their maps is measured against the shapes' masks (:func:`gradlens.metrics.pointing_game`).
 
-Two choices make it learn the shapes in about 1500 steps of :func:`gradlens.training.train`
+Two choices make it learn the shapes in about 1500 steps of :func:`gradlens.demos.training.train`
 (Adam, one-cycle schedule): each patch is layer-normalised before and after its linear
 embedding, and the learned position embeddings start from 2-D sine-cosine ones (both from
 Beyer et al. 2022, "Better plain ViT baselines for ImageNet-1k"). With a plain linear
@@ -16,7 +16,7 @@ patch embedding and small random position embeddings, the same model reached 0.6
 steps) and 0.80 (1500 steps) held-out accuracy: it tells the colours apart at once, the
 shapes only slowly.
 
-:func:`train_vit_model` trains it with :func:`gradlens.training.train` (the same loop as the
+:func:`train_vit_model` trains it with :func:`gradlens.demos.training.train` (the same loop as the
 tiny CNN) on :data:`VIT_RECIPE`.
 """
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .data import ShapesData, make_shapes
+from .shapes import ShapesData, make_shapes
 from .training import Recipe, accuracy, seeded, train_with_recipe
 
 __all__ = [

@@ -32,25 +32,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .._hooks import HookSet
-from ..buffers import preserve_buffers
-from ..errors import (
+from ...errors import (
     AttentionCaptureError,
     GradientNotAvailableError,
     LayerNotExecutedError,
     LayerNotFoundError,
     RecorderStateError,
 )
+from ..buffers import preserve_buffers
+from ..hooks import HookSet
 from ..selection import Layers, close_names, named_modules, select_layers
-from ._encoder import padded_output_hooks
-from ._maths import as_heads
-from ._mode import AttentionMode
+from .encoder import padded_output_hooks
+from .maths import as_heads
+from .mode import AttentionMode
+from .records import AttentionCall, Frame
 
 __all__ = ["AttentionCall", "AttentionCapture", "attention_modules", "capture_attention"]
 
@@ -96,41 +96,6 @@ def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-@dataclass
-class AttentionCall:
-    """The attention probabilities captured from one attention computation.
-
-    Attributes:
-        name: the dotted name of the module that computed them.
-        index: the order of this capture among all captures of the pass (0, 1, ...).
-        probs: the post-softmax probabilities ``(B, heads, N_query, N_key)`` (before any
-            attention dropout), detached (and passed through the capture's ``reduce``).
-        kernel: how they were captured: ``"scaled_dot_product_attention"``,
-            ``"multi_head_attention_forward"`` or ``"softmax"``.
-        gradient: the gradient of the score with respect to ``probs`` once a backward has
-            run (``grad=True``); for a ``(B, K)`` score taken with ``Recorder.grad`` it has a
-            leading dimension ``K``.
-    """
-
-    name: str
-    index: int
-    probs: Tensor
-    kernel: str
-    gradient: Tensor | None = None
-    _live: Tensor | None = field(default=None, repr=False)
-
-
-@dataclass
-class _Frame:
-    """A captured or selected module that is running."""
-
-    name: str
-    module: nn.Module
-    selected: bool
-    produced: bool = False
-    uncaptured: list[str] = field(default_factory=list)
-
-
 class AttentionCapture:
     """Record the attention probabilities of attention modules while the context is active.
 
@@ -165,7 +130,7 @@ class AttentionCapture:
             a copy to another device; gradients still refer to the full probabilities.
         restore_buffers: restore the model's buffers on exit (BatchNorm running statistics
             that train-mode forwards inside the block update), as the
-            :class:`~gradlens.Recorder` does; see :func:`gradlens.buffers.preserve_buffers`.
+            :class:`~gradlens.Recorder` does; see :func:`gradlens.core.buffers.preserve_buffers`.
 
     Raises:
         AttentionCaptureError: ``layers=None`` and the model has no attention module
@@ -211,7 +176,7 @@ class AttentionCapture:
         everything = named_modules(model)
         self._tracked = {n: m for n, m in everything.items() if n in found or n in self.modules}
         self._calls: list[AttentionCall] = []
-        self._frames: list[_Frame] = []
+        self._frames: list[Frame] = []
         self._covered: set[str] = set()
         self._hooks = HookSet()
         self._tensor_hooks = HookSet()
@@ -279,7 +244,7 @@ class AttentionCapture:
 
     def _push_hook(self, name: str, selected: bool) -> Callable[[nn.Module, Any], None]:
         def hook(module: nn.Module, args: Any) -> None:
-            self._frames.append(_Frame(name, module, selected))
+            self._frames.append(Frame(name, module, selected))
 
         return hook
 
@@ -298,7 +263,7 @@ class AttentionCapture:
         if self.stop_early and all(name in self._covered for name in self.modules):
             raise _StopForward(self)
 
-    def _not_captured_message(self, frame: _Frame) -> str:
+    def _not_captured_message(self, frame: Frame) -> str:
         seen = ""
         if frame.uncaptured:
             kernels = ", ".join(dict.fromkeys(frame.uncaptured))
@@ -311,7 +276,7 @@ class AttentionCapture:
             "or leave this module out of layers=..."
         )
 
-    def _target(self) -> _Frame | None:
+    def _target(self) -> Frame | None:
         """The innermost running selected module, which a capture now belongs to."""
         for frame in reversed(self._frames):
             if frame.selected:
@@ -320,7 +285,7 @@ class AttentionCapture:
 
     # -- recording ----------------------------------------------------------------------
 
-    def _record(self, target: _Frame, probs: Tensor, kernel: str) -> Tensor:
+    def _record(self, target: Frame, probs: Tensor, kernel: str) -> Tensor:
         """Record ``probs`` for ``target``; returns the tensor the attention must go on with."""
         for frame in self._frames:
             frame.produced = True

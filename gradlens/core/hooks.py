@@ -3,7 +3,7 @@
 A HookSet registers forward, forward-pre, full-backward and tensor hooks and keeps every
 handle, so that all of them come off together when the set is closed -- on exit of a
 ``with`` block, also when the block raises. :class:`~gradlens.Recorder` and
-:func:`gradlens.outputs.replace_outputs` are built on it.
+:func:`gradlens.core.outputs.replace_outputs` are built on it.
 """
 
 from __future__ import annotations

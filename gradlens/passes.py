@@ -22,12 +22,13 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from ._inputs import Inputs, ModelInput
-from .buffers import preserve_buffers
+from .core.buffers import preserve_buffers
+from .core.inputs import Inputs, ModelInput
+from .core.output_selection import OutputSpec
+from .core.recorder import Recorder
+from .core.selection import Layers
 from .errors import TargetError
-from .recorder import Recorder
-from .selection import Layers
-from .targets import OutputSpec, Target, scores
+from .targets.scores import Target, scores
 
 __all__ = [
     "Differentiated",
@@ -91,7 +92,7 @@ def differentiate(
     Args:
         model: the model.
         x: its input (a tuple for several positional inputs), or a parsed
-            :class:`~gradlens._inputs.ModelInput`.
+            :class:`~gradlens.core.inputs.ModelInput`.
         target: see :mod:`gradlens.targets`.
         layers: layers whose activations and gradients to record.
         wrt_inputs: also differentiate with respect to the floating-point inputs.
@@ -99,7 +100,7 @@ def differentiate(
         forward_kwargs: keyword inputs for the model (not with a ``ModelInput``).
         select: picks one tensor of a layer's structured output.
         hooks: further context managers active during the pass (e.g.
-            :func:`~gradlens.outputs.replace_outputs` contexts).
+            :func:`~gradlens.core.outputs.replace_outputs` contexts).
 
     Returns:
         A :class:`Differentiated`.
@@ -199,7 +200,7 @@ def clean_pass(
     Methods that evaluate the model on modified inputs explain the class predicted for
     the *original* input; this forward finds it, gives the target's scores, and records
     the layers the method needs. It runs under :func:`torch.inference_mode` and leaves
-    the model's buffers as they were (:func:`gradlens.buffers.preserve_buffers`), so
+    the model's buffers as they were (:func:`gradlens.core.buffers.preserve_buffers`), so
     train-mode forwards do not move BatchNorm statistics.
 
     Args:

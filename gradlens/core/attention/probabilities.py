@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._inputs import Inputs, ModelInput
+from ...errors import AttentionCaptureError, LayerNotExecutedError
 from ..buffers import preserve_buffers
-from ..errors import AttentionCaptureError, LayerNotExecutedError
+from ..inputs import Inputs, ModelInput
 from ..selection import Layers
 from .capture import AttentionCapture
 

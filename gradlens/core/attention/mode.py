@@ -16,20 +16,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from ..errors import AttentionCaptureError
-from ._maths import Attended, attention_with_probabilities
+from ...errors import AttentionCaptureError
+from .maths import Attended, attention_with_probabilities
+from .records import AttentionCall, Frame
 
-if TYPE_CHECKING:
-    from .capture import AttentionCapture
-
-__all__ = ["AttentionMode"]
+__all__ = ["AttentionMode", "CaptureState"]
 
 _SDPA_ARGUMENTS = (
     "query",
@@ -45,12 +43,26 @@ _MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
 _SOFTMAX_FUNCTIONS = (torch.softmax, F.softmax, Tensor.softmax, torch.special.softmax)
 
 
+class CaptureState(Protocol):
+    """What :class:`AttentionMode` reads and writes of the capture it serves
+    (:class:`~gradlens.core.attention.capture.AttentionCapture`)."""
+
+    _frames: list[Frame]
+    _calls: list[AttentionCall]
+    _select_all: bool
+    _mha_weights: list[Tensor] | None
+
+    def _target(self) -> Frame | None: ...
+
+    def _record(self, target: Frame, probs: Tensor, kernel: str) -> Tensor: ...
+
+
 class AttentionMode(TorchFunctionMode):
     """Reroutes attention computed inside an :class:`AttentionCapture`'s running modules
-    through :func:`~gradlens.attention._maths.attention_with_probabilities`, and records
+    through :func:`~gradlens.core.attention.maths.attention_with_probabilities`, and records
     eager attention's softmax."""
 
-    def __init__(self, capture: AttentionCapture) -> None:
+    def __init__(self, capture: CaptureState) -> None:
         super().__init__()
         self.capture = capture
 

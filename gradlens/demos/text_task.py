@@ -29,7 +29,7 @@ on padding, as in Hugging Face tokenizers.
 :class:`TinyTextClassifier` (token and position embeddings, two
 :class:`torch.nn.TransformerEncoder` layers, a masked mean over the real tokens and a
 linear head) learns the task to >= 0.98 held-out accuracy in a few hundred steps
-(:func:`gradlens.training.train_text_model`).
+(:func:`gradlens.demos.training.train_text_model`).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def make_text_task(
     """Generate ``n`` sequences of the synthetic text task (module docstring).
 
     The same arguments always give the same data; use another seed for a held-out split
-    (:func:`gradlens.training.train_text_model` trains on ``seed`` and tests on
+    (:func:`gradlens.demos.training.train_text_model` trains on ``seed`` and tests on
     ``seed + 1``). Labels are balanced: every class occurs ``n // num_classes`` or
     ``n // num_classes + 1`` times, in random order. Each sequence's length is uniform in
     ``length`` (both ends included), its number of triggers uniform in

@@ -1,12 +1,12 @@
 """The vision-transformer demo (``gradlens demo --vit``): attention explanations of a tiny ViT
 trained here, scored against ground truth beside Grad-CAM.
 
-On a fresh machine, with nothing downloaded: train a :class:`~gradlens.tiny_vit.TinyViT` on
-the synthetic shapes (:func:`~gradlens.tiny_vit.train_vit_model`), then for held-out images
+On a fresh machine, with nothing downloaded: train a :class:`~gradlens.demos.tiny_vit.TinyViT` on
+the synthetic shapes (:func:`~gradlens.demos.tiny_vit.train_vit_model`), then for held-out images
 run attention rollout, gradient-weighted attention rollout and Grad-CAM at the last block's
 first LayerNorm, and score each with the pointing game against the object's mask and the
 deletion and insertion AUCs (:mod:`gradlens.metrics`), as the CNN demo does
-(:func:`gradlens.demo.score_maps`). Writes ``vit_demo.png`` and
+(:func:`gradlens.demos.image.score_maps`). Writes ``vit_demo.png`` and
 ``vit_metrics.csv`` and prints the table.
 """
 
@@ -19,10 +19,10 @@ from pathlib import Path
 
 from torch import Tensor
 
-from . import viz
-from .attention import attention_rollout, gradient_attention_rollout
-from .cam import gradcam
-from .demo import print_table, score_maps, write_table
+from .. import viz
+from ..attention import attention_rollout, gradient_attention_rollout
+from ..cam import gradcam
+from .image import print_table, score_maps, write_table
 from .tiny_vit import QUICK_VIT_RECIPE, VIT_RECIPE, TinyViT, train_vit_model
 
 __all__ = ["ViTDemoRow", "ViTDemoResult", "run_vit_demo", "vit_methods"]
@@ -54,7 +54,7 @@ class ViTDemoResult:
 
 def vit_methods(model: TinyViT) -> dict[str, Callable[[Tensor], Tensor]]:
     """The explanations the demo compares, as ``images (B, 3, H, W) -> maps (B, H, W)``
-    functions of a trained :class:`~gradlens.tiny_vit.TinyViT` (top class)."""
+    functions of a trained :class:`~gradlens.demos.tiny_vit.TinyViT` (top class)."""
     return {
         "attention_rollout": lambda x: attention_rollout(model, x),
         "gradient_attention_rollout": lambda x: gradient_attention_rollout(model, x),
@@ -75,7 +75,7 @@ def run_vit_demo(
         out: output folder (created): ``vit_demo.png`` (images x methods, ground-truth box
             drawn) and ``vit_metrics.csv``.
         seed: seeds the data and the training.
-        quick: the quick recipe (:data:`~gradlens.tiny_vit.QUICK_VIT_RECIPE`) and fewer
+        quick: the quick recipe (:data:`~gradlens.demos.tiny_vit.QUICK_VIT_RECIPE`) and fewer
             held-out images.
         progress: show the training progress bar.
 

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import metrics, viz
-from .maps import to_2d
-from .registry import INFO, METHODS
+from .. import metrics, viz
+from ..maps import to_2d
+from ..registry import INFO, METHODS
 from .training import train_demo_model
 
 __all__ = [

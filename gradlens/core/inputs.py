@@ -5,7 +5,7 @@ positional inputs (``model(*x)``), a mapping of named inputs such as a Hugging F
 ``BatchEncoding`` (``model(**x)``), or a list of image tensors (``model(images)``, the
 torchvision detection models). :meth:`ModelInput.parse` reads them once into the positional and
 keyword inputs, the batch size, the image size and the device; everything downstream
-(:func:`gradlens._explain.differentiate`, the CAMs, the attributions) uses those facts and
+(:func:`gradlens.passes.differentiate`, the CAMs, the attributions) uses those facts and
 the batch operations here (:meth:`~ModelInput.tile`, :meth:`~ModelInput.take`) instead of
 looking at ``x`` again.
 

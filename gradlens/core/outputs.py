@@ -1,0 +1,208 @@
+"""Replacing module outputs during a forward pass: :func:`replace_outputs`.
+
+While the context is active, each selected module's output is passed through an *edit*
+``(name, module, output) -> new output`` and the model continues with what it returns:
+
+    with replace_outputs(model, {"layer3": lambda name, module, out: out * 0}):
+        ablated = model(x)              # layer4 and the head see zeros
+
+Guided backpropagation (wrapping every ReLU output in a function with another backward),
+layer integrated gradients (substituting interpolated activations) and Ablation-CAM
+(replacing one call's output) are built on it. It uses the same hook core as the
+:class:`~gradlens.Recorder` and composes with it: a Recorder entered *inside* the block
+records the edited outputs, and its gradients are taken with respect to them; one entered
+*outside* records the outputs before the edit. The hooks come off on exit, also when the
+block raises, and the model is left exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Union
+
+from torch import nn
+
+from ..errors import RecorderStateError
+from .hooks import HookSet
+from .output_selection import OutputSpec
+from .pytree import flatten, selected_positions
+from .selection import Layers, LayerSpec, named_modules, select_layers
+
+__all__ = ["Edit", "Edits", "OutputReplacer", "replace_outputs"]
+
+Edit = Callable[[str, nn.Module, Any], Any]
+"""``(name, module, output) -> new output``; returning ``None`` keeps the output."""
+
+Edits = Union[Mapping[Union[LayerSpec, tuple[LayerSpec, ...]], Edit], Edit]
+"""``{layer spec: edit}``, or one edit for the layers given as ``layers=``."""
+
+
+class OutputReplacer:
+    """The context manager :func:`replace_outputs` returns (build it with that function,
+    which resolves and checks the layer specs).
+
+    Args:
+        model: the model.
+        modules: ``{name: module}`` of the modules to edit.
+        edits: ``{name: edit}`` with an entry for each of ``modules``.
+        select: as for :func:`replace_outputs`.
+
+    Attributes:
+        model: the model whose outputs are replaced.
+        edits: ``{module name: edit}`` for every selected module, in model order.
+        select: the ``select=`` spec(s) it was given.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        modules: Mapping[str, nn.Module],
+        edits: Mapping[str, Edit],
+        select: OutputSpec | Mapping[str, OutputSpec] = None,
+    ) -> None:
+        self.model = model
+        self.edits = {name: edits[name] for name in modules}
+        self.select = select
+        self._modules = dict(modules)
+        self._hooks: HookSet | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """The names of the modules whose outputs are replaced, in model order."""
+        return list(self.edits)
+
+    def __enter__(self) -> OutputReplacer:
+        if self._hooks is not None:
+            raise RecorderStateError(
+                "this replace_outputs context is already active; it cannot be entered twice"
+            )
+        self._hooks = HookSet()
+        try:
+            for name, edit in self.edits.items():
+                self._hooks.forward(self._modules[name], self._hook(name, edit))
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._hooks is not None:
+            self._hooks.remove()
+        self._hooks = None
+
+    def _hook(self, name: str, edit: Edit) -> Callable[[nn.Module, Any, Any], Any]:
+        spec = self.select.get(name) if isinstance(self.select, Mapping) else self.select
+
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if spec is None:
+                return edit(name, module, output)
+            leaves, rebuild = flatten(output)
+            positions = selected_positions(output, leaves, spec, name)
+            chosen = leaves[positions[0]]
+            new = edit(name, module, chosen)
+            if new is None or new is chosen:
+                return None
+            for pos in positions:
+                leaves[pos] = new
+            return rebuild(leaves)
+
+        return hook
+
+    def __repr__(self) -> str:
+        state = "active" if self._hooks is not None else "inactive"
+        return f"OutputReplacer({type(self.model).__name__}, layers={self.names}, {state})"
+
+
+def replace_outputs(
+    model: nn.Module,
+    edits: Edits,
+    *,
+    layers: Layers | None = None,
+    select: OutputSpec | Mapping[str, OutputSpec] = None,
+) -> OutputReplacer:
+    """Replace the outputs of selected modules while the returned context is active.
+
+    Example::
+
+        def zero_channel_3(name, module, output):
+            output = output.clone()
+            output[:, 3] = 0
+            return output
+
+        with gradlens.core.outputs.replace_outputs(model, {"layer4.1.conv2": zero_channel_3}):
+            logits = model(x)
+
+    Every call of a selected module is edited (a module shared by several blocks, each
+    step of ``model.generate``). The edit may return a tensor of another shape or dtype
+    if the rest of the model accepts it, and may be an ``autograd.Function`` application
+    that changes only the backward pass. Only the hooks are undone on exit: buffers that
+    train-mode forwards in the block update are the forwards' doing (wrap the block in
+    :func:`gradlens.core.buffers.preserve_buffers` to undo them too).
+
+    Args:
+        model: the model.
+        edits: ``{layer spec: edit}``, each key a layer spec of
+            :mod:`gradlens.selection` (a name, glob pattern, module type, module or filter,
+            or a tuple of them) and each edit a function ``(name, module, output) -> new
+            output`` that gets the module's dotted name; or one edit for all modules
+            selected by ``layers``. An edit that returns ``None`` keeps the output.
+        layers: the modules a single edit applies to (only with a single edit).
+        select: pick one tensor of a structured output (an index, a key, or a function
+            returning one of the output's tensors; for all layers or as ``{name: spec}``):
+            the edit then gets that tensor, and its result takes the tensor's place while
+            the rest of the tuple, dict or dataclass is kept.
+
+    Returns:
+        A context manager (an :class:`OutputReplacer`); entering it registers the hooks,
+        leaving it removes them, also when the block raises. It can be entered again
+        after it was left.
+
+    Raises:
+        LayerNotFoundError: a layer spec selects nothing (raised here, not on entry).
+        ValueError: two specs select the same module, or ``layers`` is missing (with a
+            single edit) or superfluous (with a mapping).
+        TypeError: an edit is not callable.
+        OutputSelectionError: (during the forward) ``select`` names nothing in a
+            module's output.
+    """
+    pairs: list[tuple[Any, Edit]]
+    if isinstance(edits, Mapping):
+        if layers is not None:
+            raise ValueError(
+                "layers= is for a single edit function; with a mapping, its keys say which "
+                "layers each edit applies to"
+            )
+        pairs = list(edits.items())
+    elif callable(edits):
+        if layers is None:
+            raise ValueError(
+                "a single edit function needs layers= to say which modules it edits, e.g. "
+                "replace_outputs(model, edit, layers=nn.ReLU); or pass {layer spec: edit}"
+            )
+        pairs = [(layers, edits)]
+    else:
+        raise TypeError(
+            "edits must be {layer spec: edit function} or one edit function "
+            f"(name, module, output) -> new output; got {type(edits).__name__}"
+        )
+    modules: dict[str, nn.Module] = {}
+    by_name: dict[str, Edit] = {}
+    spec_of: dict[str, Any] = {}
+    for spec, edit in pairs:
+        if not callable(edit):
+            raise TypeError(
+                f"the edit for {spec!r} must be a function (name, module, output) -> new "
+                f"output; got {type(edit).__name__}"
+            )
+        for name, module in select_layers(model, spec).items():
+            if name in by_name:
+                raise ValueError(
+                    f"layer {name!r} is selected by both {spec_of[name]!r} and {spec!r}; "
+                    "give each module one edit (compose the two functions into one)"
+                )
+            modules[name], by_name[name], spec_of[name] = module, edit, spec
+    in_model_order = {n: m for n, m in named_modules(model).items() if n in modules}
+    return OutputReplacer(model, in_model_order, by_name, select)
