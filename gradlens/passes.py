@@ -28,7 +28,7 @@ from .core.output_selection import OutputSpec
 from .core.recorder import Recorder
 from .core.selection import Layers
 from .errors import TargetError
-from .targets.scores import Target, scores
+from .targets.parse import Target, scores
 
 __all__ = [
     "Differentiated",

@@ -136,10 +136,11 @@ def test_every_public_module_has_an_api_reference_page():
 
     reference = "\n".join(p.read_text() for p in (DOCS / "api").glob("*.md"))
     documented = set(re.findall(r"^::: (gradlens[\w.]*)", reference, re.M))
+    old_paths = {"data", "training", "summary", "recorder", "outputs", "extract", "selection"}
     modules = [
         f"gradlens.{m.name}"
         for m in pkgutil.iter_modules(gradlens.__path__)
-        if not m.name.startswith("_")
+        if not m.name.startswith("_") and m.name not in old_paths | {"version"}
     ]
     missing = [m for m in modules if m not in documented]
     assert not missing, f"modules without a page under docs/api: {missing}"

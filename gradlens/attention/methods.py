@@ -37,7 +37,7 @@ from ..core.selection import Layers
 from ..errors import AttentionRolloutError
 from ..maps import normalize as normalize_maps
 from ..registry import register
-from ..targets.scores import Target, scores
+from ..targets.parse import Target, scores
 from .rollout import (
     HeadFusion,
     check_discard_ratio,

@@ -12,7 +12,7 @@ from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..passes import Differentiated, differentiate
 from ..registry import register
-from ..targets.scores import Target
+from ..targets.parse import Target
 from ._common import (
     Attribution,
     as_result,

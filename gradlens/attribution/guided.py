@@ -19,7 +19,7 @@ from ..layering.resolve import single_layer
 from ..maps import resize
 from ..passes import check_target
 from ..registry import register
-from ..targets.scores import Target
+from ..targets.parse import Target
 from ._common import Attribution, as_result
 from .gradient import input_gradients
 

@@ -28,7 +28,7 @@ from ..core.selection import Layers
 from ..layering.resolve import single_layer
 from ..passes import check_target, clean_pass, differentiate, repeat_target
 from ..registry import register
-from ..targets.scores import Target
+from ..targets.parse import Target
 from ._common import (
     Attribution,
     as_result,

@@ -13,7 +13,7 @@ from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
 from ..layering.resolve import single_layer
 from ..passes import differentiate
-from ..targets.scores import Target
+from ..targets.parse import Target
 from ._common import targets_first_to_dim1
 
 __all__ = ["layer_gradient_x_activation"]

@@ -27,7 +27,7 @@ from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..passes import check_target, clean_pass, repeat_target
 from ..registry import register
-from ..targets.scores import Target
+from ..targets.parse import Target
 from ._common import Attribution, as_result, require_float_inputs, steps_per_chunk
 from .gradient import saliency
 

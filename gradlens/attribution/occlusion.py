@@ -15,7 +15,7 @@ from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..passes import check_target, clean_pass, repeat_target
 from ..registry import register
-from ..targets.scores import Target, scores
+from ..targets.parse import Target, scores
 from ._common import (
     Attribution,
     as_result,

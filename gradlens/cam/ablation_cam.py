@@ -22,7 +22,7 @@ from ..layering.resolve import resolve_layers
 from ..maps import safe_divide
 from ..passes import CleanPass
 from ..registry import register
-from ..targets.scores import Target, scores
+from ..targets.parse import Target, scores
 from .base import CamResult, finish, layer_tensor
 from .perturbed import channel_maps, check_batch_size, chunks, clean_layers, row_target
 from .reshape import Reshape, channel_axis, to_nchw

@@ -25,7 +25,7 @@ from ..layering.resolve import resolve_layers
 from ..maps import normalize as normalize_maps
 from ..maps import resize
 from ..passes import differentiate
-from ..targets.scores import Target
+from ..targets.parse import Target
 from .reshape import Reshape, to_nchw
 
 __all__ = [

@@ -23,7 +23,7 @@ from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
 from ..layering.resolve import resolve_layers
 from ..registry import register
-from ..targets.scores import Target
+from ..targets.parse import Target
 from .base import CamResult, as_nchw, finish
 from .reshape import Reshape
 

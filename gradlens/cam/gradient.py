@@ -22,7 +22,7 @@ from ..core.inputs import Inputs
 from ..core.selection import Layers
 from ..maps import safe_divide
 from ..registry import register
-from ..targets.scores import Target
+from ..targets.parse import Target
 from .base import CamOptions, CamResult, cam
 from .eigen import first_component
 

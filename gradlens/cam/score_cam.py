@@ -23,7 +23,7 @@ from ..maps import normalize as normalize_maps
 from ..maps import resize
 from ..passes import CleanPass
 from ..registry import register
-from ..targets.scores import Target, probability, scores
+from ..targets.parse import Target, probability, scores
 from .base import CamResult, as_nchw, finish
 from .perturbed import channel_maps, check_batch_size, chunks, clean_layers, row_target
 from .reshape import Reshape

@@ -22,8 +22,8 @@ from typing import Any, Union
 
 from torch import nn
 
-from ..errors import RecorderStateError
 from .hooks import HookSet
+from .lifecycle import Capture
 from .output_selection import OutputSpec
 from .pytree import flatten, selected_positions
 from .selection import Layers, LayerSpec, named_modules, select_layers
@@ -37,7 +37,7 @@ Edits = Union[Mapping[Union[LayerSpec, tuple[LayerSpec, ...]], Edit], Edit]
 """``{layer spec: edit}``, or one edit for the layers given as ``layers=``."""
 
 
-class OutputReplacer:
+class OutputReplacer(Capture[None]):
     """The context manager :func:`replace_outputs` returns (build it with that function,
     which resolves and checks the layer specs).
 
@@ -60,11 +60,12 @@ class OutputReplacer:
         edits: Mapping[str, Edit],
         select: OutputSpec | Mapping[str, OutputSpec] = None,
     ) -> None:
+        super().__init__()
         self.model = model
         self.edits = {name: edits[name] for name in modules}
         self.select = select
         self._modules = dict(modules)
-        self._hooks: HookSet | None = None
+        self._hooks = HookSet()
 
     @property
     def names(self) -> list[str]:
@@ -72,26 +73,15 @@ class OutputReplacer:
         return list(self.edits)
 
     def __enter__(self) -> OutputReplacer:
-        if self._hooks is not None:
-            raise RecorderStateError(
-                "this replace_outputs context is already active; it cannot be entered twice"
-            )
-        self._hooks = HookSet()
-        try:
-            for name, edit in self.edits.items():
-                self._hooks.forward(self._modules[name], self._hook(name, edit))
-        except BaseException:
-            self._close()
-            raise
-        return self
+        result: OutputReplacer = super().__enter__()
+        return result
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._close()
+    def _open(self) -> None:
+        for name, edit in self.edits.items():
+            self._hooks.forward(self._modules[name], self._hook(name, edit))
 
     def _close(self) -> None:
-        if self._hooks is not None:
-            self._hooks.remove()
-        self._hooks = None
+        self._hooks.remove()
 
     def _hook(self, name: str, edit: Edit) -> Callable[[nn.Module, Any, Any], Any]:
         spec = self.select.get(name) if isinstance(self.select, Mapping) else self.select
@@ -112,7 +102,7 @@ class OutputReplacer:
         return hook
 
     def __repr__(self) -> str:
-        state = "active" if self._hooks is not None else "inactive"
+        state = "active" if self._active else "inactive"
         return f"OutputReplacer({type(self.model).__name__}, layers={self.names}, {state})"
 
 

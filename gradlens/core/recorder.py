@@ -35,36 +35,21 @@ from ..errors import (
     GradientNotAvailableError,
     InPlaceBackwardHookError,
     LayerNotExecutedError,
-    LayerNotFoundError,
     NotRecordedError,
     RecorderStateError,
 )
 from .batched_grad import batched_grad
 from .buffers import preserve_buffers
 from .hooks import HookSet
+from .lifecycle import Capture, StopForward
 from .output_selection import OutputSpec
 from .pytree import flatten, partial_rebuild, selected_positions
-from .selection import Layers, close_names, select_layers
+from .selection import Layers, select_layers
 
 if TYPE_CHECKING:
     from .attention.capture import AttentionCapture
 
 __all__ = ["Call", "Recorder", "record"]
-
-
-class _StopForward(BaseException):
-    """Raised from a hook to end a forward pass once every selected layer has run.
-
-    It names the Recorder that raised it, and only that Recorder ends the pass (in
-    :meth:`Recorder.forward` or on exit): another Recorder's ``forward`` or block lets it
-    through. It is a ``BaseException``, like ``KeyboardInterrupt``, so that an
-    ``except Exception:`` in a model's forward (a fallback path) or in code around the
-    model cannot catch it and carry on with the pass.
-    """
-
-    def __init__(self, owner: Recorder) -> None:
-        super().__init__(f"forward stopped early by {owner!r}")
-        self.owner = owner
 
 
 @dataclass
@@ -100,7 +85,7 @@ class Call:
         self.gradient = self._rebuild(self._grads) if self._rebuild else self._grads[0]
 
 
-class Recorder:
+class Recorder(Capture[Call]):
     """Record activations and gradients of selected modules while the context is active.
 
     Example::
@@ -175,6 +160,7 @@ class Recorder:
         restore_buffers: bool = True,
         attention: bool | Layers = False,
     ) -> None:
+        super().__init__()
         self.model = model
         self.modules = select_layers(model, layers) if layers is not None else {}
         self.record_inputs = inputs
@@ -189,7 +175,6 @@ class Recorder:
         self.restore_buffers = restore_buffers
         self._calls: dict[str, list[Call]] = {}
         self._hooks = HookSet()
-        self._active = False
         self._session: object | None = None  # a new token per entry; hooks check theirs
         self._counter = itertools.count()
         self._collect_hook_grads = True
@@ -209,10 +194,11 @@ class Recorder:
     # -- context management -------------------------------------------------------------
 
     def __enter__(self) -> Recorder:
-        if self._active:
-            raise RecorderStateError(
-                "this Recorder is already active; a Recorder cannot be entered twice"
-            )
+        result: Recorder = super().__enter__()
+        return result
+
+    def _open(self) -> None:
+        self._entry_grad_mode = torch.is_grad_enabled()
         if self.backward_hooks:
             inplace = [n for n, m in self.modules.items() if getattr(m, "inplace", False)]
             if inplace:
@@ -225,32 +211,24 @@ class Recorder:
         self._pending_backward = {name: [] for name in self.modules}
         self._pending_inputs = {name: [] for name in self.modules}
         self._counter = itertools.count()
-        self._entry_grad_mode = torch.is_grad_enabled()
         self._grad_mode_stack = []
-        self._active = True
         self._session = object()
-        try:
-            if self.restore_buffers:
-                self._buffer_guard.enter_context(preserve_buffers(self.model))
-            for name, module in self.modules.items():
-                if self.record_inputs:
-                    self._hooks.forward_pre(module, self._input_hook(name))
-                self._hooks.forward(module, self._forward_hook(name))
-                if self.backward_hooks:
-                    self._hooks.full_backward(module, self._backward_hook(name))
-            if self.tape_from_layers:
-                self._hooks.forward_pre(self.model, self._tape_off)
-                self._hooks.forward(self.model, self._tape_restore)
-            if self._attention is not None:
-                self._attention.__enter__()
-        except BaseException:
-            self._close()
-            raise
-        return self
+        if self.restore_buffers:
+            self._buffer_guard.enter_context(preserve_buffers(self.model))
+        for name, module in self.modules.items():
+            if self.record_inputs:
+                self._hooks.forward_pre(module, self._input_hook(name))
+            self._hooks.forward(module, self._forward_hook(name))
+            if self.backward_hooks:
+                self._hooks.full_backward(module, self._backward_hook(name))
+        if self.tape_from_layers:
+            self._hooks.forward_pre(self.model, self._tape_off)
+            self._hooks.forward(self.model, self._tape_restore)
+        if self._attention is not None:
+            self._attention.__enter__()
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        self._close()
-        if isinstance(exc, _StopForward) and exc.owner is self:
+        if super().__exit__(exc_type, exc, tb):
             return True
         if (
             self.backward_hooks
@@ -277,7 +255,6 @@ class Recorder:
                 call._live = [None] * len(call._live)
         self._pending_backward = {}
         self._pending_inputs = {}
-        self._active = False
         self._session = None
 
     # -- running the model --------------------------------------------------------------
@@ -287,7 +264,7 @@ class Recorder:
         self._require_active("forward")
         try:
             return self.model(*args, **kwargs)
-        except _StopForward as stop:
+        except StopForward as stop:
             if stop.owner is not self:
                 raise
             return None
@@ -335,7 +312,7 @@ class Recorder:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             output = self._record_call(name, args, output)
             if self.stop_early and all(self._calls[n] for n in self.modules):
-                raise _StopForward(self)
+                self._stop_forward()
             return output
 
         return hook
@@ -569,29 +546,14 @@ class Recorder:
         """The selected layer names, in model order."""
         return list(self.modules)
 
-    def _calls_of(self, name: str) -> list[Call]:
-        if name not in self._calls:
-            known = list(self._calls) or list(self.modules)
-            hint = close_names(name, known)
-            listed = ", ".join(map(repr, known)) or "none"
-            raise LayerNotFoundError(
-                f"{name!r} was not recorded; recorded layers: {listed}"
-                + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
-            )
-        calls = self._calls[name]
-        if not calls:
-            raise LayerNotExecutedError(
-                f"layer {name!r} was selected but did not run during the forward pass "
-                "(is it used by the model's forward() for this input? was the pass stopped "
-                "early?)"
-            )
-        return calls
+    def _records_named(self, name: str) -> list[Call]:
+        return self._calls.get(name, [])
 
-    def _require_active(self, what: str) -> None:
-        if not self._active:
-            raise RecorderStateError(
-                f"Recorder.{what}() needs an active Recorder: use it inside 'with'"
-            )
+    def _selected(self) -> list[str]:
+        return list(self.modules)
+
+    def _recorded(self) -> list[str]:
+        return [name for name, calls in self._calls.items() if calls]
 
     def __repr__(self) -> str:
         state = "active" if self._active else "inactive"

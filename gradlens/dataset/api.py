@@ -17,7 +17,7 @@ from ..core.extract import extract
 from ..core.inputs import Inputs
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers, select_layers
-from ..targets.scores import Target
+from ..targets.parse import Target
 from .identity import describe_options
 from .manifest import Manifest, PathLike
 from .rows import Interval

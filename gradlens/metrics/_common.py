@@ -17,7 +17,7 @@ from ..core.output_selection import OutputSpec, select_output
 from ..errors import TargetError
 from ..maps import resize, to_2d
 from ..passes import clean_pass
-from ..targets.scores import Target
+from ..targets.parse import Target
 
 Method = Callable[..., Tensor]
 

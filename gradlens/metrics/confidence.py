@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ..core.output_selection import OutputSpec
 from ..maps import normalize
-from ..targets.scores import Target
+from ..targets.parse import Target
 from ._common import _check_images, _classes, _logits, _reduce_maps, _score, _untouched
 
 __all__ = ["average_drop", "increase_in_confidence"]

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.output_selection import OutputSpec
-from ..targets.scores import Target
+from ..targets.parse import Target
 from ._common import _check_images, _classes, _logits, _reduce_maps, _score, _untouched
 
 __all__ = ["CurveResult", "deletion", "insertion", "gaussian_blur"]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..core.output_selection import OutputSpec
 from ..errors import LayerNotFoundError
-from ..targets.scores import Target
+from ..targets.parse import Target
 from ._common import Method, _classes, _reduce_maps
 
 __all__ = ["RandomizationResult", "randomization_test", "spearman"]

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from ..core.output_selection import OutputSpec, select_output
 from ..errors import TokenInputError
-from ..targets.scores import Target
-from ..text.baselines import config_token_id
+from ..targets.language import config_token_id
+from ..targets.parse import Target
 from ._common import _classes, _untouched
 
 __all__ = ["ERASER_FRACTIONS", "token_localization", "comprehensiveness", "sufficiency"]

@@ -22,7 +22,7 @@ A structured output (a mapping or dataclass, e.g. a Hugging Face ``ModelOutput``
 
 from ..core.output_selection import OutputSpec, select_output
 from .language import sequence, token
-from .scores import Target, probability, regression, scores
+from .parse import Target, probability, regression, scores
 from .vision import detection, segmentation
 
 __all__ = [

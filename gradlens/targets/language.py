@@ -1,5 +1,6 @@
-"""Targets of language models: :func:`token` (a next-token id at a position) and
-:func:`sequence` (the log-probabilities of a given continuation)."""
+"""Language models: their targets, :func:`token` (a next-token id at a position) and
+:func:`sequence` (the log-probabilities of a given continuation), and
+:func:`config_token_id`, the one place where gradlens reads their special token ids."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..core.output_selection import OutputSpec, select_output
-from ..errors import TargetError
-from .scores import _ids, _per_row
+from ..errors import TargetError, TokenInputError
+from .parse import _ids, _per_row
 
-__all__ = ["token", "sequence"]
+__all__ = ["token", "sequence", "config_token_id"]
 
 
 def token(
@@ -121,3 +122,34 @@ def _sequence_logits(logits: Tensor, name: str) -> Tensor:
             f"{name} needs logits of shape (B, T, vocabulary), got {tuple(logits.shape)}"
         )
     return logits
+
+
+def config_token_id(model: nn.Module, name: str, *, argument: str = "baseline") -> int:
+    """``model.config.<name>_token_id``, e.g. the padding token for ``name="pad"``: the one
+    place where gradlens reads special token ids (token baselines, ERASER replacements).
+
+    Args:
+        model: the model, e.g. a Hugging Face model or a
+            :class:`~gradlens.demos.text_task.TinyTextClassifier`.
+        name: ``"pad"``, ``"mask"``, ``"unk"``, ...
+        argument: the caller's argument that asked for it, named in the error.
+
+    Raises:
+        TokenInputError: the model has no config, or the config names no such token.
+    """
+    field = f"{name}_token_id"
+    config = getattr(model, "config", None)
+    value = getattr(config, field, None)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    where = (
+        f"{type(model).__name__} has no .config"
+        if config is None
+        else f"model.config.{field} is {value!r}"
+    )
+    zero = " or baseline='zero' for zero embeddings" if argument == "baseline" else ""
+    raise TokenInputError(
+        f"{argument}={name!r} takes the token id from model.config.{field}, but {where}; pass "
+        f"the token id itself instead ({argument}=<id>, e.g. your tokenizer's {name} "
+        f"token){zero}"
+    )

@@ -14,7 +14,8 @@ models are :func:`gradlens.targets.token` and :func:`gradlens.targets.sequence`.
 
 from __future__ import annotations
 
-from .baselines import Baseline, baseline_ids, config_token_id
+from ..targets.language import config_token_id
+from .baselines import Baseline, baseline_ids
 from .embedding import FromEmbeddings, embedding_layer
 from .generation import generation_attributions
 from .inputs import TokenInput, TokenInputs

@@ -9,9 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import TokenInputError
+from ..targets.language import config_token_id
 from .inputs import TokenInput
 
-__all__ = ["Baseline", "CONFIG_TOKENS", "baseline_ids", "check_vocabulary", "config_token_id"]
+__all__ = ["Baseline", "CONFIG_TOKENS", "baseline_ids", "check_vocabulary"]
 
 Baseline = Union[str, int, Tensor]
 """``"pad"``, ``"mask"``, ``"unk"`` (the token id from ``model.config``), ``"zero"`` (zero
@@ -19,37 +20,6 @@ embeddings), a token id, or the baseline's ids ``(B, T)`` / ``(T,)``."""
 
 CONFIG_TOKENS = ("pad", "mask", "unk")
 """Baseline names read from ``model.config.<name>_token_id``."""
-
-
-def config_token_id(model: nn.Module, name: str, *, argument: str = "baseline") -> int:
-    """``model.config.<name>_token_id``, e.g. the padding token for ``name="pad"``: the one
-    place where gradlens reads special token ids (token baselines, ERASER replacements).
-
-    Args:
-        model: the model, e.g. a Hugging Face model or a
-            :class:`~gradlens.demos.text_task.TinyTextClassifier`.
-        name: ``"pad"``, ``"mask"``, ``"unk"``, ...
-        argument: the caller's argument that asked for it, named in the error.
-
-    Raises:
-        TokenInputError: the model has no config, or the config names no such token.
-    """
-    field = f"{name}_token_id"
-    config = getattr(model, "config", None)
-    value = getattr(config, field, None)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    where = (
-        f"{type(model).__name__} has no .config"
-        if config is None
-        else f"model.config.{field} is {value!r}"
-    )
-    zero = " or baseline='zero' for zero embeddings" if argument == "baseline" else ""
-    raise TokenInputError(
-        f"{argument}={name!r} takes the token id from model.config.{field}, but {where}; pass "
-        f"the token id itself instead ({argument}=<id>, e.g. your tokenizer's {name} "
-        f"token){zero}"
-    )
 
 
 def baseline_ids(model: nn.Module, tokens: TokenInput, baseline: Baseline) -> Tensor | None:

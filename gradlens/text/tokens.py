@@ -14,7 +14,7 @@ from ..core.extract import extract
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
 from ..layering.resolve import single_layer
-from ..targets.scores import Target
+from ..targets.parse import Target
 from .baselines import Baseline, baseline_ids, check_vocabulary
 from .embedding import FromEmbeddings, embedding_layer
 from .inputs import TokenInput, TokenInputs

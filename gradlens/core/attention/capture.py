@@ -40,13 +40,11 @@ from torch import Tensor, nn
 from ...errors import (
     AttentionCaptureError,
     GradientNotAvailableError,
-    LayerNotExecutedError,
-    LayerNotFoundError,
-    RecorderStateError,
 )
 from ..buffers import preserve_buffers
 from ..hooks import HookSet
-from ..selection import Layers, close_names, named_modules, select_layers
+from ..lifecycle import Capture
+from ..selection import Layers, named_modules, select_layers
 from .encoder import padded_output_hooks
 from .maths import as_heads
 from .mode import AttentionMode
@@ -59,18 +57,6 @@ _TRIED = (
     "its maths form), by nn.MultiheadAttention (F.multi_head_attention_forward), or as a "
     "softmax over the last dim of a 4-D (B, heads, N_query, N_key) tensor (eager attention)"
 )
-
-
-class _StopForward(BaseException):
-    """Raised from a hook to end a forward pass once every selected module has been captured.
-
-    A BaseException, so that ``except Exception`` in a model's forward cannot swallow it;
-    it carries the capture that raised it, which alone ends its block silently.
-    """
-
-    def __init__(self, owner: AttentionCapture) -> None:
-        super().__init__()
-        self.owner = owner
 
 
 def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -96,7 +82,7 @@ def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-class AttentionCapture:
+class AttentionCapture(Capture[AttentionCall]):
     """Record the attention probabilities of attention modules while the context is active.
 
     Example::
@@ -141,6 +127,8 @@ class AttentionCapture:
         LayerNotFoundError: a layer spec selects nothing (raised at construction).
     """
 
+    _what = "captured"
+
     def __init__(
         self,
         model: nn.Module,
@@ -151,6 +139,7 @@ class AttentionCapture:
         reduce: Callable[[Tensor], Tensor] | None = None,
         restore_buffers: bool = True,
     ) -> None:
+        super().__init__()
         self.model = model
         self.grad = grad
         self.stop_early = stop_early
@@ -185,44 +174,33 @@ class AttentionCapture:
         self._entry_grad_mode = True
         self._tape_started = False
         self._collect = True
-        self._active = False
         self._mha_weights: list[Tensor] | None = None  # collects weights inside MHA
 
     # -- context management -------------------------------------------------------------
 
     def __enter__(self) -> AttentionCapture:
-        if self._active:
-            raise RecorderStateError(
-                "this AttentionCapture is already active; it cannot be entered twice"
-            )
+        result: AttentionCapture = super().__enter__()
+        return result
+
+    def _open(self) -> None:
         self._calls = []
         self._frames = []
         self._covered = set()
         self._entry_grad_mode = torch.is_grad_enabled()
         self._tape_started = False
-        try:
-            if self.restore_buffers:
-                self._buffer_guard.enter_context(preserve_buffers(self.model))
-            for name, module in self._tracked.items():
-                selected = name in self.modules
-                self._hooks.forward_pre(module, self._push_hook(name, selected))
-                self._hooks.forward(module, self._pop_hook, always_call=True)
-            # The fast path of nn.TransformerEncoderLayer / nn.MultiheadAttention calls a
-            # fused kernel without running the module's Python code.
-            self._fastpath = torch.backends.mha.get_fastpath_enabled()
-            torch.backends.mha.set_fastpath_enabled(False)
-            padded_output_hooks(self.model, self._fastpath, self._hooks)
-            self._mode = AttentionMode(self)
-            self._mode.__enter__()
-        except BaseException:
-            self._close()
-            raise
-        self._active = True
-        return self
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        self._close()
-        return isinstance(exc, _StopForward) and exc.owner is self
+        # The fast path of nn.TransformerEncoderLayer / nn.MultiheadAttention calls a
+        # fused kernel without running the module's Python code.
+        self._fastpath = torch.backends.mha.get_fastpath_enabled()
+        if self.restore_buffers:
+            self._buffer_guard.enter_context(preserve_buffers(self.model))
+        for name, module in self._tracked.items():
+            selected = name in self.modules
+            self._hooks.forward_pre(module, self._push_hook(name, selected))
+            self._hooks.forward(module, self._pop_hook, always_call=True)
+        torch.backends.mha.set_fastpath_enabled(False)
+        padded_output_hooks(self.model, self._fastpath, self._hooks)
+        self._mode = AttentionMode(self)
+        self._mode.__enter__()
 
     def _close(self) -> None:
         if self._mode is not None:
@@ -238,7 +216,6 @@ class AttentionCapture:
         self._tensor_hooks.remove()  # a backward after the block stores nothing
         for call in self._calls:
             call._live = None  # the graph is freed with the block
-        self._active = False
 
     # -- module tracking ----------------------------------------------------------------
 
@@ -261,7 +238,7 @@ class AttentionCapture:
         if frame.selected and not frame.produced:
             raise AttentionCaptureError(self._not_captured_message(frame))
         if self.stop_early and all(name in self._covered for name in self.modules):
-            raise _StopForward(self)
+            self._stop_forward()
 
     def _not_captured_message(self, frame: Frame) -> str:
         seen = ""
@@ -369,19 +346,17 @@ class AttentionCapture:
         """The names of the modules captured so far, in the order of their first capture."""
         return list(dict.fromkeys(call.name for call in self._calls))
 
-    def _calls_of(self, name: str) -> list[AttentionCall]:
-        calls = [call for call in self._calls if call.name == name]
-        if calls:
-            return calls
-        if name not in self.modules:
-            known = self.names or list(self.modules)
-            hint = close_names(name, known)
-            raise LayerNotFoundError(
-                f"no attention was captured under {name!r}; captured: "
-                f"{', '.join(map(repr, self.names)) or 'none'}"
-                + (f"; did you mean {', '.join(map(repr, hint))}?" if hint else "")
-            )
-        raise LayerNotExecutedError(
+    def _records_named(self, name: str) -> list[AttentionCall]:
+        return [call for call in self._calls if call.name == name]
+
+    def _selected(self) -> list[str]:
+        return list(self.modules)
+
+    def _recorded(self) -> list[str]:
+        return self.names
+
+    def _not_run_message(self, name: str) -> str:
+        return (
             f"{name!r} was selected, but no attention was captured under it: it did not run "
             "(or its attention was captured by an attention module nested inside it, "
             f"under that module's name: {', '.join(map(repr, self.names)) or 'none'})"

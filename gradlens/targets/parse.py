@@ -1,5 +1,5 @@
-"""Turning a target into scores: :func:`scores`, the one place where gradlens does it, and
-the class-index targets :func:`probability` and :func:`regression`."""
+"""Parsing targets and turning them into scores: :func:`scores`, the one place where gradlens
+does it, and the class-index targets :func:`probability` and :func:`regression`."""
 
 from __future__ import annotations
 
