@@ -152,3 +152,24 @@ def test_functions_that_share_a_name_with_a_module_stay_functions():
 @pytest.mark.parametrize("name", ["metrics", "viz", "dataset", "interventions", "demos"])
 def test_subpackages_are_attributes_of_gradlens(name):
     assert getattr(gradlens, name).__name__ == f"gradlens.{name}"
+
+
+def test_the_architecture_diagram_has_every_arrow_the_code_has():
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    diagram = text.split("```mermaid", 1)[1].split("```", 1)[0]
+    drawn = set()
+    for line in diagram.splitlines():
+        if "-->" in line:
+            source, targets = (part.strip() for part in line.split("-->"))
+            drawn |= {(source, target.strip()) for target in targets.split("&")}
+
+    def package(name: str) -> str:
+        return name.split(".")[1]
+
+    real = {
+        (package(name), package(target))
+        for name in LIBRARY
+        for target in imported_names(name) - FACES
+        if package(name) != package(target)
+    }
+    assert sorted(real - drawn) == [] and sorted(drawn - real) == []
