@@ -102,6 +102,31 @@ def test_imports_go_down_the_layers_counting_package_inits(name):
     assert upward == [], f"{name} imports a higher layer"
 
 
+def reexported_imports(name: str) -> list[str]:
+    """The names ``name`` imports from another package's ``__init__`` that are not
+    submodules: names that package re-exports from the module that defines them."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom) or not node.level:
+            continue
+        base = package.split(".")[: len(package.split(".")) - node.level + 1]
+        source = ".".join(base + ([node.module] if node.module else []))
+        if source in MODULES and MODULES[source].name == "__init__.py" and source != package:
+            found += [
+                f"{source}.{alias.name}"
+                for alias in node.names
+                if f"{source}.{alias.name}" not in MODULES
+            ]
+    return found
+
+
+@pytest.mark.parametrize("name", LIBRARY)
+def test_library_modules_import_names_from_the_module_that_defines_them(name):
+    assert reexported_imports(name) == []
+
+
 @pytest.mark.parametrize("name", LIBRARY)
 def test_library_modules_never_import_the_gradlens_namespace(name):
     assert "gradlens" not in imported_names(name), (

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..cam import gradcam
+from ..cam.gradient import gradcam
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..core.outputs import OutputReplacer, replace_outputs

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .. import registry
 from ..core.selection import select_layers
-from ..dataset import extract_dataset
+from ..dataset.api import extract_dataset
 from ..dataset.sources import ImageFiles, image_folder
 from ..maps import to_2d
 from .images import load_image, save_npy, save_png, unique_stems
@@ -43,7 +43,7 @@ def layers(args: argparse.Namespace) -> int:
 
 def cam(args: argparse.Namespace) -> int:
     """``gradlens cam``: maps for image files, saved as overlays (PNG) and raw maps (.npy)."""
-    from ..viz import overlay  # matplotlib: imported only when drawing
+    from ..viz.images import overlay  # matplotlib: imported only when drawing
 
     paths = [Path(p) for p in args.images]
     missing = [str(p) for p in paths if not p.is_file()]

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from .. import metrics, registry, viz
 from ..registry import INFO
-from ..text import token_attributions
+from ..text.tokens import token_attributions
 from .image import print_table, write_table
 from .training import QUICK_TEXT_RECIPE, TEXT_RECIPE, train_text_model
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from torch import Tensor
 
 from .. import viz
-from ..attention import attention_rollout, gradient_attention_rollout
-from ..cam import gradcam
+from ..attention.methods import attention_rollout, gradient_attention_rollout
+from ..cam.gradient import gradcam
 from .image import print_table, score_maps, write_table
 from .tiny_vit import QUICK_VIT_RECIPE, VIT_RECIPE, TinyViT, train_vit_model
 
