@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
 import sys
 from functools import cache
 from pathlib import Path
@@ -174,9 +175,16 @@ def test_functions_that_share_a_name_with_a_module_stay_functions():
     assert {name: getattr(gradlens, name) for name in gradlens.__all__} == before
 
 
-@pytest.mark.parametrize("name", ["metrics", "viz", "dataset", "interventions", "demos"])
-def test_subpackages_are_attributes_of_gradlens(name):
-    assert getattr(gradlens, name).__name__ == f"gradlens.{name}"
+def test_subpackages_are_attributes_of_gradlens_after_one_import():
+    # a fresh interpreter: in this one, other tests have imported the subpackages already
+    code = (
+        "import sys, gradlens; "
+        "assert 'gradlens.metrics' not in sys.modules and 'gradlens.demos' not in sys.modules; "
+        "gradlens.metrics.pointing_game, gradlens.viz.overlay, gradlens.dataset.extract_dataset, "
+        "gradlens.interventions.patch, gradlens.demos"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_the_architecture_diagram_has_every_arrow_the_code_has():
