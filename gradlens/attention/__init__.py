@@ -12,7 +12,7 @@
 
 The probabilities are captured whatever kernel computes them (fused
 ``scaled_dot_product_attention``, ``nn.MultiheadAttention`` with ``need_weights=False``,
-eager attention); see :mod:`gradlens.attention.capture`.
+eager attention); see :mod:`gradlens.core.attention.capture`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Attention rollout and gradient-weighted attention rollout: maps from a model and an input.
 
 Both methods capture the attention probabilities of every attention module
-(:mod:`gradlens.attention.capture`, whatever kernel computes them), roll them out through the
+(:mod:`gradlens.core.attention.capture`, whatever kernel computes them), roll them out through the
 layers (:mod:`gradlens.attention.rollout`) and explain one token's row of the result:
 
 * images (a ``(B, C, H, W)`` input): the class token's row over the patch tokens, read as

@@ -6,7 +6,7 @@ at random positions. The triggers decide the label: each class owns
 ``triggers_per_class`` trigger tokens, and a sequence of class ``c`` holds only triggers
 of class ``c``. Distractors are drawn independently of the label, so they never decide
 it. Because the trigger positions are known (:attr:`TextTaskData.triggers`), per-token
-attributions can be scored against the truth (:func:`gradlens.metrics.token_localisation`).
+attributions can be scored against the truth (:func:`gradlens.metrics.token_localization`).
 
 Vocabulary (``vocab_size`` ids, 64 by default; :func:`vocabulary` gives their strings):
 

@@ -48,7 +48,7 @@ def token_localization(
     """Whether each sample's top-scoring real token is a ground-truth token.
 
     The text counterpart of the pointing game: on the synthetic text task
-    (:func:`gradlens.demos.shapes.make_text_task`) the ground truth is the trigger tokens that
+    (:func:`gradlens.demos.text_task.make_text_task`) the ground truth is the trigger tokens that
     decide the label. The top token is the *first* maximum among the real tokens (padding
     is never chosen). The localisation over a data set is ``hits.float().mean()``.
 

@@ -31,7 +31,7 @@ def attentions(
     Works whatever kernel the model's attention uses: ``nn.MultiheadAttention`` called
     with ``need_weights=False`` and its fast path, ``F.scaled_dot_product_attention``
     (Hugging Face ``sdpa``, timm ``fused_attn``) with masks, causal masking, dropout and
-    grouped-query attention, and eager attention; see :mod:`gradlens.attention.capture`.
+    grouped-query attention, and eager attention; see :mod:`gradlens.core.attention.capture`.
     The model's outputs and state are unchanged. The forward runs under
     ``torch.inference_mode()``; the results are ordinary tensors.
 
