@@ -173,15 +173,15 @@ def names(kind: Kind, *, needs_layer: bool | None = None) -> list[str]:
 
 
 def accepted_options(method: Callable[..., Any]) -> frozenset[str] | None:
-    """The keyword options ``method`` accepts: its parameters that have a default, and the
-    keys of a ``**options: Unpack[SomeTypedDict]``; ``None`` when it takes any keyword (a
-    ``**kwargs`` not annotated with ``Unpack``)."""
-    parameters = inspect.signature(method).parameters.values()
-    names = {
-        p.name
-        for p in parameters
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty
-    }
+    """The keyword options a method ``f(model, x, ...)`` accepts: its parameters after
+    ``model`` and ``x`` that can be passed by keyword (``target`` and ``layer`` included),
+    and the keys of a ``**options: Unpack[SomeTypedDict]``; ``None`` when it takes any
+    keyword (a ``**kwargs`` not annotated with ``Unpack``) or has no Python signature."""
+    try:
+        parameters = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):  # e.g. a C function: the call itself will tell
+        return None
+    names = {p.name for p in parameters[2:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     catch_all = next((p for p in parameters if p.kind is p.VAR_KEYWORD), None)
     if catch_all is None:
         return frozenset(names)
@@ -218,6 +218,6 @@ def check_options(method: Callable[..., Any], options: Mapping[str, Any], *, cal
     raise TypeError(
         f"{caller} got the option{'s' if len(unknown) > 1 else ''} "
         f"{', '.join(map(repr, unknown))}, which {method_name} does not take"
-        + (f"; did you mean {', '.join(map(repr, hints))}?" if hints else "")
-        + f" {method_name} takes: {', '.join(sorted(accepted))}"
+        + (f"; did you mean {', '.join(map(repr, hints))}?" if hints else ".")
+        + f" {method_name} takes: {', '.join(sorted(accepted)) or 'no keyword options'}"
     )

@@ -343,3 +343,22 @@ def test_attribute_dataset_refuses_an_unknown_option_before_writing(tmp_path: Pa
         )
     assert model.calls == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_smoothgrad_passes_on_a_parameter_without_default_of_a_user_method() -> None:
+    seen: list[float] = []
+
+    def scaled_saliency(
+        model: nn.Module,
+        x: torch.Tensor,
+        target: Any,
+        scale: float,
+        output: Any = None,
+        forward_kwargs: Any = None,
+    ) -> torch.Tensor:
+        seen.append(scale)
+        return gradlens.saliency(model, x, target, forward_kwargs=forward_kwargs) * scale
+
+    x = torch.randn(2, 3, 4, 4)
+    gradlens.smoothgrad(_classifier(), x, method=scaled_saliency, n=1, scale=2.0)  # type: ignore[call-arg]
+    assert seen == [2.0]
