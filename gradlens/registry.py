@@ -9,9 +9,17 @@ name becomes a method; :data:`INFO` carries what callers need to know about each
 from __future__ import annotations
 
 import difflib
+import inspect
+import sys
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # Python 3.10: typing_extensions comes with torch
+    from typing_extensions import Unpack
 
 __all__ = [
     "METHODS",
@@ -25,6 +33,8 @@ __all__ = [
     "get",
     "info",
     "names",
+    "accepted_options",
+    "check_options",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -160,3 +170,54 @@ def names(kind: Kind, *, needs_layer: bool | None = None) -> list[str]:
         for name, entry in INFO.items()
         if entry.kind == kind and (needs_layer is None or entry.needs_layer == needs_layer)
     ]
+
+
+def accepted_options(method: Callable[..., Any]) -> frozenset[str] | None:
+    """The keyword options a method ``f(model, x, ...)`` accepts: its parameters after
+    ``model`` and ``x`` that can be passed by keyword (``target`` and ``layer`` included),
+    and the keys of a ``**options: Unpack[SomeTypedDict]``; ``None`` when it takes any
+    keyword (a ``**kwargs`` not annotated with ``Unpack``) or has no Python signature."""
+    try:
+        parameters = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):  # e.g. a C function: the call itself will tell
+        return None
+    names = {p.name for p in parameters[2:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    catch_all = next((p for p in parameters if p.kind is p.VAR_KEYWORD), None)
+    if catch_all is None:
+        return frozenset(names)
+    try:
+        annotation = typing.get_type_hints(method, include_extras=True).get(catch_all.name)
+    except (NameError, TypeError):  # annotations that only a type checker can resolve
+        return None
+    if typing.get_origin(annotation) is not Unpack:
+        return None
+    (options,) = typing.get_args(annotation)
+    return frozenset(names | options.__required_keys__ | options.__optional_keys__)
+
+
+def check_options(method: Callable[..., Any], options: Mapping[str, Any], *, caller: str) -> None:
+    """Raise a clear error, before any work, for options ``method`` does not take.
+
+    Args:
+        method: the method the options are passed to.
+        options: the keyword options given for it.
+        caller: the public function passing them on, named in the message.
+
+    Raises:
+        TypeError: an option ``method`` has no parameter for; the message names the method,
+            suggests close names and lists the options it takes.
+    """
+    accepted = accepted_options(method)
+    if accepted is None:
+        return
+    unknown = [name for name in options if name not in accepted]
+    if not unknown:
+        return
+    method_name = getattr(method, "__name__", None) or repr(method)
+    hints = difflib.get_close_matches(unknown[0], sorted(accepted), n=3)
+    raise TypeError(
+        f"{caller} got the option{'s' if len(unknown) > 1 else ''} "
+        f"{', '.join(map(repr, unknown))}, which {method_name} does not take"
+        + (f"; did you mean {', '.join(map(repr, hints))}?" if hints else ".")
+        + f" {method_name} takes: {', '.join(sorted(accepted)) or 'no keyword options'}"
+    )

@@ -448,6 +448,8 @@ EXEMPT: dict[str, str] = {
     "CurveResult": "a metric result",
     "RandomizationResult": "a metric result",
     "CamOptions": "a TypedDict of keyword options",
+    "NoiseMethodOptions": "a TypedDict of keyword options",
+    "TokenMethodOptions": "a TypedDict of keyword options",
     # pure helpers: they never run a model
     "select_layers": "resolves names to modules; runs no forward",
     "load_features": "reads .npy files",

@@ -28,11 +28,12 @@ from .gradient import input_x_gradient, saliency
 from .guided import guided_backprop, guided_gradcam
 from .integrated import RULES, integrated_gradients, layer_integrated_gradients, quadrature
 from .layer import layer_gradient_x_activation
-from .noise import noise_scale, smoothgrad, vargrad
+from .noise import NoiseMethodOptions, noise_scale, smoothgrad, vargrad
 from .occlusion import occlusion, window_positions
 
 __all__ = [
     "Attribution",
+    "NoiseMethodOptions",
     "RULES",
     "guided_backprop",
     "guided_gradcam",

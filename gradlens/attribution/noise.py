@@ -16,24 +16,69 @@ inputs, and hence the results, are the same as Captum's. Results depend on ``bat
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any, TypedDict, Union
 
 import torch
 from torch import Tensor, nn
 
 from .. import registry
+from ..cam.reshape import Reshape
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
+from ..core.selection import Layers
 from ..passes import check_target, clean_pass, repeat_target
 from ..registry import register
 from ..targets.parse import Target
 from ._common import Attribution, as_result, require_float_inputs, steps_per_chunk
 from .gradient import saliency
+from .integrated import Baselines
+from .occlusion import Size
 
-__all__ = ["smoothgrad", "vargrad", "noise_scale"]
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # Python 3.10: typing_extensions comes with torch
+    from typing_extensions import Unpack
+
+__all__ = ["smoothgrad", "vargrad", "noise_scale", "NoiseMethodOptions"]
 
 Method = Union[Callable[..., Attribution], str]
+
+
+class NoiseMethodOptions(TypedDict, total=False):
+    """The keyword options :func:`smoothgrad` and :func:`vargrad` pass on to the method
+    they average (``**method_options: Unpack[NoiseMethodOptions]``): those of the
+    registered attribution methods that the noise methods do not take themselves. Each
+    goes only to a method that has it; the defaults are the method's.
+
+    Attributes:
+        abs: :func:`~gradlens.attribution.saliency`: absolute gradients (default ``True``).
+        baselines: :func:`~gradlens.attribution.integrated_gradients`: the baselines.
+        steps: :func:`~gradlens.attribution.integrated_gradients`: the integration points.
+        rule: :func:`~gradlens.attribution.integrated_gradients`: the quadrature rule.
+        return_delta: :func:`~gradlens.attribution.integrated_gradients`: only ``False``
+            is allowed here (a ``ValueError`` for ``True``).
+        window: :func:`~gradlens.attribution.occlusion`: the occluded window.
+        stride: :func:`~gradlens.attribution.occlusion`: the window's stride.
+        baseline: :func:`~gradlens.attribution.occlusion`: the value put in the window.
+        layer: :func:`~gradlens.attribution.guided_gradcam`: the Grad-CAM layer.
+        interpolation: :func:`~gradlens.attribution.guided_gradcam`: how the map is
+            upsampled.
+        reshape: :func:`~gradlens.attribution.guided_gradcam`: the layer's layout.
+    """
+
+    abs: bool
+    baselines: Baselines
+    steps: int
+    rule: str
+    return_delta: bool
+    window: Size | list[Size]
+    stride: Size | list[Size]
+    baseline: float | Tensor
+    layer: Layers | None
+    interpolation: str
+    reshape: Reshape
 
 
 def noise_scale(x: Tensor, sigma: float) -> Tensor:
@@ -62,7 +107,7 @@ def smoothgrad(
     generator: torch.Generator | None = None,
     output: OutputSpec = None,
     forward_kwargs: Mapping[str, Any] | None = None,
-    **method_options: Any,
+    **method_options: Unpack[NoiseMethodOptions],
 ) -> Attribution:
     """SmoothGrad: the mean of an attribution over noisy copies of the input.
 
@@ -87,7 +132,10 @@ def smoothgrad(
         output: picks the logits out of a structured model output.
         forward_kwargs: keyword inputs for the model; tensors whose dim 0 is the batch are
             repeated for the noisy copies.
-        **method_options: passed to ``method`` (e.g. ``abs=False``, ``steps=16``).
+        **method_options: passed to ``method`` (:class:`NoiseMethodOptions`: ``abs``,
+            ``baselines``, ``steps``, ``rule``, ``return_delta``, ``window``, ``stride``,
+            ``baseline``, ``layer``, ``interpolation``, ``reshape``), e.g. ``abs=False``
+            or ``steps=16``; only those ``method`` takes.
 
     Returns:
         Shaped as ``method``'s result for ``x``: like the input, ``(B, K, ...)`` for ``K``
@@ -95,6 +143,8 @@ def smoothgrad(
 
     Raises:
         ValueError: ``n < 1``, ``sigma < 0``, an unknown method name, ``return_delta=True``.
+        TypeError: an option of ``method_options`` that ``method`` does not take (before
+            any forward pass).
         TargetError: a target that does not fit the output.
     """
     return _noise_average(
@@ -134,14 +184,37 @@ def vargrad(
     generator: torch.Generator | None = None,
     output: OutputSpec = None,
     forward_kwargs: Mapping[str, Any] | None = None,
-    **method_options: Any,
+    **method_options: Unpack[NoiseMethodOptions],
 ) -> Attribution:
     """VarGrad: the variance of an attribution over noisy copies of the input.
 
     Adebayo, Gilmer, Goodfellow & Kim (2018), "Local Explanation Methods for Deep Neural
     Networks Lack Sensitivity to Parameter Values": ``mean_j A_j^2 - (mean_j A_j)^2`` (the
     population variance, as Captum's ``NoiseTunnel(nt_type="vargrad")``), with the noise of
-    :func:`smoothgrad`. Arguments, result and errors as for :func:`smoothgrad`.
+    :func:`smoothgrad`.
+
+    Args:
+        model: the model.
+        x: its input, or a tuple of positional inputs.
+        target: as for :func:`smoothgrad`.
+        method: the attribution whose variance is taken (a function or a registered name).
+        n: the number of noise samples per input.
+        sigma: the noise level as a fraction of each sample's value range.
+        batch_size: the number of noisy inputs per call of ``method``; ``None``: all at once.
+        seed: seeds a new generator for the noise.
+        generator: the generator for the noise (default: torch's global one).
+        output: picks the logits out of a structured model output.
+        forward_kwargs: keyword inputs for the model.
+        **method_options: passed to ``method`` (:class:`NoiseMethodOptions`: ``abs``,
+            ``baselines``, ``steps``, ``rule``, ``return_delta``, ``window``, ``stride``,
+            ``baseline``, ``layer``, ``interpolation``, ``reshape``); only those ``method``
+            takes.
+
+    Returns:
+        Shaped as ``method``'s result for ``x`` (see :func:`smoothgrad`).
+
+    Raises:
+        ValueError, TypeError, TargetError: as for :func:`smoothgrad`.
     """
     return _noise_average(
         model,
@@ -172,7 +245,7 @@ def _noise_average(
     generator: torch.Generator | None,
     output: OutputSpec,
     forward_kwargs: Mapping[str, Any] | None,
-    method_options: Mapping[str, Any],
+    method_options: NoiseMethodOptions,
     *,
     variance: bool,
 ) -> Attribution:
@@ -188,6 +261,9 @@ def _noise_average(
             "inside them"
         )
     attribute = registry.get(method, "attribution")
+    registry.check_options(
+        attribute, method_options, caller="vargrad" if variance else "smoothgrad"
+    )
     inputs = ModelInput.parse(x, forward_kwargs)
     positions = require_float_inputs(inputs.args, "smoothgrad/vargrad")
     batch = inputs.batch_size

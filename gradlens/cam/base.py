@@ -212,7 +212,20 @@ def postprocess(
 ) -> Tensor:
     """ReLU, then bilinear upsampling of the last two dims to ``size`` (when ``upsample``),
     then per-map min-max normalisation (when ``normalize``), in float32
-    (:mod:`gradlens.maps`)."""
+    (:mod:`gradlens.maps`).
+
+    Args:
+        raw: maps before the ReLU, ``(..., h, w)``.
+        size: the ``(H, W)`` to upsample to; ``None`` when the input is not an image.
+        upsample: resize the maps to ``size`` (bilinear, ``align_corners=False``).
+        normalize: min-max normalise each map to ``[0, 1]``.
+
+    Returns:
+        float32 maps ``(..., H, W)`` (``(..., h, w)`` without ``upsample``).
+
+    Raises:
+        ValueError: ``upsample`` without a ``size``.
+    """
     maps = raw.float().clamp(min=0)
     if upsample:
         if size is None:

@@ -83,9 +83,19 @@ def gradcam(
 
     ``ReLU(sum_c w_c A_c)`` with ``w_c`` the spatial mean of ``G_c``.
 
-    Keyword options (:class:`~gradlens.cam.CamOptions`): ``upsample``, ``normalize``,
-    ``reshape``, ``output``, ``forward_kwargs``, ``select``, ``per_layer``. Arguments,
-    shapes and errors: :func:`gradlens.cam.cam`.
+    Args:
+        model, x, layer, target: as for :func:`gradlens.cam.cam`.
+        **options: :class:`~gradlens.cam.CamOptions`: ``upsample``, ``normalize``,
+            ``reshape``, ``output``, ``forward_kwargs``, ``select``, ``per_layer``, as for
+            :func:`gradlens.cam.cam`.
+
+    Returns:
+        float32 maps ``(B, H, W)``, ``(B, K, H, W)`` for ``K`` targets per sample, on the
+        input's device (see :func:`gradlens.cam.cam`).
+
+    Raises:
+        LayerNotFoundError, LayerNotExecutedError, TargetError, OutputSelectionError,
+            ValueError: as for :func:`gradlens.cam.cam`.
     """
     return cam(model, x, layer, target, weights=gradcam_weights, **options)
 
@@ -108,9 +118,19 @@ def gradcampp(
     agree to within that. (torchcam's ``GradCAMpp`` divides a boolean-indexed copy in place,
     so its ``alpha`` stays ``G^2``; it is not the paper's method.)
 
-    Keyword options (:class:`~gradlens.cam.CamOptions`): ``upsample``, ``normalize``,
-    ``reshape``, ``output``, ``forward_kwargs``, ``select``, ``per_layer``. Arguments,
-    shapes and errors: :func:`gradlens.cam.cam`.
+    Args:
+        model, x, layer, target: as for :func:`gradlens.cam.cam`.
+        **options: :class:`~gradlens.cam.CamOptions`: ``upsample``, ``normalize``,
+            ``reshape``, ``output``, ``forward_kwargs``, ``select``, ``per_layer``, as for
+            :func:`gradlens.cam.cam`.
+
+    Returns:
+        float32 maps ``(B, H, W)``, ``(B, K, H, W)`` for ``K`` targets per sample, on the
+        input's device (see :func:`gradlens.cam.cam`).
+
+    Raises:
+        LayerNotFoundError, LayerNotExecutedError, TargetError, OutputSelectionError,
+            ValueError: as for :func:`gradlens.cam.cam`.
     """
     return cam(model, x, layer, target, weights=gradcampp_weights, **options)
 
@@ -130,9 +150,19 @@ def xgradcam(
     activations sum to exactly 0 get weight 0 (pytorch-grad-cam and torchcam add a
     ``1e-7`` / ``1e-8`` to the denominator instead).
 
-    Keyword options (:class:`~gradlens.cam.CamOptions`): ``upsample``, ``normalize``,
-    ``reshape``, ``output``, ``forward_kwargs``, ``select``, ``per_layer``. Arguments,
-    shapes and errors: :func:`gradlens.cam.cam`.
+    Args:
+        model, x, layer, target: as for :func:`gradlens.cam.cam`.
+        **options: :class:`~gradlens.cam.CamOptions`: ``upsample``, ``normalize``,
+            ``reshape``, ``output``, ``forward_kwargs``, ``select``, ``per_layer``, as for
+            :func:`gradlens.cam.cam`.
+
+    Returns:
+        float32 maps ``(B, H, W)``, ``(B, K, H, W)`` for ``K`` targets per sample, on the
+        input's device (see :func:`gradlens.cam.cam`).
+
+    Raises:
+        LayerNotFoundError, LayerNotExecutedError, TargetError, OutputSelectionError,
+            ValueError: as for :func:`gradlens.cam.cam`.
     """
     return cam(model, x, layer, target, weights=xgradcam_weights, **options)
 
@@ -151,9 +181,19 @@ def layercam(
     ``ReLU(sum_c ReLU(G_c) * A_c)``, element-wise weights, so it also works on early
     layers.
 
-    Keyword options (:class:`~gradlens.cam.CamOptions`): ``upsample``, ``normalize``,
-    ``reshape``, ``output``, ``forward_kwargs``, ``select``, ``per_layer``. Arguments,
-    shapes and errors: :func:`gradlens.cam.cam`.
+    Args:
+        model, x, layer, target: as for :func:`gradlens.cam.cam`.
+        **options: :class:`~gradlens.cam.CamOptions`: ``upsample``, ``normalize``,
+            ``reshape``, ``output``, ``forward_kwargs``, ``select``, ``per_layer``, as for
+            :func:`gradlens.cam.cam`.
+
+    Returns:
+        float32 maps ``(B, H, W)``, ``(B, K, H, W)`` for ``K`` targets per sample, on the
+        input's device (see :func:`gradlens.cam.cam`).
+
+    Raises:
+        LayerNotFoundError, LayerNotExecutedError, TargetError, OutputSelectionError,
+            ValueError: as for :func:`gradlens.cam.cam`.
     """
     return cam(model, x, layer, target, weights=layercam_map, **options)
 
@@ -172,9 +212,19 @@ def hirescam(
     ``ReLU(sum_c G_c * A_c)``: the gradient multiplies the activation element-wise instead
     of being averaged first.
 
-    Keyword options (:class:`~gradlens.cam.CamOptions`): ``upsample``, ``normalize``,
-    ``reshape``, ``output``, ``forward_kwargs``, ``select``, ``per_layer``. Arguments,
-    shapes and errors: :func:`gradlens.cam.cam`.
+    Args:
+        model, x, layer, target: as for :func:`gradlens.cam.cam`.
+        **options: :class:`~gradlens.cam.CamOptions`: ``upsample``, ``normalize``,
+            ``reshape``, ``output``, ``forward_kwargs``, ``select``, ``per_layer``, as for
+            :func:`gradlens.cam.cam`.
+
+    Returns:
+        float32 maps ``(B, H, W)``, ``(B, K, H, W)`` for ``K`` targets per sample, on the
+        input's device (see :func:`gradlens.cam.cam`).
+
+    Raises:
+        LayerNotFoundError, LayerNotExecutedError, TargetError, OutputSelectionError,
+            ValueError: as for :func:`gradlens.cam.cam`.
     """
     return cam(model, x, layer, target, weights=hirescam_map, **options)
 
@@ -194,8 +244,18 @@ def eigengradcam(
     the channel mean of ``G * A`` (pytorch-grad-cam's ``EigenGradCAM`` leaves the SVD's sign
     arbitrary), then ReLU.
 
-    Keyword options (:class:`~gradlens.cam.CamOptions`): ``upsample``, ``normalize``,
-    ``reshape``, ``output``, ``forward_kwargs``, ``select``, ``per_layer``. Arguments,
-    shapes and errors: :func:`gradlens.cam.cam`.
+    Args:
+        model, x, layer, target: as for :func:`gradlens.cam.cam`.
+        **options: :class:`~gradlens.cam.CamOptions`: ``upsample``, ``normalize``,
+            ``reshape``, ``output``, ``forward_kwargs``, ``select``, ``per_layer``, as for
+            :func:`gradlens.cam.cam`.
+
+    Returns:
+        float32 maps ``(B, H, W)``, ``(B, K, H, W)`` for ``K`` targets per sample, on the
+        input's device (see :func:`gradlens.cam.cam`).
+
+    Raises:
+        LayerNotFoundError, LayerNotExecutedError, TargetError, OutputSelectionError,
+            ValueError: as for :func:`gradlens.cam.cam`.
     """
     return cam(model, x, layer, target, weights=eigengradcam_map, **options)

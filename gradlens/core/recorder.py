@@ -600,12 +600,66 @@ class _RecordView(Mapping[str, Any]):
         return f"<{self._attr}s of {list(self)}>"
 
 
-def record(model: nn.Module, layers: Layers | None = None, **options: Any) -> Recorder:
+def record(
+    model: nn.Module,
+    layers: Layers | None = None,
+    *,
+    inputs: bool = False,
+    detach: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    reduce: Callable[[Tensor], Any] | None = None,
+    select: OutputSpec | Mapping[str, OutputSpec] = None,
+    tape_from_layers: bool = False,
+    backward_hooks: bool = False,
+    stop_early: bool = False,
+    restore_buffers: bool = True,
+    attention: bool | Layers = False,
+) -> Recorder:
     """Create a :class:`Recorder`: ``with gradlens.record(model, ["layer4"]) as rec: ...``.
 
-    All keyword options are those of :class:`Recorder`.
+    The arguments are the :class:`Recorder`'s, with the same defaults; it describes them
+    in full.
+
+    Args:
+        model: the model to hook.
+        layers: which modules to record (:mod:`gradlens.selection`); ``None`` records no
+            module (use :meth:`Recorder.watch`).
+        inputs: also store each call's positional inputs.
+        detach: store detached tensors.
+        device: move stored tensors there (e.g. ``"cpu"``).
+        dtype: cast stored floating-point tensors to this dtype.
+        reduce: a function applied inside the hook to every stored activation and gradient.
+        select: pick one tensor of a structured module output, for all layers or per layer.
+        tape_from_layers: start the autograd tape at the first selected layer.
+        backward_hooks: capture gradients with full backward hooks (which also gives
+            gradients with respect to each module's inputs).
+        stop_early: end the forward pass as soon as every selected layer has run once.
+        restore_buffers: restore the model's buffers on exit.
+        attention: also capture attention probabilities (``True``, or a layer spec).
+
+    Returns:
+        The :class:`Recorder`, not yet entered.
+
+    Raises:
+        LayerNotFoundError, AttentionCaptureError: as :class:`Recorder`.
+        TypeError: an option the :class:`Recorder` does not take.
     """
-    return Recorder(model, layers, **options)
+    return Recorder(
+        model,
+        layers,
+        inputs=inputs,
+        detach=detach,
+        device=device,
+        dtype=dtype,
+        reduce=reduce,
+        select=select,
+        tape_from_layers=tape_from_layers,
+        backward_hooks=backward_hooks,
+        stop_early=stop_early,
+        restore_buffers=restore_buffers,
+        attention=attention,
+    )
 
 
 # -- helpers ---------------------------------------------------------------------------

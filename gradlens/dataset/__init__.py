@@ -52,6 +52,7 @@ Scaling out:
 The package, one file per part:
 
 * ``api``: :func:`extract_dataset` and :func:`attribute_dataset`, each a job for ``run``;
+  ``options``: :class:`MethodOptions`, the options ``attribute_dataset`` passes on;
 * ``run``: the run they share: split the rows, resume, compute, write, record progress;
 * ``manifest``: :class:`Manifest`; ``identity``: the descriptions of options and of the
   model that decide whether two calls are the same;
@@ -69,10 +70,12 @@ from .api import attribute_dataset, extract_dataset
 from .directory import load_features
 from .distributed import merge_shards
 from .manifest import Manifest
+from .options import MethodOptions
 from .rows import shard_range
 
 __all__ = [
     "Manifest",
+    "MethodOptions",
     "extract_dataset",
     "attribute_dataset",
     "load_features",

@@ -4,6 +4,7 @@ maps of a registered method), each a :class:`~gradlens.dataset.run.Job` for the 
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,15 @@ from ..core.selection import Layers, select_layers
 from ..targets.parse import Target
 from .identity import describe_options
 from .manifest import Manifest, PathLike
+from .options import MethodOptions
 from .rows import Interval
 from .run import Job, run, storage_dtype
 from .sources import default_input
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # Python 3.10: typing_extensions comes with torch
+    from typing_extensions import Unpack
 
 
 def extract_dataset(
@@ -148,7 +155,7 @@ def attribute_dataset(
     overwrite: bool = False,
     progress: bool = True,
     flush_every: int = 32,
-    **method_options: Any,
+    **method_options: Unpack[MethodOptions],
 ) -> Manifest:
     """Write the maps of an explanation method for every sample of a dataset to a ``.npy`` file.
 
@@ -182,7 +189,16 @@ def attribute_dataset(
         overwrite: replace whatever ``out`` holds.
         progress: show a progress bar on rank 0 when stderr is a terminal.
         flush_every: sync and record progress every this many batches.
-        **method_options: passed to the method (e.g. ``layer="layer4"``).
+        **method_options: passed to the method (e.g. ``layer="layer4"``, ``steps=16``):
+            the options of the registered methods, :class:`~gradlens.dataset.MethodOptions`
+            (``layer``, ``layers``, ``upsample``, ``normalize``, ``reshape``, ``output``,
+            ``forward_kwargs``, ``select``, ``per_layer``, ``batch_size``,
+            ``ablation_value``, ``skip_unchanged``, ``reuse_upstream``, ``score``,
+            ``masks``, ``skip_constant``, ``channels_last``, ``fold_batchnorm``,
+            ``head_fusion``, ``discard_ratio``, ``row``, ``abs``, ``interpolation``,
+            ``baselines``, ``steps``, ``rule``, ``return_delta``, ``n``, ``sigma``,
+            ``seed``, ``generator``, ``window``, ``stride``, ``baseline``); only those the
+            method takes.
 
     Returns:
         The final :class:`Manifest`.
@@ -191,8 +207,10 @@ def attribute_dataset(
         ValueError: an unknown method name (the message lists close and registered names),
             a ``target`` of the wrong length or kind, and everything :func:`extract_dataset`
             raises.
+        TypeError: an option the method does not take (before anything is written).
     """
     function = registry.get(method)
+    registry.check_options(function, method_options, caller="attribute_dataset")
     name = method if isinstance(method, str) else _name(function)
     np_dtype, _ = storage_dtype(dtype)
     described = describe_options({"method": method, "target": target})

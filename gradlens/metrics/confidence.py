@@ -89,8 +89,17 @@ def increase_in_confidence(
 
     The percentage of samples whose class probability on the explanation map is higher
     than on the image, ``100 * mean_b [O_b > Y_b]``, with ``Y``, ``O`` and the explanation
-    as in :func:`average_drop`. Higher is better. Arguments and errors as there; returns
-    a float in [0, 100].
+    as in :func:`average_drop`. Higher is better.
+
+    Args:
+        model, images, maps, target, output: see the module docstring.
+        batch_size: samples per forward.
+
+    Returns:
+        A float in [0, 100].
+
+    Raises:
+        ValueError, TargetError: as for :func:`average_drop`.
     """
     y, o = _confidences(model, images, maps, target, batch_size, output)
     return float((o > y).double().mean() * 100)

@@ -202,7 +202,23 @@ def insertion(
     Starts from the ``fill`` image (by default a strong blur of the image) and puts the
     original pixels back in the order of the map, most important first (ties in row-major
     order); at fraction 1 the image is the original. A good map makes the score rise
-    fast: *higher* AUC is better. Arguments, result and errors as in :func:`deletion`.
+    fast: *higher* AUC is better.
+
+    Args:
+        model, images, maps, target: as for :func:`deletion`.
+        steps: ``S``, the curve has ``S + 1`` points from fraction 0 to 1.
+        fill: the image the pixels are inserted into: ``"blur"`` (the default), ``"zero"``,
+            ``"mean"`` or a tensor, as for :func:`deletion`.
+        score: ``"probability"`` (softmax) or ``"logit"``.
+        batch_size: perturbed images per forward; all ``B * (S + 1)`` are evaluated.
+        blur_sigma: the blur's std in pixels (by default a tenth of the image side).
+        output: picks the logits out of a structured output.
+
+    Returns:
+        A :class:`CurveResult`, as for :func:`deletion`.
+
+    Raises:
+        ValueError, TargetError: as for :func:`deletion`.
     """
     return _curve(
         model, images, maps, target, insert=True, steps=steps, fill=fill, score=score,

@@ -155,8 +155,22 @@ def sufficiency(
         sufficiency_f = p(y | x) - p(y | r_f)
 
     averaged over the fractions in ``k``. *Lower* is better: the rationale alone should
-    keep the prediction. It can be negative. Arguments, result and errors as in
-    :func:`comprehensiveness`.
+    keep the prediction. It can be negative.
+
+    Args:
+        model, input_ids, scores, target: as for :func:`comprehensiveness`.
+        attention_mask: ``(B, T)``, 1 on real tokens and 0 on padding; ``None``: all real.
+        k: a fraction in (0, 1], or a sequence of them (averaged).
+        removal: ``"delete"``, ``"pad"``, ``"mask"``, ``"unk"`` or a token id, as for
+            :func:`comprehensiveness`.
+        batch_size: sequences per forward; ``B * (len(k) + 1)`` are evaluated.
+        output: picks the logits out of a structured output.
+
+    Returns:
+        ``(B,)`` float64 on the CPU; the data-set score is its mean.
+
+    Raises:
+        ValueError, TargetError: as for :func:`comprehensiveness`.
     """
     return _eraser(
         model, input_ids, scores, target, keep_rationale=True, attention_mask=attention_mask,

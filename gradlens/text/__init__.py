@@ -19,7 +19,7 @@ from .baselines import Baseline, baseline_ids
 from .embedding import FromEmbeddings, embedding_layer
 from .generation import generation_attributions
 from .inputs import TokenInput, TokenInputs
-from .tokens import REDUCTIONS, token_attributions
+from .tokens import REDUCTIONS, TokenMethodOptions, token_attributions
 
 __all__ = [
     "Baseline",
@@ -27,6 +27,7 @@ __all__ = [
     "REDUCTIONS",
     "TokenInput",
     "TokenInputs",
+    "TokenMethodOptions",
     "baseline_ids",
     "config_token_id",
     "embedding_layer",

@@ -4,15 +4,24 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
-from typing import Any
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from .. import registry, targets
+from ..core.output_selection import OutputSpec
+from ..core.selection import Layers
 from ..errors import TokenInputError
-from .tokens import token_attributions
+from .baselines import Baseline
+from .tokens import TokenMethodOptions, token_attributions
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # Python 3.10: typing_extensions comes with torch
+    from typing_extensions import Unpack
 
 __all__ = ["generation_attributions"]
 
@@ -24,7 +33,12 @@ def generation_attributions(
     *,
     method: str | Callable[..., Any] = "input_x_gradient",
     attention_mask: Tensor | None = None,
-    **options: Any,
+    layer: Layers | None = None,
+    baseline: Baseline = "pad",
+    reduce: Literal["sum", "norm"] = "sum",
+    output: OutputSpec = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+    **options: Unpack[TokenMethodOptions],
 ) -> Tensor:
     """For each continuation token, the attribution of its log-probability to every
     position before it.
@@ -46,10 +60,18 @@ def generation_attributions(
             continuation after every prompt.
         method: as for :func:`token_attributions` (Input×Gradient by default: one pass).
         attention_mask: ``(B, P)`` mask of the prompt; the continuation counts as real.
-        **options: passed to :func:`token_attributions` (``baseline=``, ``reduce=``,
-            ``layer=``, ``output=``, ``steps=``, ...). ``batch_size`` defaults to ``B``
-            here: one integration step (or noise sample) per forward, since the batched
-            backward holds ``K`` gradients of every intermediate tensor.
+        layer: the embedding layer, as for :func:`token_attributions`.
+        baseline: the baseline tokens, as for :func:`token_attributions`.
+        reduce: ``"sum"`` or ``"norm"``, as for :func:`token_attributions`.
+        output: picks the logits out of a structured model output.
+        forward_kwargs: further keyword inputs for the model (``attention_mask`` is
+            extended over the continuation and added to them).
+        **options: passed to the attribution method
+            (:class:`~gradlens.text.TokenMethodOptions`: ``abs``, ``steps``, ``rule``,
+            ``batch_size``, ``n``, ``sigma``, ``seed``, ``generator``, ``window``,
+            ``stride``). ``batch_size`` defaults to ``B`` here: one integration step (or
+            noise sample) per forward, since the batched backward holds ``K`` gradients of
+            every intermediate tensor.
 
     Returns:
         ``(B, K, P + K)``: row ``k`` over the prompt and the continuation; positions
@@ -58,7 +80,7 @@ def generation_attributions(
     Raises:
         TokenInputError: ``input_ids`` is not ``(B, P)`` integers, ``continuation_ids`` not
             ``(B, K)`` or ``(K,)`` integers, or the continuation's batch is not the prompt's.
-        LayerNotFoundError, ValueError, OutputSelectionError: as for
+        LayerNotFoundError, ValueError, TypeError, OutputSelectionError: as for
             :func:`token_attributions`.
     """
     if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
@@ -80,16 +102,27 @@ def generation_attributions(
                 f"input_ids {tuple(input_ids.shape)}"
             )
         ones = torch.ones_like(continuation, dtype=attention_mask.dtype)
-        forward_kwargs = dict(options.pop("forward_kwargs", None) or {})
-        forward_kwargs["attention_mask"] = torch.cat([attention_mask, ones], dim=1)
-        options["forward_kwargs"] = forward_kwargs
-    target = targets.sequence(continuation, per_token=True, output_spec=options.pop("output", None))
+        forward_kwargs = {
+            **(forward_kwargs or {}),
+            "attention_mask": torch.cat([attention_mask, ones], dim=1),
+        }
+    target = targets.sequence(continuation, per_token=True, output_spec=output)
     if "batch_size" in inspect.signature(registry.get(method, "attribution")).parameters:
         # the batched backward holds K gradients of every intermediate tensor: one copy of
         # the batch per pass (one integration step, one noise sample) keeps the peak low and
         # was about as fast as larger chunks (benchmarks/bench_generation.py)
         options.setdefault("batch_size", batch)
-    scores = token_attributions(model, inputs, target, method=method, **options)
+    scores = token_attributions(
+        model,
+        inputs,
+        target,
+        method=method,
+        layer=layer,
+        baseline=baseline,
+        reduce=reduce,
+        forward_kwargs=forward_kwargs,
+        **options,
+    )
     # row k attributes log p(c_k), at position P + k: only the positions before it count
     before = torch.arange(prompt + k, device=scores.device) < (
         prompt + torch.arange(k, device=scores.device)[:, None]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import torch
 from torch import Tensor, nn
 
 from .. import registry
+from ..attribution.occlusion import Size
 from ..core.extract import extract
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
@@ -19,10 +21,50 @@ from .baselines import Baseline, baseline_ids, check_vocabulary
 from .embedding import FromEmbeddings, embedding_layer
 from .inputs import TokenInput, TokenInputs
 
-__all__ = ["token_attributions", "REDUCTIONS"]
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # Python 3.10: typing_extensions comes with torch
+    from typing_extensions import Unpack
+
+__all__ = ["token_attributions", "REDUCTIONS", "TokenMethodOptions"]
 
 REDUCTIONS = ("sum", "norm")
 """How an embedding's attribution ``(H,)`` becomes one number: the signed sum or its L2 norm."""
+
+
+class TokenMethodOptions(TypedDict, total=False):
+    """The keyword options :func:`token_attributions` passes on to its attribution method
+    (``**options: Unpack[TokenMethodOptions]``): those of the layer-free registered
+    attribution methods that it does not take itself. Each goes only to a method that has
+    it; the defaults are the method's.
+
+    Attributes:
+        abs: ``"saliency"``: absolute gradients (default ``True``).
+        steps: ``"integrated_gradients"``: the number of integration points (default 50).
+        rule: ``"integrated_gradients"``: the quadrature rule (default
+            ``"gausslegendre"``).
+        batch_size: ``"integrated_gradients"``, ``"smoothgrad"``, ``"vargrad"``,
+            ``"occlusion"``: the number of stacked inputs per forward.
+        n: ``"smoothgrad"``, ``"vargrad"``: the number of noise samples (default 50).
+        sigma: ``"smoothgrad"``, ``"vargrad"``: the noise level as a fraction of each
+            sample's embedding range (default 0.15).
+        seed: ``"smoothgrad"``, ``"vargrad"``: seeds a new generator for the noise.
+        generator: ``"smoothgrad"``, ``"vargrad"``: the generator for the noise.
+        window: ``"occlusion"``: the occluded window over ``(T, H)`` (default one whole
+            token, ``(1, H)``).
+        stride: ``"occlusion"``: the window's stride (default: the window).
+    """
+
+    abs: bool
+    steps: int
+    rule: str
+    batch_size: int | None
+    n: int
+    sigma: float
+    seed: int | None
+    generator: torch.Generator | None
+    window: Size | list[Size]
+    stride: Size | list[Size]
 
 
 def token_attributions(
@@ -36,7 +78,7 @@ def token_attributions(
     reduce: Literal["sum", "norm"] = "sum",
     output: OutputSpec = None,
     forward_kwargs: Mapping[str, Any] | None = None,
-    **options: Any,
+    **options: Unpack[TokenMethodOptions],
 ) -> Tensor:
     """One attribution score per input token of a text model.
 
@@ -76,7 +118,9 @@ def token_attributions(
         reduce: ``"sum"`` (the signed sum over the hidden size) or ``"norm"`` (its L2 norm).
         output: picks the logits out of a structured model output.
         forward_kwargs: further keyword inputs for the model.
-        **options: passed to the method (``steps=``, ``batch_size=``, ``n=``, ``abs=``, ...).
+        **options: passed to the method (:class:`TokenMethodOptions`: ``abs``, ``steps``,
+            ``rule``, ``batch_size``, ``n``, ``sigma``, ``seed``, ``generator``,
+            ``window``, ``stride``); only those the method takes.
 
     Returns:
         ``(B, T)`` scores, ``(B, K, T)`` for ``K`` targets per sample; padding positions score
@@ -87,8 +131,10 @@ def token_attributions(
         TokenInputError: token ids that are not ``(B, T)`` integers, a mapping without
             ``input_ids``, a baseline the config does not name (the message names the config
             field and the explicit token-id alternative), or an id outside the vocabulary.
-        ValueError: an unknown method or ``reduce``, a method that needs a layer of its own.
-        TypeError: ``baselines=`` passed directly (use ``baseline=``).
+        ValueError: an unknown method or ``reduce``, a method that needs a layer of its own,
+            ``return_delta=True``.
+        TypeError: ``baselines=`` passed directly (use ``baseline=``), or an option the
+            method does not take (before any forward pass).
         TargetError, OutputSelectionError: see :mod:`gradlens.targets`.
     """
     if reduce not in REDUCTIONS:
@@ -96,6 +142,7 @@ def token_attributions(
             f"reduce must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduce!r}"
         )
     attribute = _method(method)
+    _check_options(attribute, options)
     # the ids, masks and baselines built here are saved for backward by the embedding
     # lookup: they must be ordinary tensors also when the caller is in inference mode
     with torch.inference_mode(False):
@@ -109,7 +156,7 @@ def token_attributions(
             reduce,
             output,
             forward_kwargs,
-            options,
+            dict(options),
         )
 
 
@@ -125,11 +172,6 @@ def _token_attributions(
     forward_kwargs: Mapping[str, Any] | None,
     options: dict[str, Any],
 ) -> Tensor:
-    if "baselines" in options:
-        raise TypeError(
-            "token_attributions takes the baseline as baseline= (a token id, 'pad', 'mask', "
-            "'unk', 'zero' or token ids), not baselines="
-        )
     tokens = TokenInput.parse(inputs, forward_kwargs)
     name = embedding_layer(model, tokens) if layer is None else single_layer(model, layer)
     parameters = inspect.signature(attribute).parameters
@@ -186,6 +228,21 @@ def _embed(
         return embeddings, embedded[batch:]
     real = tokens.real[..., None].to(embeddings.device)
     return embeddings, torch.where(real, torch.zeros_like(embeddings), embeddings)
+
+
+def _check_options(attribute: Callable[..., Any], options: Mapping[str, Any]) -> None:
+    """Refuse the options token attributions cannot pass on, before any forward pass."""
+    if "baselines" in options:
+        raise TypeError(
+            "token_attributions takes the baseline as baseline= (a token id, 'pad', 'mask', "
+            "'unk', 'zero' or token ids), not baselines="
+        )
+    if options.get("return_delta"):
+        raise ValueError(
+            "token_attributions reduces each token's attribution to one number; "
+            "return_delta=True is not supported"
+        )
+    registry.check_options(attribute, options, caller="token_attributions")
 
 
 def _method(method: str | Callable[..., Any]) -> Callable[..., Any]:

@@ -14,6 +14,11 @@ def save(fig: Figure, path: str | Path, *, dpi: int = 150) -> Path:
 
     Missing parent folders are created.
 
+    Args:
+        fig: the figure.
+        path: where to write it.
+        dpi: the resolution of raster formats, in dots per inch.
+
     Returns:
         The path written, as a :class:`~pathlib.Path`.
 
