@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import sys
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:  # Python 3.10: typing_extensions comes with torch
-    from typing_extensions import Unpack
+from typing_extensions import Unpack
 
 __all__ = [
     "METHODS",

@@ -16,12 +16,12 @@ inputs, and hence the results, are the same as Captum's. Results depend on ``bat
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict, Union
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from .. import registry
 from ..cam.reshape import Reshape
@@ -35,11 +35,6 @@ from ._common import Attribution, as_result, require_float_inputs, steps_per_chu
 from .gradient import saliency
 from .integrated import Baselines
 from .occlusion import Size
-
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:  # Python 3.10: typing_extensions comes with torch
-    from typing_extensions import Unpack
 
 __all__ = ["smoothgrad", "vargrad", "noise_scale", "NoiseMethodOptions"]
 

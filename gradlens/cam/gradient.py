@@ -14,9 +14,8 @@ rest of the batch; the model's buffers are restored afterwards.
 
 from __future__ import annotations
 
-import sys
-
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from ..core.inputs import Inputs
 from ..core.selection import Layers
@@ -25,11 +24,6 @@ from ..registry import register
 from ..targets.parse import Target
 from .base import CamOptions, CamResult, cam
 from .eigen import first_component
-
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:  # Python 3.10: typing_extensions comes with torch
-    from typing_extensions import Unpack
 
 __all__ = ["gradcam", "gradcampp", "xgradcam", "layercam", "hirescam", "eigengradcam"]
 

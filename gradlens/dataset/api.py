@@ -4,7 +4,6 @@ maps of a registered method), each a :class:`~gradlens.dataset.run.Job` for the 
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from .. import registry
 from ..core.extract import extract
@@ -25,11 +25,6 @@ from .options import MethodOptions
 from .rows import Interval
 from .run import Job, run, storage_dtype
 from .sources import default_input
-
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:  # Python 3.10: typing_extensions comes with torch
-    from typing_extensions import Unpack
 
 
 def extract_dataset(

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from .. import registry, targets
 from ..core.output_selection import OutputSpec
@@ -17,11 +17,6 @@ from ..core.selection import Layers
 from ..errors import TokenInputError
 from .baselines import Baseline
 from .tokens import TokenMethodOptions, token_attributions
-
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:  # Python 3.10: typing_extensions comes with torch
-    from typing_extensions import Unpack
 
 __all__ = ["generation_attributions"]
 

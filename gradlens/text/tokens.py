@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import inspect
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypedDict
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Unpack
 
 from .. import registry
 from ..attribution.occlusion import Size
@@ -20,11 +20,6 @@ from ..targets.parse import Target
 from .baselines import Baseline, baseline_ids, check_vocabulary
 from .embedding import FromEmbeddings, embedding_layer
 from .inputs import TokenInput, TokenInputs
-
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:  # Python 3.10: typing_extensions comes with torch
-    from typing_extensions import Unpack
 
 __all__ = ["token_attributions", "REDUCTIONS", "TokenMethodOptions"]
 
