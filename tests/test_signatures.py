@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-import sys
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,18 +18,15 @@ from typing import Any
 
 import pytest
 import torch
+import typing_extensions
 from torch import nn
+from typing_extensions import Unpack
 
 import gradlens
 from gradlens import registry
 from gradlens.attribution import NoiseMethodOptions
 from gradlens.dataset import MethodOptions
 from gradlens.text import TokenMethodOptions
-
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:
-    from typing_extensions import Unpack
 
 PACKAGES = (
     "gradlens",
@@ -121,7 +117,7 @@ def _keys(typed_dict: Any) -> set[str]:
 
 def _unpacked_keys(parameter: inspect.Parameter) -> list[str] | None:
     """The keys of ``**name: Unpack[TD]``, or ``None`` when not so annotated."""
-    if typing.get_origin(parameter.annotation) is not Unpack:
+    if typing_extensions.get_origin(parameter.annotation) is not Unpack:
         return None
     (typed_dict,) = typing.get_args(parameter.annotation)
     return sorted(_keys(typed_dict))
