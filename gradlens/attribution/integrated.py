@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..core.chunks import chunks, copies_per_chunk
 from ..core.extract import extract
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
@@ -35,7 +36,6 @@ from ._common import (
     broadcast_to_input,
     gradient_or_zeros,
     require_float_inputs,
-    steps_per_chunk,
     targets_first_to_dim1,
 )
 
@@ -355,15 +355,15 @@ def _integrate(
     node-major (``(k * B, ...)``, or ``(K, k * B, ...)`` for ``K`` targets) and whether the
     targets are multiple. Returns ``{position: (B, ...) or (B, K, ...)}``.
     """
-    per_chunk = steps_per_chunk(batch_size, batch, len(alphas))
+    per_chunk = copies_per_chunk(batch_size, batch, len(alphas))
     totals: dict[int, Tensor] = {}
     multi = False
-    for start in range(0, len(alphas), per_chunk):
-        points = alphas[start : start + per_chunk]
+    for nodes in chunks(len(alphas), per_chunk):
+        points = alphas[nodes]
         gradients, multi = differentiate_path(points)
         for i, grad in gradients.items():
             k = len(points)
-            w = weights[start : start + k].to(grad.dtype).to(grad.device)
+            w = weights[nodes].to(grad.dtype).to(grad.device)
             if multi:  # (K, k * B, ...) -> (K, B, ...)
                 part = torch.einsum(
                     "s,ks...->k...", w, grad.reshape(grad.shape[0], k, batch, *grad.shape[2:])

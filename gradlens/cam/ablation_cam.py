@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.chunks import check_batch_size, chunks
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..core.outputs import replace_outputs
@@ -24,7 +25,7 @@ from ..passes import CleanPass
 from ..registry import register
 from ..targets.scores import Target, scores
 from .base import CamResult, finish, layer_tensor
-from .perturbed import channel_maps, check_batch_size, chunks, clean_layers, row_target
+from .perturbed import channel_maps, clean_layers, row_target
 from .reshape import Reshape, channel_axis, to_nchw
 
 __all__ = ["ablationcam"]
@@ -219,7 +220,9 @@ class _AblatedRunner:
                 if skip_unchanged
                 else torch.ones(channels, dtype=torch.bool)
             )
-            for ks in chunks(todo.nonzero()[:, 0], chunk):
+            channels_todo = todo.nonzero()[:, 0]
+            for part in chunks(channels_todo.numel(), chunk):
+                ks = channels_todo[part]
                 result[b, ks] = self._evaluate(b, ks).float().cpu()
         return result
 
