@@ -17,7 +17,7 @@ from ..core.buffers import preserve_buffers
 from ..core.chunks import check_batch_size, chunks
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
-from ..core.outputs import replace_outputs
+from ..core.outputs import Replacement, replace_outputs
 from ..core.selection import Layers
 from ..layering.resolve import resolve_layers
 from ..maps import safe_divide
@@ -179,17 +179,6 @@ class _Ablation:
         )
 
 
-class _Replace:
-    """An edit for ``replace_outputs``: the ``call``-th output of the layer becomes ``tensor``."""
-
-    def __init__(self, call: int, tensor: Tensor) -> None:
-        self.call, self.tensor, self.seen = call, tensor, 0
-
-    def __call__(self, name: str, module: nn.Module, output: Any) -> Any:
-        self.seen += 1
-        return self.tensor if self.seen - 1 == self.call else output
-
-
 class _AblatedRunner:
     """Evaluates the target on ablated copies, reusing the upstream part when it can."""
 
@@ -256,7 +245,8 @@ class _AblatedRunner:
         replacement = self.ablation.rows(b, ks)
         n = ks.numel()
         rows = torch.full((1 if shared else n,), b, dtype=torch.long)
-        modify = _Replace(self.clean.calls[self.name] - 1, replacement)
+        # the last call's output, as in the clean pass; with ``shared``, n rows stand for one
+        modify = Replacement(replacement, fit="rows", call=self.clean.calls[self.name] - 1)
         replaced = replace_outputs(self.model, {self.name: modify})
         with torch.inference_mode(), preserve_buffers(self.model), replaced:
             out = self.inputs.take(rows).call(self.model)
