@@ -308,6 +308,18 @@ def test_clean_and_corrupted_of_different_lengths_are_refused(gpt2, prompts):
     assert_same_state(before, model_state(gpt2))
 
 
+def test_a_batch_size_below_one_is_refused_before_any_forward(gpt2, prompts):
+    clean, corrupted = prompts
+    rows = []
+    handle = gpt2.register_forward_pre_hook(lambda module, args: rows.append(len(args[0])))
+    try:
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            gradlens.activation_patching(gpt2, clean, corrupted, BLOCKS, lm_metric, batch_size=0)
+    finally:
+        handle.remove()
+    assert rows == []
+
+
 def test_a_position_out_of_range_is_refused_before_any_patched_run(gpt2, prompts):
     clean, corrupted = prompts
     before = model_state(gpt2)

@@ -166,7 +166,7 @@ def test_the_model_is_left_untouched():
         ({"k": 0.0}, ValueError, r"k must be a fraction in \(0, 1\]"),
         ({"k": [0.5, 1.5]}, ValueError, "k must be a fraction"),
         ({"removal": "zero"}, ValueError, 'removal must be "delete"'),
-        ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive int"),
         ({"target": [0, 1, 1]}, TargetError, "3 entries for 2 samples"),
     ],
 )

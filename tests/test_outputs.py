@@ -7,8 +7,13 @@ import torch
 from torch import nn
 
 import gradlens
-from gradlens import LayerNotFoundError, OutputSelectionError, RecorderStateError
-from gradlens.core.outputs import replace_outputs
+from gradlens import (
+    InterventionError,
+    LayerNotFoundError,
+    OutputSelectionError,
+    RecorderStateError,
+)
+from gradlens.core.outputs import Replacement, fit_replacement, replace_outputs
 
 from .conftest import assert_same_state, model_state
 from .models import LSTMNet, SharedNet, StructuredNet
@@ -249,3 +254,143 @@ def test_layers_goes_with_one_edit_and_only_with_one():
         replace_outputs(model, {"0": zero}, layers="1")
     with pytest.raises(TypeError, match="must be a function"):
         replace_outputs(model, {"0": torch.zeros(2)})
+
+
+# -- Replacement: a given tensor in place of the output ----------------------------------------
+
+
+def test_a_replacement_is_what_the_next_layer_sees():
+    model = two_linear()
+    given = torch.randn(5, 4)
+    with replace_outputs(model, {"0": Replacement(given)}):
+        out = model(torch.randn(5, 3))
+    torch.testing.assert_close(out, model[1](given), rtol=0, atol=0)
+
+
+def test_the_gradient_reaches_a_replacement_that_requires_grad():
+    model = two_linear()
+    given = torch.randn(5, 4, requires_grad=True)
+    with replace_outputs(model, {"0": Replacement(given)}):
+        model(torch.randn(5, 3)).sum().backward()
+    # d/d given of sum(given @ W.T + b) is the column sums of W, for every row
+    torch.testing.assert_close(given.grad, model[1].weight.sum(0).expand(5, 4).detach())
+
+
+def test_a_broadcast_replacement_sends_the_summed_gradient_to_the_value():
+    model = two_linear()
+    vector = torch.randn(4, requires_grad=True)
+    with replace_outputs(model, {"0": Replacement(vector, fit="broadcast")}):
+        model(torch.randn(5, 3)).sum().backward()
+    torch.testing.assert_close(vector.grad, 5 * model[1].weight.sum(0).detach())
+
+
+def test_a_broadcast_replacement_is_cast_to_the_output_dtype_and_is_a_new_tensor():
+    output = torch.randn(2, 3)
+    value = torch.arange(3, dtype=torch.float64)
+    fitted = fit_replacement("layer", output, value, fit="broadcast")
+    assert fitted.dtype == torch.float32 and fitted.shape == (2, 3)
+    fitted += 1  # an in-place change of a later layer leaves the value as it was
+    torch.testing.assert_close(value, torch.arange(3, dtype=torch.float64), rtol=0, atol=0)
+
+
+def test_select_puts_the_replacement_in_one_tensor_of_a_tuple_and_keeps_the_rest():
+    model = LSTMNet()
+    x = torch.randn(2, 6, 3)
+    with gradlens.record(model, "lstm") as plain:
+        model(x)
+    given = torch.randn(2, 6, 5)
+    with replace_outputs(model, {"lstm": Replacement(given)}, select=0):
+        with gradlens.record(model, "lstm") as edited:
+            out = model(x)
+    sequence, (h, c) = edited["lstm"]
+    torch.testing.assert_close(sequence, given, rtol=0, atol=0)
+    torch.testing.assert_close(h, plain["lstm"][1][0], rtol=0, atol=0)
+    torch.testing.assert_close(c, plain["lstm"][1][1], rtol=0, atol=0)
+    torch.testing.assert_close(out, model.head(given[:, -1]), rtol=0, atol=0)
+
+
+def test_select_by_key_replaces_one_entry_of_a_dict():
+    model = StructuredNet()
+    x = torch.randn(3, 4)
+    given = torch.randn(3, 4)
+    with replace_outputs(model, {"block": Replacement(given)}, select="double"):
+        out = model(x)
+    torch.testing.assert_close(out.logits, model.head(model.block.lin(x) + given))
+
+
+def test_a_structured_output_without_select_is_refused():
+    model = StructuredNet()
+    before = model_state(model)
+    with pytest.raises(OutputSelectionError, match=r"'block' returned a dict.*select="):
+        with replace_outputs(model, {"block": Replacement(torch.randn(3, 4))}):
+            model(torch.randn(3, 4))
+    assert_same_state(before, model_state(model))
+
+
+def test_a_replacement_of_another_shape_names_both_shapes_and_the_hint():
+    model = two_linear()
+    before = model_state(model)
+    edit = Replacement(torch.randn(2, 4), hint="give one row per sample")
+    with pytest.raises(InterventionError, match=r"shape \(5, 4\).*shape \(2, 4\); give one row"):
+        with replace_outputs(model, {"0": edit}):
+            model(torch.randn(5, 3))
+    assert_same_state(before, model_state(model))
+
+
+def test_a_replacement_of_another_dtype_is_refused():
+    with pytest.raises(InterventionError, match="torch.float32 on cpu.*torch.float64 on cpu"):
+        fit_replacement("0", torch.randn(2, 4), torch.randn(2, 4, dtype=torch.float64))
+
+
+def test_rows_lets_the_batch_differ_and_nothing_else():
+    output = torch.randn(1, 3, 2)
+    rows = torch.randn(4, 3, 2)
+    assert fit_replacement("0", output, rows, fit="rows") is rows
+    with pytest.raises(InterventionError, match=r"\(4, 2, 2\), which differs beyond dim 0"):
+        fit_replacement("0", output, torch.randn(4, 2, 2), fit="rows")
+
+
+def test_a_value_that_does_not_broadcast_names_both_shapes():
+    with pytest.raises(InterventionError, match=r"shape \(5,\).*output shape \(2, 4\)"):
+        fit_replacement("0", torch.randn(2, 4), torch.randn(5), fit="broadcast")
+
+
+def test_call_replaces_only_that_call_of_a_shared_module():
+    model = SharedNet()
+    x = torch.randn(2, 4)
+    given = torch.randn(2, 4)
+    edit = Replacement(given, call=1)
+    with replace_outputs(model, {"shared": edit}):
+        out = model(x)
+    # call 0 runs on x, call 1 becomes ``given``, call 2 runs on tanh(given)
+    expected = model.head(torch.tanh(model.shared(torch.tanh(given))))
+    torch.testing.assert_close(out, expected)
+    assert edit.calls == 3
+
+
+def test_once_refuses_a_second_call_and_calls_counts_the_runs():
+    model = SharedNet()
+    before = model_state(model)
+    edit = Replacement(torch.randn(2, 4), once=True, hint="choose a layer that runs once")
+    with pytest.raises(InterventionError, match="more than once.*; choose a layer that runs once"):
+        with replace_outputs(model, {"shared": edit}):
+            model(torch.randn(2, 4))
+    assert edit.calls == 2
+    assert_same_state(before, model_state(model))
+
+
+def test_a_replacement_of_a_layer_that_does_not_run_counts_no_call():
+    model = SharedNet()
+    edit = Replacement(torch.randn(2, 2), once=True)
+    with replace_outputs(model, {"head": edit}):
+        pass
+    assert edit.calls == 0
+
+
+def test_replacement_options_are_checked_when_it_is_made():
+    with pytest.raises(TypeError, match="holds a tensor"):
+        Replacement([1.0, 2.0])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fit must be"):
+        Replacement(torch.zeros(1), fit="exact")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="from 0"):
+        Replacement(torch.zeros(1), call=-1)

@@ -231,6 +231,37 @@ def test_without_get_input_embeddings_the_first_embedding_that_runs_is_used() ->
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
 
 
+class _SharedEmbedding(nn.Module):
+    """An encoder-decoder in miniature: one embedding runs twice per forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(8, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head((self.embed(ids) + self.embed(ids.flip(1))).mean(1))
+
+
+def test_an_embedding_layer_that_runs_twice_is_refused_with_the_way_out() -> None:
+    model = _SharedEmbedding().eval()
+    ids = torch.tensor([[1, 2, 3]])
+    before = snapshot(model, ids)
+    with pytest.raises(ValueError, match="'embed' runs more than once.*layer="):
+        gradlens.token_attributions(model, ids, 1, method="saliency")
+    assert_unchanged(before, snapshot(model, ids))
+
+
+def test_embeddings_of_another_shape_or_dtype_are_refused_naming_both() -> None:
+    model = _TwoEmbeddings().eval()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    wrapped = gradlens.text.FromEmbeddings(model, "tokens")
+    with pytest.raises(ValueError, match=r"shape \(1, 4, 4\).*shape \(1, 3, 4\).*\(B, T, H\)"):
+        wrapped(torch.zeros(1, 3, 4), ids)
+    with pytest.raises(ValueError, match="float32 on cpu.*float64 on cpu"):
+        wrapped(torch.zeros(1, 4, 4, dtype=torch.float64), ids)
+
+
 def test_a_model_without_an_embedding_layer_is_refused_untouched() -> None:
     model = nn.Sequential(nn.Linear(4, 3)).eval()
     ids = torch.tensor([[1, 2, 3, 0]])

@@ -1,4 +1,4 @@
-"""Helpers shared by the attribution methods: floating-point inputs, results, layers, chunks.
+"""Helpers shared by the attribution methods: floating-point inputs, results, layers.
 
 Layout convention: when the methods evaluate the model on ``k`` modified copies of a batch of
 ``B`` samples (noisy copies, interpolation steps, occluded copies) the copies are stacked
@@ -62,18 +62,6 @@ def gradient_or_zeros(gradient: Tensor | None, like: Tensor, scores: Tensor) -> 
     if gradient is not None:
         return gradient
     return like.new_zeros((scores.shape[1], *like.shape) if scores.ndim == 2 else like.shape)
-
-
-def steps_per_chunk(batch_size: int | None, batch: int, total: int) -> int:
-    """How many stacked copies of a batch of ``batch`` samples fit ``batch_size`` rows
-    (at least one; all ``total`` when ``batch_size`` is ``None``)."""
-    if batch_size is None:
-        return total
-    if batch_size < 1:
-        raise ValueError(
-            f"batch_size must be a positive number of model inputs per forward, got {batch_size}"
-        )
-    return max(1, min(total, batch_size // batch))
 
 
 def broadcast_to_input(value: Any, like: Tensor, name: str) -> Tensor:

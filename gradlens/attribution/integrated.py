@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..core.chunks import chunks, copies_per_chunk
 from ..core.extract import extract
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
-from ..core.outputs import replace_outputs
+from ..core.outputs import Replacement, replace_outputs
 from ..core.selection import Layers
 from ..layering.resolve import single_layer
 from ..passes import check_target, clean_pass, differentiate, repeat_target
@@ -35,7 +36,6 @@ from ._common import (
     broadcast_to_input,
     gradient_or_zeros,
     require_float_inputs,
-    steps_per_chunk,
     targets_first_to_dim1,
 )
 
@@ -273,7 +273,7 @@ def layer_integrated_gradients(
     def differentiate_path(points: Tensor) -> tuple[dict[int, Tensor], bool]:
         k = len(points)
         with torch.inference_mode(False):  # an ordinary tensor: the tape starts on it
-            substitute = _Substitute(_interpolate(start, end, points), name)
+            substitute = Replacement(_interpolate(start, end, points), once=True, hint=_ONE_PATH)
         result = differentiate(
             model,
             inputs.tile(k),
@@ -294,6 +294,12 @@ def layer_integrated_gradients(
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+_ONE_PATH = (
+    "layer_integrated_gradients integrates along one path of the layer's output, stacked "
+    "for the steps: choose a layer that runs once per forward pass and returns one tensor "
+    "whose dim 0 is the batch"
+)
 
 
 def _rule(rule: str, method: str | None) -> str:
@@ -355,15 +361,15 @@ def _integrate(
     node-major (``(k * B, ...)``, or ``(K, k * B, ...)`` for ``K`` targets) and whether the
     targets are multiple. Returns ``{position: (B, ...) or (B, K, ...)}``.
     """
-    per_chunk = steps_per_chunk(batch_size, batch, len(alphas))
+    per_chunk = copies_per_chunk(batch_size, batch, len(alphas))
     totals: dict[int, Tensor] = {}
     multi = False
-    for start in range(0, len(alphas), per_chunk):
-        points = alphas[start : start + per_chunk]
+    for nodes in chunks(len(alphas), per_chunk):
+        points = alphas[nodes]
         gradients, multi = differentiate_path(points)
         for i, grad in gradients.items():
             k = len(points)
-            w = weights[start : start + k].to(grad.dtype).to(grad.device)
+            w = weights[nodes].to(grad.dtype).to(grad.device)
             if multi:  # (K, k * B, ...) -> (K, B, ...)
                 part = torch.einsum(
                     "s,ks...->k...", w, grad.reshape(grad.shape[0], k, batch, *grad.shape[2:])
@@ -382,29 +388,3 @@ def _delta(
     keep = 2 if multi else 1
     total = sum(a.flatten(keep).sum(-1) for a in attributions.values())
     return total - (endpoint_scores[:batch] - endpoint_scores[batch:])
-
-
-class _Substitute:
-    """An edit for :func:`~gradlens.core.outputs.replace_outputs`: the layer's output becomes
-    the interpolated points."""
-
-    def __init__(self, points: Tensor, name: str) -> None:
-        self.points = points
-        self.name = name
-        self.calls = 0
-
-    def __call__(self, name: str, module: nn.Module, output: Any) -> Tensor:
-        self.calls += 1
-        if self.calls > 1:
-            raise ValueError(
-                f"layer {name!r} runs more than once per forward pass, so its output has no "
-                "single path to integrate along; choose a layer that runs once"
-            )
-        if not isinstance(output, Tensor) or output.shape != self.points.shape:
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(
-                f"layer {name!r} returned {shape} for the stacked steps, expected "
-                f"{tuple(self.points.shape)}: its output must be one tensor whose dim 0 is the "
-                "batch"
-            )
-        return self.points

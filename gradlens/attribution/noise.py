@@ -25,13 +25,14 @@ from typing_extensions import Unpack
 
 from .. import registry
 from ..cam.reshape import Reshape
+from ..core.chunks import chunks, copies_per_chunk
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
 from ..passes import check_target, clean_pass, repeat_target
 from ..registry import register
 from ..targets.parse import Target
-from ._common import Attribution, as_result, require_float_inputs, steps_per_chunk
+from ._common import Attribution, as_result, require_float_inputs
 from .gradient import saliency
 from .integrated import Baselines
 from .occlusion import Size
@@ -269,11 +270,11 @@ def _noise_average(
         generator = torch.Generator(device=inputs.args[positions[0]].device).manual_seed(seed)
     stds = {i: noise_scale(inputs.args[i], sigma) for i in positions}
 
-    per_chunk = steps_per_chunk(batch_size, batch, n)
+    per_chunk = copies_per_chunk(batch_size, batch, n)
     sums: dict[int, Tensor] = {}
     squares: dict[int, Tensor] = {}
-    for start in range(0, n, per_chunk):
-        k = min(per_chunk, n - start)
+    for chunk in chunks(n, per_chunk):
+        k = chunk.stop - chunk.start
         copies = inputs.tile(k)
         noisy = copies.with_args(
             {i: copies.args[i] + _draw(inputs.args[i], stds[i], k, generator) for i in positions}

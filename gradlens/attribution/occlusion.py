@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.chunks import chunks, copies_per_chunk
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..passes import check_target, clean_pass, repeat_target
@@ -21,7 +22,6 @@ from ._common import (
     as_result,
     broadcast_to_input,
     require_float_inputs,
-    steps_per_chunk,
 )
 
 __all__ = ["occlusion", "window_positions"]
@@ -152,10 +152,10 @@ def _occlude_input(
     # attribution per sample (and target): (B, [K,] *sample_shape)
     total = x.new_zeros((batch, *clean.shape[1:], *x.shape[1:]), dtype=torch.result_type(clean, x))
     covered = torch.zeros(x.shape[1:], dtype=total.dtype, device=x.device)
-    per_chunk = steps_per_chunk(batch_size, batch, len(windows))
+    per_chunk = copies_per_chunk(batch_size, batch, len(windows))
     with preserve_buffers(model):
-        for start in range(0, len(windows), per_chunk):
-            chunk = windows[start : start + per_chunk]
+        for some in chunks(len(windows), per_chunk):
+            chunk = windows[some]
             k = len(chunk)
             occluded = x.expand(k, *x.shape).clone()
             for j, window in enumerate(chunk):

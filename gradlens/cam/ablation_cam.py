@@ -14,9 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.chunks import check_batch_size, chunks
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
-from ..core.outputs import replace_outputs
+from ..core.outputs import Replacement, replace_outputs
 from ..core.selection import Layers
 from ..layering.resolve import resolve_layers
 from ..maps import safe_divide
@@ -24,7 +25,7 @@ from ..passes import CleanPass
 from ..registry import register
 from ..targets.parse import Target, scores
 from .base import CamResult, finish, layer_tensor
-from .perturbed import channel_maps, check_batch_size, chunks, clean_layers, row_target
+from .perturbed import channel_maps, clean_layers, row_target
 from .reshape import Reshape, channel_axis, to_nchw
 
 __all__ = ["ablationcam"]
@@ -178,17 +179,6 @@ class _Ablation:
         )
 
 
-class _Replace:
-    """An edit for ``replace_outputs``: the ``call``-th output of the layer becomes ``tensor``."""
-
-    def __init__(self, call: int, tensor: Tensor) -> None:
-        self.call, self.tensor, self.seen = call, tensor, 0
-
-    def __call__(self, name: str, module: nn.Module, output: Any) -> Any:
-        self.seen += 1
-        return self.tensor if self.seen - 1 == self.call else output
-
-
 class _AblatedRunner:
     """Evaluates the target on ablated copies, reusing the upstream part when it can."""
 
@@ -219,7 +209,9 @@ class _AblatedRunner:
                 if skip_unchanged
                 else torch.ones(channels, dtype=torch.bool)
             )
-            for ks in chunks(todo.nonzero()[:, 0], chunk):
+            channels_todo = todo.nonzero()[:, 0]
+            for part in chunks(channels_todo.numel(), chunk):
+                ks = channels_todo[part]
                 result[b, ks] = self._evaluate(b, ks).float().cpu()
         return result
 
@@ -253,7 +245,8 @@ class _AblatedRunner:
         replacement = self.ablation.rows(b, ks)
         n = ks.numel()
         rows = torch.full((1 if shared else n,), b, dtype=torch.long)
-        modify = _Replace(self.clean.calls[self.name] - 1, replacement)
+        # the last call's output, as in the clean pass; with ``shared``, n rows stand for one
+        modify = Replacement(replacement, fit="rows", call=self.clean.calls[self.name] - 1)
         replaced = replace_outputs(self.model, {self.name: modify})
         with torch.inference_mode(), preserve_buffers(self.model), replaced:
             out = self.inputs.take(rows).call(self.model)

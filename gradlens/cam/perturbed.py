@@ -16,7 +16,7 @@ batch size (``gradlens.targets.segmentation`` with a per-sample mask does not).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 from torch import Tensor, nn
 
@@ -26,7 +26,7 @@ from ..passes import CleanPass, clean_pass
 from ..targets.parse import Target
 from .base import weighted_sum
 
-__all__ = ["clean_layers", "row_target", "chunks", "check_batch_size", "channel_maps"]
+__all__ = ["clean_layers", "row_target", "channel_maps"]
 
 
 def clean_layers(
@@ -48,23 +48,6 @@ def row_target(target: Target, rows: Tensor) -> Target:
     """The fixed target for modified copies of the samples ``rows``: per-sample classes
     are indexed, a callable (or ``None`` for one output per sample) is kept."""
     return target[rows.to(target.device)] if isinstance(target, Tensor) else target
-
-
-def chunks(rows: Tensor, size: int) -> Iterator[Tensor]:
-    """``rows`` in consecutive pieces of at most ``size``."""
-    for start in range(0, rows.numel(), size):
-        yield rows[start : start + size]
-
-
-def check_batch_size(value: int) -> int:
-    """``value`` if it is a positive int.
-
-    Raises:
-        ValueError: otherwise.
-    """
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"batch_size must be a positive int, got {value!r}")
-    return value
 
 
 def channel_maps(weights: Tensor, A: Tensor, multi: bool) -> Tensor:

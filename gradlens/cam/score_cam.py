@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.chunks import check_batch_size, chunks
 from ..core.folding import folded_copy
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
@@ -25,7 +26,7 @@ from ..passes import CleanPass
 from ..registry import register
 from ..targets.parse import Target, probability, scores
 from .base import CamResult, as_nchw, finish
-from .perturbed import channel_maps, check_batch_size, chunks, clean_layers, row_target
+from .perturbed import channel_maps, clean_layers, row_target
 from .reshape import Reshape
 
 __all__ = ["scorecam", "SCORES", "MASKS"]
@@ -195,7 +196,7 @@ def _masked_scores(
     result = torch.zeros(batch, channels, *clean.scores.shape[1:])
     image = forward.image
     with torch.inference_mode(), preserve_buffers(model):
-        for index in chunks(torch.arange(rows_b.numel()), chunk):
+        for index in chunks(rows_b.numel(), chunk):
             b, k = rows_b[index], rows_k[index]
             mask = _masks(A[b.to(A.device), k.to(A.device)], image.shape[-2:], masks)
             out = forward(

@@ -1,4 +1,5 @@
-"""Replacing module outputs during a forward pass: :func:`replace_outputs`.
+"""Replacing module outputs during a forward pass: :func:`replace_outputs`, and the edit
+that puts a given tensor in an output's place, :class:`Replacement`.
 
 While the context is active, each selected module's output is passed through an *edit*
 ``(name, module, output) -> new output`` and the model continues with what it returns:
@@ -6,9 +7,13 @@ While the context is active, each selected module's output is passed through an 
     with replace_outputs(model, {"layer3": lambda name, module, out: out * 0}):
         ablated = model(x)              # layer4 and the head see zeros
 
+    with replace_outputs(model, {"embed": Replacement(embeddings, once=True)}):
+        logits = model(ids)             # the model runs on the given embeddings
+
 Guided backpropagation (wrapping every ReLU output in a function with another backward),
-layer integrated gradients (substituting interpolated activations) and Ablation-CAM
-(replacing one call's output) are built on it. It uses the same hook core as the
+layer integrated gradients (interpolated activations), per-token attributions (given
+embeddings), Ablation-CAM (ablated copies of one call's output) and :func:`gradlens.patch`
+(``replace``, ``zero``, ``resample``) are built on it. It uses the same hook core as the
 :class:`~gradlens.Recorder` and composes with it: a Recorder entered *inside* the block
 records the edited outputs, and its gradients are taken with respect to them; one entered
 *outside* records the outputs before the edit. The hooks come off on exit, also when the
@@ -18,17 +23,27 @@ block raises, and the model is left exactly as it was.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any, Literal, Union
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
+from ..errors import InterventionError, OutputSelectionError
 from .hooks import HookSet
 from .lifecycle import Capture
 from .output_selection import OutputSpec
 from .pytree import flatten, selected_positions
 from .selection import Layers, LayerSpec, named_modules, select_layers
 
-__all__ = ["Edit", "Edits", "OutputReplacer", "replace_outputs"]
+__all__ = [
+    "Edit",
+    "Edits",
+    "Fit",
+    "OutputReplacer",
+    "Replacement",
+    "fit_replacement",
+    "replace_outputs",
+]
 
 Edit = Callable[[str, nn.Module, Any], Any]
 """``(name, module, output) -> new output``; returning ``None`` keeps the output."""
@@ -196,3 +211,178 @@ def replace_outputs(
             modules[name], by_name[name], spec_of[name] = module, edit, spec
     in_model_order = {n: m for n, m in named_modules(model).items() if n in modules}
     return OutputReplacer(model, in_model_order, by_name, select)
+
+
+Fit = Literal["same", "rows", "broadcast"]
+"""How a replacement must fit the output it stands for; see :class:`Replacement`."""
+
+
+class Replacement:
+    """An edit for :func:`replace_outputs` that puts a given tensor in place of a module's
+    output.
+
+    Example::
+
+        embeddings = model.embed(ids).detach().requires_grad_()
+        with replace_outputs(model, {"embed": Replacement(embeddings, once=True)}):
+            logits = model(ids)         # every layer after "embed" sees ``embeddings``
+        logits.sum().backward()         # and ``embeddings.grad`` is filled
+
+    How ``value`` must fit the output (``fit``; see :func:`fit_replacement`):
+
+    * ``"same"``: the output's shape, dtype and device. ``value`` itself takes the
+      output's place, so a gradient reaches it when it requires grad.
+    * ``"rows"``: as ``"same"``, except that dim 0 (the batch) may differ: the layers after
+      the module run on ``value``'s rows (e.g. many edited copies of one sample, with the
+      layers before the module run once).
+    * ``"broadcast"``: any shape that broadcasts to the output's. ``value`` is cast to the
+      output's dtype and device and expanded into a new tensor, so that in-place operations
+      of later layers change neither ``value`` nor the module's own output; a gradient
+      still reaches ``value`` (summed over the broadcast dimensions).
+
+    With ``select=`` on :func:`replace_outputs`, "the output" is the tensor ``select`` picks
+    from a structured output, and the rest of the structure is kept.
+
+    Args:
+        value: the tensor that stands for the output.
+        fit: ``"same"`` (default), ``"rows"`` or ``"broadcast"``, as above.
+        call: replace only this call of the module, counted from 0 over the edit's life
+            (for a module that runs several times per forward); the other calls keep their
+            output. ``None`` (default): every call.
+        once: the module may run only once while the edit is in use (one tensor cannot
+            stand for two different outputs); a second call raises.
+        hint: a sentence appended to the error messages: what the caller needs and how to
+            fix it.
+
+    Attributes:
+        value, fit, call, once, hint: as given.
+        calls: how many times the module has run with this edit (replaced or not); ``0``
+            after a forward means the module did not run.
+
+    Raises:
+        TypeError: ``value`` is not a tensor.
+        ValueError: an unknown ``fit`` or a negative ``call``.
+        OutputSelectionError: (when called, in the forward) the output to replace is not
+            one tensor (a structure, and no ``select=`` picked one of its tensors).
+        InterventionError: (when called, in the forward) a second call with ``once``;
+            ``value`` does not fit the output. Both errors are ``ValueError`` subclasses.
+    """
+
+    def __init__(
+        self,
+        value: Tensor,
+        *,
+        fit: Fit = "same",
+        call: int | None = None,
+        once: bool = False,
+        hint: str = "",
+    ) -> None:
+        if not isinstance(value, Tensor):
+            raise TypeError(f"a Replacement holds a tensor, got {type(value).__name__}")
+        if fit not in ("same", "rows", "broadcast"):
+            raise ValueError(f'fit must be "same", "rows" or "broadcast", got {fit!r}')
+        if call is not None and call < 0:
+            raise ValueError(f"call counts the module's calls from 0, got {call}")
+        self.value = value
+        self.fit: Fit = fit
+        self.call = call
+        self.once = once
+        self.hint = hint
+        self.calls = 0
+
+    def __call__(self, name: str, module: nn.Module, output: Any) -> Any:
+        """``value`` (fitted) for the output of layer ``name``, or ``None`` (keep the
+        output) for a call other than ``call``."""
+        self.calls += 1
+        if self.once and self.calls > 1:
+            raise InterventionError(
+                _with_hint(
+                    f"layer {name!r} runs more than once per forward pass, so one tensor "
+                    "cannot stand for its output",
+                    self.hint,
+                )
+            )
+        if self.call is not None and self.calls - 1 != self.call:
+            return None
+        return fit_replacement(name, output, self.value, fit=self.fit, hint=self.hint)
+
+    def __repr__(self) -> str:
+        where = "" if self.call is None else f", call={self.call}"
+        return (
+            f"Replacement(shape={tuple(self.value.shape)}, dtype={self.value.dtype}, "
+            f"fit={self.fit!r}{where}{', once' if self.once else ''})"
+        )
+
+
+def fit_replacement(
+    name: str, output: Any, value: Tensor, *, fit: Fit = "same", hint: str = ""
+) -> Tensor:
+    """The tensor that takes the place of ``output``, layer ``name``'s output: ``value``,
+    checked (and for ``"broadcast"`` cast and expanded) as :class:`Replacement` says.
+
+    Args:
+        name: the layer's name, for the messages.
+        output: what the layer returned (or the tensor ``select=`` picked from it).
+        value: the replacement.
+        fit: ``"same"``, ``"rows"`` or ``"broadcast"`` (see :class:`Replacement`).
+        hint: a sentence appended to the error messages.
+
+    Returns:
+        ``value`` itself for ``"same"`` and ``"rows"``; for ``"broadcast"`` a new tensor of
+        ``output``'s shape, dtype and device.
+
+    Raises:
+        OutputSelectionError: ``output`` is not a tensor.
+        InterventionError: ``value`` does not fit ``output``.
+    """
+    if not isinstance(output, Tensor):
+        raise OutputSelectionError(
+            _with_hint(
+                f"layer {name!r} returned a {type(output).__name__}, not a tensor, so no one "
+                "tensor can replace it (replace_outputs' select= picks one of its tensors)",
+                hint,
+            )
+        )
+    if fit == "broadcast":
+        cast = value.to(device=output.device, dtype=output.dtype)
+        if not _broadcasts(cast.shape, output.shape):
+            raise InterventionError(
+                _with_hint(
+                    f"the value for layer {name!r} has shape {tuple(value.shape)}, which does "
+                    f"not broadcast to the layer's output shape {tuple(output.shape)}",
+                    hint,
+                )
+            )
+        return cast.expand(output.shape).clone()
+    shape, expected = tuple(value.shape), tuple(output.shape)
+    if fit == "rows":
+        shape, expected = shape[1:], expected[1:]
+    if value.ndim != output.ndim or shape != expected:
+        except_batch = ", which differs beyond dim 0 (the batch)" if fit == "rows" else ""
+        raise InterventionError(
+            _with_hint(
+                f"layer {name!r} returned shape {tuple(output.shape)}, and the tensor "
+                f"replacing it has shape {tuple(value.shape)}{except_batch}",
+                hint,
+            )
+        )
+    if value.dtype != output.dtype or value.device != output.device:
+        raise InterventionError(
+            _with_hint(
+                f"layer {name!r} returned {output.dtype} on {output.device}, and the tensor "
+                f"replacing it is {value.dtype} on {value.device}",
+                hint,
+            )
+        )
+    return value
+
+
+def _with_hint(message: str, hint: str) -> str:
+    return f"{message}; {hint}" if hint else message
+
+
+def _broadcasts(source: torch.Size, target: torch.Size) -> bool:
+    try:
+        return bool(torch.broadcast_shapes(source, target) == target)
+    except RuntimeError:
+        return False

@@ -26,6 +26,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
+from ..core.outputs import fit_replacement
 from ..errors import InterventionError, OutputSelectionError
 
 __all__ = ["Edit", "Positions", "add", "as_edit", "mean", "replace", "resample", "zero"]
@@ -297,14 +298,11 @@ def _put(
     combine: Callable[[Tensor, Tensor], Tensor],
 ) -> Tensor:
     """``output`` with ``combine(part, value)`` in place of the part at ``positions``."""
-    value = value.to(device=output.device, dtype=output.dtype)
     if positions is None:
-        if not _broadcasts(value.shape, output.shape):
-            raise InterventionError(
-                f"the value for layer {name!r} has shape {tuple(value.shape)}, which does not "
-                f"broadcast to the layer's output shape {tuple(output.shape)}"
-            )
-        return combine(output, value)
+        # the value checked, cast and expanded into a new tensor of the output's shape
+        whole = fit_replacement(name, output, value, fit="broadcast")
+        return whole if combine is _take else combine(output, whole)
+    value = value.to(device=output.device, dtype=output.dtype)
     index = position_index(name, output, positions)
     part = output[:, index]
     if _broadcasts(value.shape, output.shape):

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.chunks import check_batch_size, chunks, copies_per_chunk
 from ..core.extract import extract
 from ..core.inputs import Inputs, ModelInput, as_args, batch_size
 from ..core.output_selection import OutputSpec
@@ -95,17 +96,19 @@ def activation_patching(
         LayerNotExecutedError: a selected layer does not run in the forward.
         InterventionError: clean and corrupted inputs differ in shape; a position is out of
             range; the metric returns another shape than ``(B,)`` or a scalar.
+        ValueError: ``batch_size`` is not a positive int or ``None``.
     """
+    check_batch_size(batch_size, optional=True)
     names = list(select_layers(model, layers))
     b = _check_pair(clean, corrupted)
     clean_acts = _clean_activations(model, clean, names, select, forward_kwargs)
     index = _positions(clean_acts, positions)
     cases = [(name, p) for name in names for p in (index if index is not None else [None])]
-    per_forward = len(cases) if batch_size is None else max(1, batch_size // b)
+    per_forward = copies_per_chunk(batch_size, b, len(cases))
     corrupted_input = ModelInput.parse(corrupted, forward_kwargs)
     values: list[Tensor] = []
-    for start in range(0, len(cases), per_forward):
-        chunk = cases[start : start + per_forward]
+    for part in chunks(len(cases), per_forward):
+        chunk = cases[part]
         edits: dict[LayerSpec | tuple[LayerSpec, ...], EditSpec] = {
             name: _patch_rows(name, clean_acts[name], chunk, b)
             for name in dict.fromkeys(name for name, _ in chunk)

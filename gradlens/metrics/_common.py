@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.chunks import chunks
 from ..core.inputs import ModelInput
 from ..core.output_selection import OutputSpec, select_output
 from ..errors import TargetError
@@ -61,7 +62,7 @@ def _classes(
     images: Tensor,
     target: Target,
     output: OutputSpec,
-    batch_size: int,
+    batch_size: int | None,
     attention_mask: Tensor | None = None,
 ) -> Tensor:
     """``(B,)`` class indices: ``target`` parsed against the model's output on ``images``
@@ -70,22 +71,22 @@ def _classes(
         raise TargetError(
             "this metric needs class targets (None, an int or one class per sample), not a callable"
         )
-    chunks = []
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start : start + batch_size]
+    found = []
+    for rows in chunks(images.shape[0], batch_size):
+        x = images[rows]
         part = target
         if target is not None and not isinstance(target, int):
-            part = _class_slice(target, images.shape[0], start, start + x.shape[0])
+            part = _class_slice(target, images.shape[0], rows.start, rows.stop)
         kwargs = None
         if attention_mask is not None:
-            kwargs = {"attention_mask": attention_mask[start : start + batch_size]}
+            kwargs = {"attention_mask": attention_mask[rows]}
         classes = clean_pass(model, ModelInput.parse(x, kwargs), part, output=output).classes
         if classes is None or classes.ndim != 1:
             raise TargetError(
                 "this metric needs logits of shape (B, num_classes) and one class per sample"
             )
-        chunks.append(classes)
-    return torch.cat(chunks)
+        found.append(classes)
+    return torch.cat(found)
 
 
 def _class_slice(target: Any, batch: int, start: int, stop: int) -> Any:

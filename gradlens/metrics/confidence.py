@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..core.chunks import check_batch_size, chunks
 from ..core.output_selection import OutputSpec
 from ..maps import normalize
 from ..targets.parse import Target
@@ -23,8 +24,7 @@ def _confidences(
     output: OutputSpec,
 ) -> tuple[Tensor, Tensor]:
     """``(Y, O)``: class probabilities on the images and on the explanation maps."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     maps = _reduce_maps(maps, tuple(images.shape[-2:]))
     _check_images(images, maps)
     weights = normalize(maps)
@@ -33,8 +33,7 @@ def _confidences(
     with _untouched(model):
         classes = _classes(model, images, target, output, batch_size)
         y, o = [], []
-        for start in range(0, images.shape[0], batch_size):
-            part = slice(start, start + batch_size)
+        for part in chunks(images.shape[0], batch_size):
             y.append(_score(_logits(model, images[part], output), classes[part], "probability"))
             o.append(
                 _score(_logits(model, explanations[part], output), classes[part], "probability")

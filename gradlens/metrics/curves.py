@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.chunks import check_batch_size, chunks
 from ..core.output_selection import OutputSpec
 from ..targets.parse import Target
 from ._common import _check_images, _classes, _logits, _reduce_maps, _score, _untouched
@@ -92,8 +93,9 @@ def _curve(
     blur_sigma: float | None,
     output: OutputSpec,
 ) -> CurveResult:
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    check_batch_size(batch_size)
     if score not in ("probability", "logit"):
         raise ValueError(f'score must be "probability" or "logit", got {score!r}')
     maps = _reduce_maps(maps, tuple(images.shape[-2:]))
@@ -114,15 +116,13 @@ def _curve(
         counts = torch.round(torch.linspace(0, pixels, steps + 1, device=images.device)).long()
         curve = torch.empty(batch * (steps + 1), dtype=torch.float64, device=images.device)
         jobs = batch * (steps + 1)  # job j = sample j // (steps + 1), step j % (steps + 1)
-        for start in range(0, jobs, batch_size):
-            job = torch.arange(start, min(start + batch_size, jobs), device=images.device)
+        for part in chunks(jobs, batch_size):
+            job = torch.arange(part.start, part.stop, device=images.device)
             sample, step = job // (steps + 1), job % (steps + 1)
             chosen = (rank[sample] < counts[step][:, None]).view(-1, 1, height, width)
             source, other = (images, baseline) if insert else (baseline, images)
             x = torch.where(chosen, source[sample], other[sample])
-            curve[start : start + len(job)] = _score(
-                _logits(model, x, output), classes[sample], score
-            )
+            curve[part] = _score(_logits(model, x, output), classes[sample], score)
     # Clones made outside inference mode are normal tensors, usable later in autograd.
     fractions = counts.double().cpu().clone() / pixels
     curve = curve.view(batch, steps + 1).cpu().clone()

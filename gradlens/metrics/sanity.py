@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.chunks import check_batch_size, chunks
 from ..core.output_selection import OutputSpec
 from ..errors import LayerNotFoundError
 from ..targets.parse import Target
@@ -113,13 +114,13 @@ def _reinitialise(module: nn.Module) -> None:
 def _maps_in_batches(
     method: Method, model: nn.Module, images: Tensor, target: Any, batch_size: int | None
 ) -> Tensor:
-    if batch_size is None or batch_size >= images.shape[0] or not isinstance(target, Tensor):
+    if not isinstance(target, Tensor):
         return _reduce_maps(method(model, images, target=target))
     parts = [
-        _reduce_maps(method(model, images[s : s + batch_size], target=target[s : s + batch_size]))
-        for s in range(0, images.shape[0], batch_size)
+        _reduce_maps(method(model, images[rows], target=target[rows]))
+        for rows in chunks(images.shape[0], batch_size)
     ]
-    return torch.cat(parts)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def randomization_test(
@@ -186,7 +187,9 @@ def randomization_test(
         LayerNotFoundError: a name in ``layers`` is not a module of the model, or the model
             has no parameters.
         TargetError: see :func:`gradlens.targets.scores`.
+        ValueError: ``batch_size`` is not a positive int or ``None``.
     """
+    check_batch_size(batch_size, optional=True)
     names = list(reversed(_parameterised(model))) if layers is None else list(layers)
     modules = dict(model.named_modules())
     missing = [name for name in names if name not in modules]
@@ -202,8 +205,7 @@ def randomization_test(
     images = images.detach()
     classes: Any = target
     if not (callable(target) and not isinstance(target, Tensor)):
-        step = images.shape[0] if batch_size is None else batch_size
-        classes = _classes(working, images, target, output, step)  # buffers are kept
+        classes = _classes(working, images, target, output, batch_size)  # buffers are kept
 
     devices = [images.device.index or 0] if images.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..core.chunks import check_batch_size, chunks
 from ..core.output_selection import OutputSpec, select_output
 from ..errors import TokenInputError
 from ..targets.language import config_token_id
@@ -244,8 +245,7 @@ def _eraser(
     batch_size: int,
     output: OutputSpec,
 ) -> Tensor:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batch_size(batch_size)
     if input_ids.ndim != 2 or tuple(torch.as_tensor(scores).shape) != tuple(input_ids.shape):
         raise ValueError(
             f"input_ids and scores must both have shape (B, T), got {tuple(input_ids.shape)} "
@@ -281,8 +281,7 @@ def _eraser(
         classes = _classes(model, ids, target, output, batch_size, attention_mask)
         rows = classes.repeat(len(fractions) + 1)
         probabilities = []
-        for start in range(0, all_ids.shape[0], batch_size):
-            part = slice(start, start + batch_size)
+        for part in chunks(all_ids.shape[0], batch_size):
             kwargs = {"attention_mask": all_mask[part]} if mask_needed else {}
             logits = select_output(model(all_ids[part], **kwargs), output).double()
             if logits.ndim != 2:

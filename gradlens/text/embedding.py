@@ -8,12 +8,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.outputs import replace_outputs
+from ..core.outputs import Replacement, replace_outputs
 from ..core.recorder import Recorder
 from ..errors import LayerNotExecutedError, LayerNotFoundError
 from .inputs import TokenInput
 
 __all__ = ["embedding_layer", "FromEmbeddings"]
+
+_ONE_EMBEDDING = (
+    "per-token attributions put one (B, T, H) tensor of embeddings in the place of the "
+    "embedding layer's output (of the same shape and dtype): pass the layer that embeds the "
+    "attributed ids, and runs once per forward pass, as layer= (an encoder-decoder sharing "
+    "its embedding runs it twice)"
+)
 
 
 def embedding_layer(model: nn.Module, tokens: TokenInput) -> str:
@@ -81,7 +88,7 @@ class FromEmbeddings(nn.Module):
         self.training = model.training
 
     def forward(self, embeddings: Tensor, *args: Any, **kwargs: Any) -> Any:
-        replacement = _Replacement(embeddings)
+        replacement = Replacement(embeddings, once=True, hint=_ONE_EMBEDDING)
         with replace_outputs(self.model, {self.layer: replacement}):
             output = self.model(*args, **kwargs)
         if replacement.calls == 0:
@@ -90,27 +97,3 @@ class FromEmbeddings(nn.Module):
                 "layer that embeds the token ids as layer="
             )
         return output
-
-
-class _Replacement:
-    """An edit for :func:`~gradlens.core.outputs.replace_outputs` giving the embeddings."""
-
-    def __init__(self, embeddings: Tensor) -> None:
-        self.embeddings = embeddings
-        self.calls = 0
-
-    def __call__(self, name: str, module: nn.Module, output: Any) -> Tensor:
-        self.calls += 1
-        if self.calls > 1:
-            raise ValueError(
-                f"the embedding layer {name!r} runs more than once per forward pass (an "
-                "encoder-decoder sharing it?), so one set of embeddings cannot stand for its "
-                "output; pass the layer that embeds the attributed ids once as layer="
-            )
-        if not isinstance(output, Tensor) or output.shape != self.embeddings.shape:
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(
-                f"the embedding layer {name!r} returned {shape}, expected "
-                f"{tuple(self.embeddings.shape)}: it must return one (B, T, H) tensor"
-            )
-        return self.embeddings
