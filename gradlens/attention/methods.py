@@ -37,6 +37,7 @@ from ..core.selection import Layers
 from ..errors import AttentionRolloutError
 from ..maps import normalize as normalize_maps
 from ..registry import register
+from ..targets.parse import check_target
 from ..targets.scores import Target, scores
 from .rollout import (
     HeadFusion,
@@ -109,10 +110,11 @@ def attention_rollout(
         AttentionRolloutError: the attention cannot be rolled out (windowed attention,
             layers over different token counts) or ``row`` does not exist.
     """
-    del target, output  # the rollout does not depend on the class
+    del output  # the rollout does not depend on the class
     check_head_fusion(head_fusion)
     check_discard_ratio(discard_ratio)
     inputs = ModelInput.parse(x, forward_kwargs)
+    check_target(target, inputs.batch_size)  # unused, but a float or bool target is a mistake
     captured = attentions(model, inputs, layers=layers)
     maps = list(captured.values())
     tokens = check_rollable(captured, inputs.batch_size)
@@ -189,6 +191,7 @@ def gradient_attention_rollout(
             layers over different token counts) or ``row`` does not exist.
     """
     inputs = ModelInput.parse(x, forward_kwargs)
+    target = check_target(target, inputs.batch_size)
     probs, grads = attention_gradients(model, inputs, target, layers=layers, output=output)
     tokens = check_rollable(probs, inputs.batch_size)
     maps = list(probs.values())

@@ -17,8 +17,8 @@ from ..errors import LayerNotFoundError
 from ..layering.discovery import default_layer
 from ..layering.resolve import single_layer
 from ..maps import resize
-from ..passes import check_target
 from ..registry import register
+from ..targets.parse import check_target
 from ..targets.scores import Target
 from ._common import Attribution, as_result
 from .gradient import input_gradients

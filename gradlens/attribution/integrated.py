@@ -26,8 +26,9 @@ from ..core.output_selection import OutputSpec
 from ..core.outputs import replace_outputs
 from ..core.selection import Layers
 from ..layering.resolve import single_layer
-from ..passes import check_target, clean_pass, differentiate, repeat_target
+from ..passes import clean_pass, differentiate
 from ..registry import register
+from ..targets.parse import check_target, repeat_target
 from ..targets.scores import Target
 from ._common import (
     Attribution,

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 from .. import registry
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
-from ..passes import check_target, clean_pass, repeat_target
+from ..passes import clean_pass
 from ..registry import register
+from ..targets.parse import check_target, repeat_target
 from ..targets.scores import Target
 from ._common import Attribution, as_result, require_float_inputs, steps_per_chunk
 from .gradient import saliency

@@ -13,8 +13,9 @@ from torch import Tensor, nn
 from ..core.buffers import preserve_buffers
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
-from ..passes import check_target, clean_pass, repeat_target
+from ..passes import clean_pass
 from ..registry import register
+from ..targets.parse import check_target, repeat_target
 from ..targets.scores import Target, scores
 from ._common import (
     Attribution,

@@ -23,6 +23,7 @@ from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
 from ..layering.resolve import resolve_layers
 from ..registry import register
+from ..targets.parse import check_target
 from ..targets.scores import Target
 from .base import CamResult, as_nchw, finish
 from .reshape import Reshape
@@ -90,6 +91,7 @@ def eigencam(
         ValueError: the layer's output cannot be read as ``(B, C, h, w)``.
     """
     inputs = ModelInput.parse(x, forward_kwargs)
+    check_target(target, inputs.batch_size)  # unused, but a float or bool target is a mistake
     names = resolve_layers(model, inputs, layer)
     activations = extract(model, inputs.x, names, forward_kwargs=inputs.kwargs, select=select)
     raw = {

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..core.output_selection import OutputSpec, select_output
 from ..errors import TargetError
+from .parse import class_ids, class_tensor
 
 __all__ = ["Target", "scores", "probability", "regression"]
 
@@ -78,66 +79,10 @@ def scores(
     if target is None:
         classes = logits.detach().argmax(dim=1)
     else:
-        classes = _class_tensor(target, batch_size, num_classes, logits.device)
+        classes = class_tensor(target, batch_size, num_classes, logits.device)
     if classes.ndim == 1:
         return logits.gather(1, classes[:, None])[:, 0], classes
     return logits.gather(1, classes), classes
-
-
-def _class_tensor(
-    target: Target, batch_size: int, num_classes: int, device: torch.device
-) -> Tensor:
-    """Class indices of shape ``(B,)`` or ``(B, K)`` for an int, sequence or tensor target."""
-    if isinstance(target, bool):
-        raise TargetError(f"target must be a class index, got the bool {target}")
-    if isinstance(target, int):
-        classes = torch.full((batch_size,), target, dtype=torch.long)
-    else:
-        if isinstance(target, Tensor):
-            if target.is_floating_point() or target.is_complex():
-                raise TargetError(
-                    f"a target tensor must hold integer class indices, got {target.dtype}"
-                )
-            with torch.inference_mode(False):  # an ordinary copy, also of an inference tensor
-                classes = target.detach().to("cpu", torch.long, copy=True)
-            if classes.ndim == 0:
-                classes = classes.expand(batch_size)
-        else:
-            try:
-                rows = list(target)  # type: ignore[arg-type]
-            except TypeError:
-                raise TargetError(
-                    f"target must be None, an int, a sequence of ints, a (B, K) tensor or a "
-                    f"callable, got {type(target).__name__}"
-                ) from None
-            nested = [
-                r for r in rows if isinstance(r, (Sequence, Tensor)) and not isinstance(r, str)
-            ]
-            if nested:
-                lengths = {len(r) for r in nested}
-                if len(lengths) > 1:
-                    raise TargetError(
-                        f"every sample needs the same number of targets; got lists of "
-                        f"lengths {sorted(lengths)}"
-                    )
-            try:
-                classes = torch.as_tensor(rows, dtype=torch.long)
-            except (TypeError, ValueError) as exc:
-                raise TargetError(
-                    f"could not read target {target!r} as class indices: {exc}"
-                ) from None
-        if classes.ndim not in (1, 2) or classes.shape[0] != batch_size:
-            raise TargetError(
-                f"target has shape {tuple(classes.shape)}; expected ({batch_size},) for one "
-                f"class per sample or ({batch_size}, K) for K classes per sample"
-            )
-    bad = (classes < 0) | (classes >= num_classes)
-    if bad.any():
-        raise TargetError(
-            f"class index {int(classes[bad][0])} is out of range: the model has "
-            f"{num_classes} classes, so valid targets are 0..{num_classes - 1}"
-        )
-    return classes.to(device)
 
 
 def probability(
@@ -147,13 +92,19 @@ def probability(
 
     Returns:
         A callable ``output -> (B,)`` giving ``softmax(logits)[b, class_b]``.
+
+    Raises:
+        TargetError: ``class_index`` is not integer class ids (at once); when called, a
+            class out of range or of the wrong length.
     """
+
+    ids = class_ids(class_index, "class_index")
 
     def target(output: Any) -> Tensor:
         logits = select_output(output, output_spec)
         if logits.ndim == 3:  # a language model: the next-token distribution
             logits = logits[:, -1]
-        classes = _class_tensor(class_index, logits.shape[0], logits.shape[1], logits.device)
+        classes = class_tensor(ids, logits.shape[0], logits.shape[1], logits.device)
         probs = torch.softmax(logits, dim=1)
         return probs.gather(1, classes if classes.ndim == 2 else classes[:, None]).squeeze(1)
 
@@ -180,33 +131,3 @@ def regression(index: int | None = None, output_spec: OutputSpec = None) -> Call
         return values[:, index]
 
     return target
-
-
-def _ids(values: int | Sequence[int] | Sequence[Sequence[int]] | Tensor, name: str) -> Tensor:
-    """Integer ids as a 1-D or 2-D int64 CPU tensor (an ordinary copy), checked."""
-    try:
-        with torch.inference_mode(False):  # an ordinary copy, also of an inference tensor
-            tensor = torch.as_tensor(values).detach().to("cpu", copy=True)
-    except (TypeError, ValueError, RuntimeError):
-        raise TargetError(
-            f"{name} must be integer ids: an int, a list or a tensor, got {values!r}"
-        ) from None
-    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise TargetError(f"{name} must hold integer ids, got {tensor.dtype}")
-    if tensor.ndim > 2 or tensor.numel() == 0:
-        raise TargetError(f"{name} must be 1-D or 2-D and not empty, got {tuple(tensor.shape)}")
-    return tensor.long()
-
-
-def _per_row(classes: Tensor, rows: int, num_classes: int, device: torch.device) -> Tensor:
-    """Per-sample classes ``(S,)`` or ``(S, K)`` for ``rows`` output rows: repeated copy-major
-    when the output holds ``n`` stacked copies of the ``S`` samples, then checked."""
-    samples = classes.shape[0]
-    if rows != samples:
-        if rows % samples:
-            raise TargetError(
-                f"the target has {samples} samples, but the model output holds {rows} rows; "
-                f"give one entry per sample"
-            )
-        classes = classes.repeat(rows // samples, *([1] * (classes.ndim - 1)))
-    return _class_tensor(classes, rows, num_classes, device)

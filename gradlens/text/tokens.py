@@ -14,6 +14,7 @@ from ..core.extract import extract
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
 from ..layering.resolve import single_layer
+from ..targets.parse import check_target
 from ..targets.scores import Target
 from .baselines import Baseline, baseline_ids, check_vocabulary
 from .embedding import FromEmbeddings, embedding_layer
@@ -131,6 +132,7 @@ def _token_attributions(
             "'unk', 'zero' or token ids), not baselines="
         )
     tokens = TokenInput.parse(inputs, forward_kwargs)
+    target = check_target(target, tokens.batch_size)
     name = embedding_layer(model, tokens) if layer is None else single_layer(model, layer)
     parameters = inspect.signature(attribute).parameters
     baseline_option = next((p for p in ("baselines", "baseline") if p in parameters), None)
