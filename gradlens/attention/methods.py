@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ..cam.base import postprocess
 from ..cam.reshape import Reshape, to_nchw, token_grid
 from ..core.attention.probabilities import attentions
+from ..core.checks import entry_point
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..core.recorder import Recorder
@@ -51,6 +52,7 @@ __all__ = ["attention_rollout", "gradient_attention_rollout"]
 
 
 @register("attention_rollout", "attention", multi_target=False, uses_target=False)
+@entry_point
 def attention_rollout(
     model: nn.Module,
     x: Inputs,
@@ -124,6 +126,7 @@ def attention_rollout(
 
 
 @register("gradient_attention_rollout", "attention")
+@entry_point
 def gradient_attention_rollout(
     model: nn.Module,
     x: Inputs,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import entry_point
 from ..core.extract import extract
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
@@ -96,6 +97,7 @@ def quadrature(rule: str, steps: int) -> tuple[Tensor, Tensor]:
     multi_target=True,
     quick_options={"steps": 8},
 )
+@entry_point
 def integrated_gradients(
     model: nn.Module,
     x: Inputs,
@@ -195,6 +197,7 @@ def integrated_gradients(
     return result, _delta(attributions, endpoint_scores, batch, multi)
 
 
+@entry_point
 def layer_integrated_gradients(
     model: nn.Module,
     x: Inputs,

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import registry
+from ..core.checks import entry_point
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..passes import clean_pass
@@ -50,6 +51,7 @@ def noise_scale(x: Tensor, sigma: float) -> Tensor:
     multi_target=True,
     quick_options={"n": 8, "seed": 0},
 )
+@entry_point
 def smoothgrad(
     model: nn.Module,
     x: Inputs,
@@ -122,6 +124,7 @@ def smoothgrad(
     multi_target=True,
     quick_options={"n": 8, "seed": 0},
 )
+@entry_point
 def vargrad(
     model: nn.Module,
     x: Inputs,

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.checks import entry_point
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..passes import clean_pass
@@ -37,6 +38,7 @@ Size = Union[None, int, Sequence[int]]
     multi_target=True,
     quick_options={"window": 8, "stride": 8},
 )
+@entry_point
 def occlusion(
     model: nn.Module,
     x: Inputs,

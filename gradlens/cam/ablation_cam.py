@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.checks import entry_point
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..core.outputs import replace_outputs
@@ -31,6 +32,7 @@ __all__ = ["ablationcam"]
 
 
 @register("ablationcam", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def ablationcam(
     model: nn.Module,
     x: Inputs,

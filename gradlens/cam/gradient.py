@@ -18,6 +18,7 @@ import sys
 
 from torch import Tensor, nn
 
+from ..core.checks import entry_point
 from ..core.inputs import Inputs
 from ..core.selection import Layers
 from ..maps import safe_divide
@@ -71,6 +72,7 @@ def eigengradcam_map(A: Tensor, G: Tensor) -> Tensor:
 
 
 @register("gradcam", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def gradcam(
     model: nn.Module,
     x: Inputs,
@@ -91,6 +93,7 @@ def gradcam(
 
 
 @register("gradcampp", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def gradcampp(
     model: nn.Module,
     x: Inputs,
@@ -116,6 +119,7 @@ def gradcampp(
 
 
 @register("xgradcam", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def xgradcam(
     model: nn.Module,
     x: Inputs,
@@ -138,6 +142,7 @@ def xgradcam(
 
 
 @register("layercam", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def layercam(
     model: nn.Module,
     x: Inputs,
@@ -159,6 +164,7 @@ def layercam(
 
 
 @register("hirescam", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def hirescam(
     model: nn.Module,
     x: Inputs,
@@ -180,6 +186,7 @@ def hirescam(
 
 
 @register("eigengradcam", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def eigengradcam(
     model: nn.Module,
     x: Inputs,

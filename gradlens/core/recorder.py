@@ -41,6 +41,7 @@ from ..errors import (
 )
 from .batched_grad import batched_grad
 from .buffers import preserve_buffers
+from .checks import check_model
 from .hooks import HookSet
 from .output_selection import OutputSpec
 from .pytree import flatten, partial_rebuild, selected_positions
@@ -175,6 +176,7 @@ class Recorder:
         restore_buffers: bool = True,
         attention: bool | Layers = False,
     ) -> None:
+        check_model(model)
         self.model = model
         self.modules = select_layers(model, layers) if layers is not None else {}
         self.record_inputs = inputs

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import registry
+from ..core.checks import check_model, entry_point
 from ..core.extract import extract
 from ..core.inputs import Inputs
 from ..core.output_selection import OutputSpec
@@ -25,6 +26,7 @@ from .run import Job, run, storage_dtype
 from .sources import default_input
 
 
+@entry_point
 def extract_dataset(
     model: nn.Module,
     loader: Iterable[Any],
@@ -192,6 +194,7 @@ def attribute_dataset(
             a ``target`` of the wrong length or kind, and everything :func:`extract_dataset`
             raises.
     """
+    check_model(model)
     function = registry.get(method)
     name = method if isinstance(method, str) else _name(function)
     np_dtype, _ = storage_dtype(dtype)

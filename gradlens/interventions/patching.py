@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.checks import check_inputs, entry_point
 from ..core.extract import extract
 from ..core.inputs import Inputs, ModelInput, as_args, batch_size
 from ..core.output_selection import OutputSpec
@@ -34,6 +35,7 @@ Metric = Callable[[Any], Tensor]
 PatchPositions = Union[Literal["each"], Sequence[int], None]
 
 
+@entry_point
 def activation_patching(
     model: nn.Module,
     clean: Inputs,
@@ -96,6 +98,7 @@ def activation_patching(
         InterventionError: clean and corrupted inputs differ in shape; a position is out of
             range; the metric returns another shape than ``(B,)`` or a scalar.
     """
+    check_inputs({"clean": clean, "corrupted": corrupted}, forward_kwargs)
     names = list(select_layers(model, layers))
     b = _check_pair(clean, corrupted)
     clean_acts = _clean_activations(model, clean, names, select, forward_kwargs)
@@ -117,6 +120,7 @@ def activation_patching(
     return torch.stack(values).reshape(len(names), n_positions)
 
 
+@entry_point
 def attribution_patching(
     model: nn.Module,
     clean: Inputs,
@@ -167,6 +171,7 @@ def attribution_patching(
         InterventionError: as for :func:`activation_patching`.
         GradientNotAvailableError: the metric does not depend on a layer's activation.
     """
+    check_inputs({"clean": clean, "corrupted": corrupted}, forward_kwargs)
     names = list(select_layers(model, layers))
     b = _check_pair(clean, corrupted)
     clean_acts = _clean_activations(model, clean, names, select, forward_kwargs)

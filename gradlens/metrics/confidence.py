@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import check_inputs, entry_point
 from ..core.output_selection import OutputSpec
 from ..maps import normalize
 from ..targets.scores import Target
@@ -23,6 +24,7 @@ def _confidences(
     output: OutputSpec,
 ) -> tuple[Tensor, Tensor]:
     """``(Y, O)``: class probabilities on the images and on the explanation maps."""
+    check_inputs({"images": images})
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     maps = _reduce_maps(maps, tuple(images.shape[-2:]))
@@ -42,6 +44,7 @@ def _confidences(
     return torch.cat(y).cpu().clone(), torch.cat(o).cpu().clone()
 
 
+@entry_point
 def average_drop(
     model: nn.Module,
     images: Tensor,
@@ -76,6 +79,7 @@ def average_drop(
     return float(((y - o).clamp(min=0) / y).mean() * 100)
 
 
+@entry_point
 def increase_in_confidence(
     model: nn.Module,
     images: Tensor,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.checks import check_inputs, entry_point
 from ..core.output_selection import OutputSpec
 from ..targets.scores import Target
 from ._common import _check_images, _classes, _logits, _reduce_maps, _score, _untouched
@@ -92,6 +93,7 @@ def _curve(
     blur_sigma: float | None,
     output: OutputSpec,
 ) -> CurveResult:
+    check_inputs({"images": images})
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     if score not in ("probability", "logit"):
@@ -134,6 +136,7 @@ def _curve(
     )
 
 
+@entry_point
 def deletion(
     model: nn.Module,
     images: Tensor,
@@ -184,6 +187,7 @@ def deletion(
     )  # fmt: skip
 
 
+@entry_point
 def insertion(
     model: nn.Module,
     images: Tensor,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import check_inputs, entry_point
 from ..core.output_selection import OutputSpec
 from ..errors import LayerNotFoundError
 from ..targets.scores import Target
@@ -122,6 +123,7 @@ def _maps_in_batches(
     return torch.cat(parts)
 
 
+@entry_point
 def randomization_test(
     model: nn.Module,
     images: Tensor,
@@ -187,6 +189,7 @@ def randomization_test(
             has no parameters.
         TargetError: see :func:`gradlens.targets.scores`.
     """
+    check_inputs({"images": images})
     names = list(reversed(_parameterised(model))) if layers is None else list(layers)
     modules = dict(model.named_modules())
     missing = [name for name in names if name not in modules]

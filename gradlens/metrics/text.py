@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import entry_point
 from ..core.output_selection import OutputSpec, select_output
 from ..errors import TokenInputError
 from ..targets.scores import Target
@@ -77,6 +78,7 @@ def token_localization(
     return hit & real.any(dim=1)
 
 
+@entry_point
 def comprehensiveness(
     model: nn.Module,
     input_ids: Tensor,
@@ -133,6 +135,7 @@ def comprehensiveness(
     )  # fmt: skip
 
 
+@entry_point
 def sufficiency(
     model: nn.Module,
     input_ids: Tensor,

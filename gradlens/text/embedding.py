@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import check_model, entry_point
 from ..core.outputs import replace_outputs
 from ..core.recorder import Recorder
 from ..errors import LayerNotExecutedError, LayerNotFoundError
@@ -16,6 +17,7 @@ from .inputs import TokenInput
 __all__ = ["embedding_layer", "FromEmbeddings"]
 
 
+@entry_point
 def embedding_layer(model: nn.Module, tokens: TokenInput) -> str:
     """The name of the model's input embedding layer.
 
@@ -74,6 +76,7 @@ class FromEmbeddings(nn.Module):
     """
 
     def __init__(self, model: nn.Module, layer: str) -> None:
+        check_model(model)
         super().__init__()
         self.model = model
         self.layer = layer

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import registry, targets
+from ..core.checks import entry_point
 from ..errors import TokenInputError
 from ..targets.parse import class_ids
 from .tokens import token_attributions
@@ -18,6 +19,7 @@ from .tokens import token_attributions
 __all__ = ["generation_attributions"]
 
 
+@entry_point
 def generation_attributions(
     model: nn.Module,
     input_ids: Tensor,

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import registry
+from ..core.checks import entry_point
 from ..core.extract import extract
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
@@ -26,6 +27,7 @@ REDUCTIONS = ("sum", "norm")
 """How an embedding's attribution ``(H,)`` becomes one number: the signed sum or its L2 norm."""
 
 
+@entry_point
 def token_attributions(
     model: nn.Module,
     inputs: TokenInputs,

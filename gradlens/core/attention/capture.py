@@ -45,6 +45,7 @@ from ...errors import (
     RecorderStateError,
 )
 from ..buffers import preserve_buffers
+from ..checks import check_model
 from ..hooks import HookSet
 from ..selection import Layers, close_names, named_modules, select_layers
 from .encoder import padded_output_hooks
@@ -151,6 +152,7 @@ class AttentionCapture:
         reduce: Callable[[Tensor], Tensor] | None = None,
         restore_buffers: bool = True,
     ) -> None:
+        check_model(model)
         self.model = model
         self.grad = grad
         self.stop_early = stop_early
