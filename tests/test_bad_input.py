@@ -213,12 +213,10 @@ def test_each_user_call_warns_again():
 
 
 def test_a_mapping_input_names_the_key():
-    bert = tiny_bert()
     mask = torch.ones(BATCH, 5)
     mask[0, 1] = float("nan")
     with pytest.warns(UserWarning, match=r"the input x\['attention_mask'\] holds NaN"):
         ModelInput.parse({"input_ids": IDS, "attention_mask": mask})
-    del bert
 
 
 def test_lists_of_image_tensors_and_mappings_still_parse():
@@ -252,3 +250,39 @@ def test_one_call_warns_once_for_all_inner_checks():
             with one_call():
                 warn_non_finite([("x", nan)])
     assert len(caught) == 1
+
+
+@functools.cache
+def _bert() -> nn.Module:
+    return tiny_bert()
+
+
+TEXT_ENTRIES: dict[str, Callable[[nn.Module, Any], Any]] = {
+    "token_attributions": lambda m, ids: gradlens.token_attributions(m, ids, 1),
+    "generation_attributions": lambda m, ids: gradlens.generation_attributions(m, ids, [[1], [2]]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEXT_ENTRIES))
+@pytest.mark.parametrize("kind", ["numpy", "list"])
+def test_text_entry_points_refuse_numpy_ids_and_lists_before_anything_runs(name, kind, monkeypatch):
+    model = _bert()
+    before = snapshot(model, IDS)
+    ids = IDS.numpy() if kind == "numpy" else IDS.tolist()
+    with nothing_runs(monkeypatch), pytest.raises(TypeError, match=FROM_NUMPY):
+        TEXT_ENTRIES[name](model, ids)
+    assert_unchanged(before, snapshot(model, IDS))
+
+
+def test_token_attributions_warns_once_naming_the_mapping_entry():
+    mask = torch.ones(BATCH, 5)
+    mask[0, 4] = float("nan")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = gradlens.token_attributions(
+            _bert(), {"input_ids": IDS, "attention_mask": mask}, 1, steps=2
+        )
+    assert scores.shape == (BATCH, 5)
+    assert [m[: m.index(" NaN")] for m in _non_finite_warnings(caught)] == [
+        "the input inputs['attention_mask'] holds"
+    ]

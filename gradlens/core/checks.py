@@ -209,12 +209,13 @@ def one_call() -> Iterator[None]:
 
 
 def entry_point(function: F) -> F:
-    """Decorate a public function whose first argument (or ``model=``) is the model: the
-    model is checked (:func:`check_model`) and the call opens :func:`one_call`."""
+    """Decorate a public function with a ``model`` parameter: the model is checked
+    (:func:`check_model`) and the call opens :func:`one_call`."""
+    position = function.__code__.co_varnames.index("model")
 
     @functools.wraps(function)
     def call(*args: Any, **kwargs: Any) -> Any:
-        check_model(args[0] if args else kwargs.get("model"))
+        check_model(args[position] if len(args) > position else kwargs.get("model"))
         with one_call():
             return function(*args, **kwargs)
 

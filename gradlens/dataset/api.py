@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import registry
-from ..core.checks import check_model, entry_point
+from ..core.checks import entry_point
 from ..core.extract import extract
 from ..core.inputs import Inputs
 from ..core.output_selection import OutputSpec
@@ -135,6 +135,7 @@ def extract_dataset(
     )
 
 
+@entry_point
 def attribute_dataset(
     method: str | Callable[..., Tensor],
     model: nn.Module,
@@ -194,7 +195,6 @@ def attribute_dataset(
             a ``target`` of the wrong length or kind, and everything :func:`extract_dataset`
             raises.
     """
-    check_model(model)
     function = registry.get(method)
     name = method if isinstance(method, str) else _name(function)
     np_dtype, _ = storage_dtype(dtype)

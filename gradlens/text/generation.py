@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import registry, targets
-from ..core.checks import entry_point
+from ..core.checks import check_value, entry_point
 from ..errors import TokenInputError
 from ..targets.parse import class_ids
 from .tokens import token_attributions
@@ -65,6 +65,7 @@ def generation_attributions(
         LayerNotFoundError, ValueError, OutputSelectionError: as for
             :func:`token_attributions`.
     """
+    check_value(input_ids, "input_ids")
     if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
         kind = (
             f"a {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}"
