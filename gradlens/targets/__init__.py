@@ -17,7 +17,9 @@ A structured output (a mapping or dataclass, e.g. a Hugging Face ``ModelOutput``
 ``logits`` tensor is scored on it; any other structured output needs ``output=`` (see
 :func:`select_output`) or a callable target.
 
-:func:`scores` is the single place where gradlens turns a target into scores.
+:func:`scores` is the single place where gradlens turns a target into scores. Class ids are
+integers (a float or a bool is a :class:`~gradlens.errors.TargetError`); one parser reads
+them all, :mod:`gradlens.targets.parse`.
 """
 
 from ..core.output_selection import OutputSpec, select_output
