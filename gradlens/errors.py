@@ -17,6 +17,7 @@ __all__ = [
     "AttentionCaptureError",
     "AttentionRolloutError",
     "TokenInputError",
+    "InputTypeError",
 ]
 
 
@@ -103,3 +104,9 @@ class TokenInputError(GradlensError, ValueError):
     """A text model's input does not fit a per-token method: token ids that are not a 2-D
     integer tensor, a mapping without ``input_ids``, a baseline token the model's config does
     not name, or a continuation whose batch is not the prompt's."""
+
+
+class InputTypeError(GradlensError, TypeError):
+    """A model or model input of a type gradlens cannot run: a model that is not an
+    ``nn.Module``, or a NumPy array or list of numbers where a ``torch.Tensor`` is needed.
+    A :class:`TypeError`, raised before any hook is registered."""

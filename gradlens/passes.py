@@ -9,15 +9,16 @@
   model on modified inputs (noise, interpolation, occlusion, masks, ablations) and for
   the metrics.
 
-:func:`check_target` and :func:`repeat_target` prepare targets for stacked copies.
+Both read the target first (:func:`gradlens.targets.parse.check_target`), before a hook is
+registered or the model runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,21 +28,15 @@ from .core.inputs import Inputs, ModelInput
 from .core.output_selection import OutputSpec
 from .core.recorder import Recorder
 from .core.selection import Layers
-from .errors import TargetError
-from .targets.parse import Target, scores
+from .targets.parse import check_target, repeat_target
+from .targets.scoring import Target, scores
 
 __all__ = [
     "Differentiated",
     "differentiate",
     "CleanPass",
     "clean_pass",
-    "CheckedTarget",
-    "check_target",
-    "repeat_target",
 ]
-
-# What check_target returns: a Target whose sequences have become an int64 tensor.
-CheckedTarget = Union[None, int, Tensor, Callable[[Any], Tensor]]
 
 
 @dataclass
@@ -110,6 +105,7 @@ def differentiate(
         TargetError, OutputSelectionError: see :func:`gradlens.targets.scores`.
     """
     inputs = ModelInput.parse(x, forward_kwargs)
+    target = check_target(target, inputs.batch_size)
     with torch.inference_mode(False), ExitStack() as stack:
         for extra in hooks:
             stack.enter_context(extra)
@@ -223,6 +219,7 @@ def clean_pass(
     """
     rows = inputs.batch_size
     batch = rows // copies
+    target = check_target(target, batch)
     with ExitStack() as stack:
         stack.enter_context(torch.inference_mode())
         stack.enter_context(preserve_buffers(model))
@@ -250,47 +247,3 @@ def clean_pass(
         activations=activations,
         calls=calls,
     )
-
-
-def check_target(target: Target, batch: int) -> CheckedTarget:
-    """Check the batch dimension of a per-sample target before inputs are tiled.
-
-    Methods that evaluate stacked copies of the batch tile the target, so a target of the
-    wrong length would otherwise be reported against the stacked batch size. Class
-    ranges are checked later, by :func:`gradlens.targets.scores`.
-
-    Returns:
-        The target, with sequences turned into an int64 tensor.
-
-    Raises:
-        TargetError: ragged lists, or a first dimension that is not ``batch``.
-    """
-    if target is None or isinstance(target, int) or callable(target):
-        return target
-    if isinstance(target, Tensor):
-        if target.ndim > 0 and target.shape[0] != batch:
-            raise TargetError(
-                f"target has shape {tuple(target.shape)}; expected ({batch},) for one class "
-                f"per sample or ({batch}, K) for K classes per sample"
-            )
-        return target
-    try:
-        as_tensor = torch.as_tensor(target, dtype=torch.long)
-    except (TypeError, ValueError, RuntimeError):
-        raise TargetError(
-            f"could not read target {target!r} as class indices: use None, an int, a "
-            f"sequence of {batch} ints, {batch} lists of K ints, a tensor or a callable"
-        ) from None
-    return check_target(as_tensor, batch)
-
-
-def repeat_target(target: Target, batch: int, times: int) -> CheckedTarget:
-    """The target for an input repeated ``times`` times along dim 0 (``x.repeat(times, ...)``):
-    per-sample targets (checked against ``batch`` first) are tiled; ints, ``None`` and
-    callables are unchanged."""
-    checked = check_target(target, batch)
-    if checked is None or isinstance(checked, int) or callable(checked):
-        return checked
-    if checked.ndim == 0:
-        return int(checked)
-    return checked.repeat(times, *([1] * (checked.ndim - 1)))

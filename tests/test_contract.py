@@ -441,6 +441,7 @@ EXEMPT: dict[str, str] = {
     "AttentionCaptureError": "an exception class",
     "AttentionRolloutError": "an exception class",
     "TokenInputError": "an exception class",
+    "InputTypeError": "an exception class",
     # records and results: plain data
     "Call": "what a Recorder stores for one module call",
     "LayerInfo": "a row of gradlens.layers' table",

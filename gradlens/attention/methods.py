@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from ..cam.base import postprocess
 from ..cam.reshape import Reshape, to_nchw, token_grid
 from ..core.attention.probabilities import attentions
+from ..core.checks import entry_point
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..core.recorder import Recorder
@@ -37,7 +38,8 @@ from ..core.selection import Layers
 from ..errors import AttentionRolloutError
 from ..maps import normalize as normalize_maps
 from ..registry import register
-from ..targets.parse import Target, scores
+from ..targets.parse import check_target
+from ..targets.scoring import Target, scores
 from .rollout import (
     HeadFusion,
     check_discard_ratio,
@@ -50,6 +52,7 @@ __all__ = ["attention_rollout", "gradient_attention_rollout"]
 
 
 @register("attention_rollout", "attention", multi_target=False, uses_target=False)
+@entry_point
 def attention_rollout(
     model: nn.Module,
     x: Inputs,
@@ -109,10 +112,11 @@ def attention_rollout(
         AttentionRolloutError: the attention cannot be rolled out (windowed attention,
             layers over different token counts) or ``row`` does not exist.
     """
-    del target, output  # the rollout does not depend on the class
+    del output  # the rollout does not depend on the class
     check_head_fusion(head_fusion)
     check_discard_ratio(discard_ratio)
     inputs = ModelInput.parse(x, forward_kwargs)
+    check_target(target, inputs.batch_size)  # unused, but a float or bool target is a mistake
     captured = attentions(model, inputs, layers=layers)
     maps = list(captured.values())
     tokens = check_rollable(captured, inputs.batch_size)
@@ -122,6 +126,7 @@ def attention_rollout(
 
 
 @register("gradient_attention_rollout", "attention")
+@entry_point
 def gradient_attention_rollout(
     model: nn.Module,
     x: Inputs,
@@ -189,6 +194,7 @@ def gradient_attention_rollout(
             layers over different token counts) or ``row`` does not exist.
     """
     inputs = ModelInput.parse(x, forward_kwargs)
+    target = check_target(target, inputs.batch_size)
     probs, grads = attention_gradients(model, inputs, target, layers=layers, output=output)
     tokens = check_rollable(probs, inputs.batch_size)
     maps = list(probs.values())

@@ -4,7 +4,7 @@ Layout convention: when the methods evaluate the model on ``k`` modified copies 
 ``B`` samples (noisy copies, interpolation steps, occluded copies) the copies are stacked
 *copy-major*: row ``j * B + b`` is copy ``j`` of sample ``b`` -- the layout of
 :meth:`ModelInput.tile <gradlens.core.inputs.ModelInput.tile>`, for which
-:func:`gradlens.passes.repeat_target` tiles the targets.
+:func:`gradlens.targets.parse.repeat_target` tiles the targets.
 """
 
 from __future__ import annotations

@@ -8,11 +8,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..core.checks import entry_point
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..passes import Differentiated, differentiate
 from ..registry import register
-from ..targets.parse import Target
+from ..targets.scoring import Target
 from ._common import (
     Attribution,
     as_result,
@@ -56,6 +57,7 @@ def input_gradients(
 
 
 @register("saliency", "attribution", needs_layer=False, multi_target=True)
+@entry_point
 def saliency(
     model: nn.Module,
     x: Inputs,
@@ -97,6 +99,7 @@ def saliency(
 
 
 @register("input_x_gradient", "attribution", needs_layer=False, multi_target=True)
+@entry_point
 def input_x_gradient(
     model: nn.Module,
     x: Inputs,

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cam.gradient import gradcam
+from ..core.checks import entry_point
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..core.outputs import OutputReplacer, replace_outputs
@@ -17,9 +18,9 @@ from ..errors import LayerNotFoundError
 from ..layering.discovery import default_layer
 from ..layering.resolve import single_layer
 from ..maps import resize
-from ..passes import check_target
 from ..registry import register
-from ..targets.parse import Target
+from ..targets.parse import check_target
+from ..targets.scoring import Target
 from ._common import Attribution, as_result
 from .gradient import input_gradients
 
@@ -61,6 +62,7 @@ def _relu_guides(model: nn.Module) -> OutputReplacer:
 
 
 @register("guided_backprop", "attribution", needs_layer=False, multi_target=True)
+@entry_point
 def guided_backprop(
     model: nn.Module,
     x: Inputs,
@@ -104,6 +106,7 @@ def guided_backprop(
 
 
 @register("guided_gradcam", "attribution", needs_layer=True, multi_target=True)
+@entry_point
 def guided_gradcam(
     model: nn.Module,
     x: Inputs,

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import entry_point
 from ..core.chunks import chunks, copies_per_chunk
 from ..core.extract import extract
 from ..core.inputs import Inputs, ModelInput
@@ -27,9 +28,10 @@ from ..core.output_selection import OutputSpec
 from ..core.outputs import Replacement, replace_outputs
 from ..core.selection import Layers
 from ..layering.resolve import single_layer
-from ..passes import check_target, clean_pass, differentiate, repeat_target
+from ..passes import clean_pass, differentiate
 from ..registry import register
-from ..targets.parse import Target
+from ..targets.parse import check_target, repeat_target
+from ..targets.scoring import Target
 from ._common import (
     Attribution,
     as_result,
@@ -95,6 +97,7 @@ def quadrature(rule: str, steps: int) -> tuple[Tensor, Tensor]:
     multi_target=True,
     quick_options={"steps": 8},
 )
+@entry_point
 def integrated_gradients(
     model: nn.Module,
     x: Inputs,
@@ -194,6 +197,7 @@ def integrated_gradients(
     return result, _delta(attributions, endpoint_scores, batch, multi)
 
 
+@entry_point
 def layer_integrated_gradients(
     model: nn.Module,
     x: Inputs,

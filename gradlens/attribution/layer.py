@@ -8,17 +8,19 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..core.checks import entry_point
 from ..core.inputs import Inputs
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
 from ..layering.resolve import single_layer
 from ..passes import differentiate
-from ..targets.parse import Target
+from ..targets.scoring import Target
 from ._common import targets_first_to_dim1
 
 __all__ = ["layer_gradient_x_activation"]
 
 
+@entry_point
 def layer_gradient_x_activation(
     model: nn.Module,
     x: Inputs,

@@ -25,13 +25,15 @@ from typing_extensions import Unpack
 
 from .. import registry
 from ..cam.reshape import Reshape
+from ..core.checks import entry_point
 from ..core.chunks import chunks, copies_per_chunk
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
-from ..passes import check_target, clean_pass, repeat_target
+from ..passes import clean_pass
 from ..registry import register
-from ..targets.parse import Target
+from ..targets.parse import check_target, repeat_target
+from ..targets.scoring import Target
 from ._common import Attribution, as_result, require_float_inputs
 from .gradient import saliency
 from .integrated import Baselines
@@ -90,6 +92,7 @@ def noise_scale(x: Tensor, sigma: float) -> Tensor:
     multi_target=True,
     quick_options={"n": 8, "seed": 0},
 )
+@entry_point
 def smoothgrad(
     model: nn.Module,
     x: Inputs,
@@ -167,6 +170,7 @@ def smoothgrad(
     multi_target=True,
     quick_options={"n": 8, "seed": 0},
 )
+@entry_point
 def vargrad(
     model: nn.Module,
     x: Inputs,

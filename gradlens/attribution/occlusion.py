@@ -11,12 +11,14 @@ import torch
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.checks import entry_point
 from ..core.chunks import chunks, copies_per_chunk
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
-from ..passes import check_target, clean_pass, repeat_target
+from ..passes import clean_pass
 from ..registry import register
-from ..targets.parse import Target, scores
+from ..targets.parse import check_target, repeat_target
+from ..targets.scoring import Target, scores
 from ._common import (
     Attribution,
     as_result,
@@ -36,6 +38,7 @@ Size = Union[None, int, Sequence[int]]
     multi_target=True,
     quick_options={"window": 8, "stride": 8},
 )
+@entry_point
 def occlusion(
     model: nn.Module,
     x: Inputs,

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.checks import entry_point
 from ..core.chunks import check_batch_size, chunks
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
@@ -23,7 +24,7 @@ from ..layering.resolve import resolve_layers
 from ..maps import safe_divide
 from ..passes import CleanPass
 from ..registry import register
-from ..targets.parse import Target, scores
+from ..targets.scoring import Target, scores
 from .base import CamResult, finish, layer_tensor
 from .perturbed import channel_maps, clean_layers, row_target
 from .reshape import Reshape, channel_axis, to_nchw
@@ -32,6 +33,7 @@ __all__ = ["ablationcam"]
 
 
 @register("ablationcam", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def ablationcam(
     model: nn.Module,
     x: Inputs,

@@ -17,6 +17,7 @@ from typing import Any, TypedDict
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import entry_point
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
@@ -25,7 +26,7 @@ from ..layering.resolve import resolve_layers
 from ..maps import normalize as normalize_maps
 from ..maps import resize
 from ..passes import differentiate
-from ..targets.parse import Target
+from ..targets.scoring import Target
 from .reshape import Reshape, to_nchw
 
 __all__ = [
@@ -71,6 +72,7 @@ class CamOptions(TypedDict, total=False):
     per_layer: bool
 
 
+@entry_point
 def cam(
     model: nn.Module,
     x: Inputs,

@@ -17,13 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import entry_point
 from ..core.extract import extract
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
 from ..layering.resolve import resolve_layers
 from ..registry import register
-from ..targets.parse import Target
+from ..targets.parse import check_target
+from ..targets.scoring import Target
 from .base import CamResult, as_nchw, finish
 from .reshape import Reshape
 
@@ -38,12 +40,16 @@ def first_component(values: Tensor) -> Tensor:
         values: ``(N, C, h, w)``.
 
     Returns:
-        ``(N, h, w)`` float32 (before any ReLU); zeros where the matrix is constant.
+        ``(N, h, w)`` float32 (before any ReLU); zeros where the matrix is constant, NaN
+        for a sample whose matrix holds NaN or inf (it has no principal component).
     """
     n, c, h, w = values.shape
     matrix = values.float().reshape(n, c, h * w).transpose(1, 2)  # (N, hw, C)
     centred = matrix - matrix.mean(dim=1, keepdim=True)
-    vh: Tensor = torch.linalg.svd(centred, full_matrices=False).Vh
+    finite = torch.isfinite(centred).flatten(1).all(dim=1)
+    centred = torch.where(finite[:, None, None], centred, torch.full_like(centred, torch.nan))
+    # the SVD fails on non-finite values: those samples get a NaN map, the others theirs
+    vh: Tensor = torch.linalg.svd(centred.nan_to_num(0.0), full_matrices=False).Vh
     projection = (centred @ vh[:, 0, :, None]).squeeze(-1)  # (N, hw), zero mean
     channel_mean = matrix.mean(dim=2)
     agreement = (projection * (channel_mean - channel_mean.mean(dim=1, keepdim=True))).sum(dim=1)
@@ -52,6 +58,7 @@ def first_component(values: Tensor) -> Tensor:
 
 
 @register("eigencam", "cam", needs_layer=True, multi_target=False, uses_target=False)
+@entry_point
 def eigencam(
     model: nn.Module,
     x: Inputs,
@@ -90,6 +97,7 @@ def eigencam(
         ValueError: the layer's output cannot be read as ``(B, C, h, w)``.
     """
     inputs = ModelInput.parse(x, forward_kwargs)
+    check_target(target, inputs.batch_size)  # unused, but a float or bool target is a mistake
     names = resolve_layers(model, inputs, layer)
     activations = extract(model, inputs.x, names, forward_kwargs=inputs.kwargs, select=select)
     raw = {

@@ -17,11 +17,12 @@ from __future__ import annotations
 from torch import Tensor, nn
 from typing_extensions import Unpack
 
+from ..core.checks import entry_point
 from ..core.inputs import Inputs
 from ..core.selection import Layers
 from ..maps import safe_divide
 from ..registry import register
-from ..targets.parse import Target
+from ..targets.scoring import Target
 from .base import CamOptions, CamResult, cam
 from .eigen import first_component
 
@@ -65,6 +66,7 @@ def eigengradcam_map(A: Tensor, G: Tensor) -> Tensor:
 
 
 @register("gradcam", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def gradcam(
     model: nn.Module,
     x: Inputs,
@@ -95,6 +97,7 @@ def gradcam(
 
 
 @register("gradcampp", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def gradcampp(
     model: nn.Module,
     x: Inputs,
@@ -130,6 +133,7 @@ def gradcampp(
 
 
 @register("xgradcam", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def xgradcam(
     model: nn.Module,
     x: Inputs,
@@ -162,6 +166,7 @@ def xgradcam(
 
 
 @register("layercam", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def layercam(
     model: nn.Module,
     x: Inputs,
@@ -193,6 +198,7 @@ def layercam(
 
 
 @register("hirescam", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def hirescam(
     model: nn.Module,
     x: Inputs,
@@ -224,6 +230,7 @@ def hirescam(
 
 
 @register("eigengradcam", "cam", needs_layer=True, multi_target=True)
+@entry_point
 def eigengradcam(
     model: nn.Module,
     x: Inputs,

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..core.inputs import ModelInput
 from ..core.output_selection import OutputSpec
 from ..passes import CleanPass, clean_pass
-from ..targets.parse import Target
+from ..targets.scoring import Target
 from .base import weighted_sum
 
 __all__ = ["clean_layers", "row_target", "channel_maps"]

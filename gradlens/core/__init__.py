@@ -12,6 +12,10 @@
 * :mod:`~gradlens.core.selection` -- layer specs (names, globs, types) to modules;
 * :mod:`~gradlens.core.output_selection` -- which tensor of a structured output is meant;
 * :mod:`~gradlens.core.inputs` -- :class:`ModelInput`, a method's input parsed once;
+* :mod:`~gradlens.core.checks` -- the checks of a user's model and inputs, made before any
+  hook is registered (and one NaN/inf warning per call);
+* :mod:`~gradlens.core.chunks` -- stacked copies split into forwards of ``batch_size``;
+* :mod:`~gradlens.core.parameters` -- parameters off the tape while a method runs;
 * :mod:`~gradlens.core.pytree`, :mod:`~gradlens.core.batched_grad`,
   :mod:`~gradlens.core.buffers`, :mod:`~gradlens.core.folding` -- structured outputs, one
   backward for ``K`` scores, buffer restoring and BatchNorm folding.

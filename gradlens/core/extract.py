@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checks import entry_point
 from .inputs import Inputs, ModelInput
 from .output_selection import OutputSpec
 from .recorder import Recorder
@@ -16,6 +17,7 @@ from .selection import Layers
 __all__ = ["extract", "Extractor"]
 
 
+@entry_point
 def extract(
     model: nn.Module,
     x: Inputs,

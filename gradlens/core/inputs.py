@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from .checks import check_inputs
+
 __all__ = ["Inputs", "ModelInput", "as_args", "usable", "prepare", "batch_size"]
 
 Inputs = Any  # a tensor, a tuple of positional inputs, a mapping of named inputs, a list of images
@@ -59,8 +61,13 @@ class ModelInput:
     keys: tuple[str, ...] | None = None
 
     @classmethod
-    def parse(cls, x: Inputs, forward_kwargs: Mapping[str, Any] | None = None) -> ModelInput:
-        """Read a method's ``x`` and ``forward_kwargs``.
+    def parse(
+        cls, x: Inputs, forward_kwargs: Mapping[str, Any] | None = None, *, name: str = "x"
+    ) -> ModelInput:
+        """Read a method's ``x`` and ``forward_kwargs``, checking them on the way.
+
+        A floating-point input holding NaN or inf gives one ``UserWarning`` naming it (once
+        per user call, see :func:`gradlens.core.checks.warn_non_finite`).
 
         Args:
             x: a tensor (``model(x)``), a tuple of positional inputs (``model(*x)``), a
@@ -68,11 +75,14 @@ class ModelInput:
                 of image tensors (``model(x)``, one sample per image), or a
                 :class:`ModelInput` (returned as it is).
             forward_kwargs: further keyword inputs for the model.
+            name: what the user called ``x``, for messages.
 
         Returns:
             The parsed input.
 
         Raises:
+            InputTypeError: (a ``TypeError``) a NumPy array or a list of numbers among the
+                inputs: "pass a torch.Tensor (torch.from_numpy(...))".
             TypeError: no tensor among the inputs (nothing to read a batch size from), a
                 mapping input whose keys are also in ``forward_kwargs``, or
                 ``forward_kwargs`` given with an already parsed input.
@@ -81,6 +91,7 @@ class ModelInput:
             if forward_kwargs:
                 raise TypeError("forward_kwargs belong to the parsed ModelInput already")
             return x
+        check_inputs({name: x}, forward_kwargs)
         keys = None
         if isinstance(x, Mapping):
             keys = tuple(str(k) for k in x)

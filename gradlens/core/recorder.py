@@ -40,6 +40,7 @@ from ..errors import (
 )
 from .batched_grad import batched_grad
 from .buffers import preserve_buffers
+from .checks import check_model
 from .hooks import HookSet
 from .lifecycle import Capture, StopForward
 from .output_selection import OutputSpec
@@ -160,6 +161,7 @@ class Recorder(Capture[Call]):
         restore_buffers: bool = True,
         attention: bool | Layers = False,
     ) -> None:
+        check_model(model)
         super().__init__()
         self.model = model
         self.modules = select_layers(model, layers) if layers is not None else {}

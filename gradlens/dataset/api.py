@@ -14,11 +14,12 @@ from torch import Tensor, nn
 from typing_extensions import Unpack
 
 from .. import registry
+from ..core.checks import entry_point
 from ..core.extract import extract
 from ..core.inputs import Inputs
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers, select_layers
-from ..targets.parse import Target
+from ..targets.scoring import Target
 from .identity import describe_options
 from .manifest import Manifest, PathLike
 from .options import MethodOptions
@@ -27,6 +28,7 @@ from .run import Job, run, storage_dtype
 from .sources import default_input
 
 
+@entry_point
 def extract_dataset(
     model: nn.Module,
     loader: Iterable[Any],
@@ -135,6 +137,7 @@ def extract_dataset(
     )
 
 
+@entry_point
 def attribute_dataset(
     method: str | Callable[..., Tensor],
     model: nn.Module,

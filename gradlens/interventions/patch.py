@@ -9,6 +9,7 @@ from typing import Any, Union
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.checks import entry_point
 from ..core.output_selection import OutputSpec
 from ..core.outputs import replace_outputs
 from ..core.selection import LayerSpec, select_layers
@@ -23,6 +24,7 @@ EditSpec = Union[Edit, Tensor, Callable[[Any], Any]]
 
 
 @contextmanager
+@entry_point
 def patch(
     model: nn.Module,
     edits: Mapping[LayerSpec | tuple[LayerSpec, ...], EditSpec],

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.buffers import preserve_buffers
+from ..core.checks import check_inputs, entry_point
 from ..core.chunks import check_batch_size, chunks, copies_per_chunk
 from ..core.extract import extract
 from ..core.inputs import Inputs, ModelInput, as_args, batch_size
@@ -35,6 +36,7 @@ Metric = Callable[[Any], Tensor]
 PatchPositions = Union[Literal["each"], Sequence[int], None]
 
 
+@entry_point
 def activation_patching(
     model: nn.Module,
     clean: Inputs,
@@ -99,6 +101,7 @@ def activation_patching(
         ValueError: ``batch_size`` is not a positive int or ``None``.
     """
     check_batch_size(batch_size, optional=True)
+    check_inputs({"clean": clean, "corrupted": corrupted}, forward_kwargs)
     names = list(select_layers(model, layers))
     b = _check_pair(clean, corrupted)
     clean_acts = _clean_activations(model, clean, names, select, forward_kwargs)
@@ -120,6 +123,7 @@ def activation_patching(
     return torch.stack(values).reshape(len(names), n_positions)
 
 
+@entry_point
 def attribution_patching(
     model: nn.Module,
     clean: Inputs,
@@ -170,6 +174,7 @@ def attribution_patching(
         InterventionError: as for :func:`activation_patching`.
         GradientNotAvailableError: the metric does not depend on a layer's activation.
     """
+    check_inputs({"clean": clean, "corrupted": corrupted}, forward_kwargs)
     names = list(select_layers(model, layers))
     b = _check_pair(clean, corrupted)
     clean_acts = _clean_activations(model, clean, names, select, forward_kwargs)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import entry_point
 from ..core.inputs import Inputs, ModelInput
 from ..core.recorder import Call, Recorder
 from ..core.selection import named_modules
@@ -209,6 +210,7 @@ def _closest_ancestor(name: str, ran: set[str]) -> str:
     return ""
 
 
+@entry_point
 def layers(
     model: nn.Module,
     example_input: Inputs | None = None,
@@ -244,6 +246,7 @@ def layers(
     return table
 
 
+@entry_point
 def default_layer(
     model: nn.Module, x: Inputs, *, forward_kwargs: Mapping[str, Any] | None = None
 ) -> str:

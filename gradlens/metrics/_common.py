@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +17,8 @@ from ..core.output_selection import OutputSpec, select_output
 from ..errors import TargetError
 from ..maps import resize, to_2d
 from ..passes import clean_pass
-from ..targets.parse import Target
+from ..targets.parse import target_rows
+from ..targets.scoring import Target
 
 Method = Callable[..., Tensor]
 
@@ -74,9 +74,7 @@ def _classes(
     found = []
     for rows in chunks(images.shape[0], batch_size):
         x = images[rows]
-        part = target
-        if target is not None and not isinstance(target, int):
-            part = _class_slice(target, images.shape[0], rows.start, rows.stop)
+        part = target_rows(target, images.shape[0], rows.start, rows.stop)
         kwargs = None
         if attention_mask is not None:
             kwargs = {"attention_mask": attention_mask[rows]}
@@ -87,19 +85,6 @@ def _classes(
             )
         found.append(classes)
     return torch.cat(found)
-
-
-def _class_slice(target: Any, batch: int, start: int, stop: int) -> Any:
-    """The part ``[start:stop]`` of a per-sample target (checked for length ``batch`` first)."""
-    if isinstance(target, Tensor) and target.ndim == 0:
-        return target
-    try:
-        length = len(target)
-    except TypeError:
-        return target  # let scores() complain about the type
-    if length != batch:
-        raise TargetError(f"target has {length} entries for {batch} samples")
-    return target[start:stop]
 
 
 def _score(logits: Tensor, classes: Tensor, score: str) -> Tensor:

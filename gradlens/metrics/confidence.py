@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import check_inputs, entry_point
 from ..core.chunks import check_batch_size, chunks
 from ..core.output_selection import OutputSpec
 from ..maps import normalize
-from ..targets.parse import Target
+from ..targets.scoring import Target
 from ._common import _check_images, _classes, _logits, _reduce_maps, _score, _untouched
 
 __all__ = ["average_drop", "increase_in_confidence"]
@@ -24,6 +25,7 @@ def _confidences(
     output: OutputSpec,
 ) -> tuple[Tensor, Tensor]:
     """``(Y, O)``: class probabilities on the images and on the explanation maps."""
+    check_inputs({"images": images})
     check_batch_size(batch_size)
     maps = _reduce_maps(maps, tuple(images.shape[-2:]))
     _check_images(images, maps)
@@ -41,6 +43,7 @@ def _confidences(
     return torch.cat(y).cpu().clone(), torch.cat(o).cpu().clone()
 
 
+@entry_point
 def average_drop(
     model: nn.Module,
     images: Tensor,
@@ -75,6 +78,7 @@ def average_drop(
     return float(((y - o).clamp(min=0) / y).mean() * 100)
 
 
+@entry_point
 def increase_in_confidence(
     model: nn.Module,
     images: Tensor,

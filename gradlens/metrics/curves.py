@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.checks import check_inputs, entry_point
 from ..core.chunks import check_batch_size, chunks
 from ..core.output_selection import OutputSpec
-from ..targets.parse import Target
+from ..targets.scoring import Target
 from ._common import _check_images, _classes, _logits, _reduce_maps, _score, _untouched
 
 __all__ = ["CurveResult", "deletion", "insertion", "gaussian_blur"]
@@ -93,6 +94,7 @@ def _curve(
     blur_sigma: float | None,
     output: OutputSpec,
 ) -> CurveResult:
+    check_inputs({"images": images})
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     check_batch_size(batch_size)
@@ -134,6 +136,7 @@ def _curve(
     )
 
 
+@entry_point
 def deletion(
     model: nn.Module,
     images: Tensor,
@@ -184,6 +187,7 @@ def deletion(
     )  # fmt: skip
 
 
+@entry_point
 def insertion(
     model: nn.Module,
     images: Tensor,

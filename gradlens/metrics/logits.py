@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..core.output_selection import OutputSpec, select_output
 from ..errors import TargetError
+from ..targets.parse import class_ids, in_range, per_sample
 
 __all__ = ["logit_difference", "normalized"]
 
@@ -39,9 +40,12 @@ def logit_difference(
         ``metric(output) -> (B,)``, differentiable.
 
     Raises:
-        TargetError: (when called) a per-sample index list whose length is not ``B``, an
+        TargetError: (at once) ``correct`` or ``wrong`` is not integer ids (a float, a bool);
+            (when called) a per-sample index list whose length is not ``B``, an
             index out of range, or logits that are neither ``(B, K)`` nor ``(B, T, V)``.
     """
+
+    ids = {"correct": class_ids(correct, "correct"), "wrong": class_ids(wrong, "wrong")}
 
     def metric(model_output: Any) -> Tensor:
         logits = select_output(model_output, output)
@@ -53,8 +57,8 @@ def logit_difference(
                 f"{tuple(logits.shape)} (position={position!r})"
             )
         picked = [
-            logits.gather(1, _class_column(ids, logits, name))[:, 0]
-            for ids, name in ((correct, "correct"), (wrong, "wrong"))
+            logits.gather(1, _column(ids[name], logits, name))[:, 0]
+            for name in ("correct", "wrong")
         ]
         return picked[0] - picked[1]
 
@@ -99,11 +103,11 @@ def normalized(
     return normalized_metric
 
 
-def _class_column(ids: int | Sequence[int] | Tensor, logits: Tensor, name: str) -> Tensor:
+def _column(ids: Tensor, logits: Tensor, name: str) -> Tensor:
+    """``(B, 1)`` ids for ``(B, K)`` logits: one id for all samples, or one per sample."""
     n, k = logits.shape
-    column = torch.as_tensor(ids, dtype=torch.long, device=logits.device).reshape(-1, 1)
-    if column.shape[0] not in (1, n):
-        raise TargetError(f"{name} holds {column.shape[0]} indices for {n} samples")
-    if bool(((column < 0) | (column >= k)).any()):
-        raise TargetError(f"{name}={column.flatten().tolist()} is out of range for {k} logits")
-    return column.expand(n, 1)
+    flat = ids.reshape(-1)
+    if flat.numel() == 1:  # one id for every sample
+        flat = flat.reshape(())
+    column = in_range(per_sample(flat, n, name), k, name)
+    return column.to(logits.device)[:, None]

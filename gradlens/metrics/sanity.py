@@ -12,10 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import check_inputs, entry_point
 from ..core.chunks import check_batch_size, chunks
 from ..core.output_selection import OutputSpec
 from ..errors import LayerNotFoundError
-from ..targets.parse import Target
+from ..targets.scoring import Target
 from ._common import Method, _classes, _reduce_maps
 
 __all__ = ["RandomizationResult", "randomization_test", "spearman"]
@@ -123,6 +124,7 @@ def _maps_in_batches(
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+@entry_point
 def randomization_test(
     model: nn.Module,
     images: Tensor,
@@ -189,6 +191,7 @@ def randomization_test(
         TargetError: see :func:`gradlens.targets.scores`.
         ValueError: ``batch_size`` is not a positive int or ``None``.
     """
+    check_inputs({"images": images})
     check_batch_size(batch_size, optional=True)
     names = list(reversed(_parameterised(model))) if layers is None else list(layers)
     modules = dict(model.named_modules())

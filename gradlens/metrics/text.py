@@ -28,11 +28,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import entry_point
 from ..core.chunks import check_batch_size, chunks
 from ..core.output_selection import OutputSpec, select_output
 from ..errors import TokenInputError
 from ..targets.language import config_token_id
-from ..targets.parse import Target
+from ..targets.scoring import Target
 from ._common import _classes, _untouched
 
 __all__ = ["ERASER_FRACTIONS", "token_localization", "comprehensiveness", "sufficiency"]
@@ -78,6 +79,7 @@ def token_localization(
     return hit & real.any(dim=1)
 
 
+@entry_point
 def comprehensiveness(
     model: nn.Module,
     input_ids: Tensor,
@@ -134,6 +136,7 @@ def comprehensiveness(
     )  # fmt: skip
 
 
+@entry_point
 def sufficiency(
     model: nn.Module,
     input_ids: Tensor,

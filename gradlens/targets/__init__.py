@@ -17,12 +17,14 @@ A structured output (a mapping or dataclass, e.g. a Hugging Face ``ModelOutput``
 ``logits`` tensor is scored on it; any other structured output needs ``output=`` (see
 :func:`select_output`) or a callable target.
 
-:func:`scores` is the single place where gradlens turns a target into scores.
+:func:`scores` is the single place where gradlens turns a target into scores. Class ids are
+integers (a float or a bool is a :class:`~gradlens.errors.TargetError`); one parser reads
+them all, :mod:`gradlens.targets.parse`.
 """
 
 from ..core.output_selection import OutputSpec, select_output
 from .language import sequence, token
-from .parse import Target, probability, regression, scores
+from .scoring import Target, probability, regression, scores
 from .vision import detection, segmentation
 
 __all__ = [

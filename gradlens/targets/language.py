@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..core.output_selection import OutputSpec, select_output
 from ..errors import TargetError, TokenInputError
-from .parse import _ids, _per_row
+from .parse import class_ids, per_row
 
 __all__ = ["token", "sequence", "config_token_id"]
 
@@ -40,12 +40,9 @@ def token(
         TargetError: ``cls`` is not integer ids; when called, logits that are not 3-D, a
             position or a class out of range, or a batch that is not a multiple of ``cls``'s.
     """
-    if isinstance(cls, int) and not isinstance(cls, bool):
-        cls_ids = torch.tensor([cls])
-    else:
-        cls_ids = _ids(cls, "targets.token's cls")
-        if cls_ids.ndim == 0:
-            cls_ids = cls_ids[None]
+    cls_ids = class_ids(cls, "targets.token's cls")
+    if cls_ids.ndim == 0:
+        cls_ids = cls_ids[None]
 
     def target(output: Any) -> Tensor:
         logits = _sequence_logits(select_output(output, output_spec), "targets.token")
@@ -54,7 +51,7 @@ def token(
             raise TargetError(
                 f"position {position} is out of range for a sequence of {length} positions"
             )
-        classes = _per_row(cls_ids, rows, vocab, logits.device)
+        classes = per_row(cls_ids, rows, vocab, logits.device, "targets.token's cls")
         at_position = logits[:, position]
         if classes.ndim == 1:
             return at_position.gather(1, classes[:, None])[:, 0]
@@ -94,7 +91,9 @@ def sequence(
             continuation, a batch that is not a multiple of the continuation's, or a token
             id outside the vocabulary.
     """
-    ids = _ids(continuation_ids, "continuation_ids")
+    ids = class_ids(continuation_ids, "continuation_ids")
+    if ids.ndim == 0:
+        raise TargetError("continuation_ids must be (B, K) or (K,) token ids, got one int")
     if ids.ndim == 1:  # the same continuation for every sample
         ids = ids[None]
 
@@ -107,7 +106,7 @@ def sequence(
                 f"the model saw {length} positions, but a continuation of {k} tokens needs at "
                 f"least {k + 1}: run the model on the prompt followed by the continuation"
             )
-        continuation = _per_row(ids, rows, vocab, logits.device)
+        continuation = per_row(ids, rows, vocab, logits.device, "continuation_ids")
         predicting = logits[:, length - k - 1 : length - 1]  # (rows, K, V)
         log_probs = torch.log_softmax(predicting, dim=-1)
         picked = log_probs.gather(2, continuation[:, :, None])[:, :, 0]

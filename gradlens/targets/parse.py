@@ -1,5 +1,18 @@
-"""Parsing targets and turning them into scores: :func:`scores`, the one place where gradlens
-does it, and the class-index targets :func:`probability` and :func:`regression`."""
+"""The one parser of class-index targets: every method, target and metric reads class ids here.
+
+Class ids are integers: a Python ``int``, a sequence of ints (one per sample), ``B`` lists
+of ``K`` ints, or an integer tensor. Floats (also a whole ``2.0`` or a float tensor) and
+bools (``True``, a bool tensor) are refused with a :class:`~gradlens.errors.TargetError`
+rather than truncated or read as 0/1.
+
+* :func:`class_ids` -- any of those as an int64 CPU tensor (0-D, 1-D or 2-D);
+* :func:`per_sample` -- a ``(B,)`` or ``(B, K)`` tensor of them, checked against ``B``;
+* :func:`in_range` -- checked against the number of classes;
+* :func:`class_tensor` -- the three together, on a device (what :func:`~.scores.scores` uses);
+* :func:`per_row` -- repeated for an output holding stacked copies of the batch;
+* :func:`check_target` / :func:`repeat_target` / :func:`target_rows` -- a whole target
+  (``None``, class ids or a callable) checked up front, tiled for stacked copies, or sliced.
+"""
 
 from __future__ import annotations
 
@@ -9,204 +22,213 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from ..core.output_selection import OutputSpec, select_output
 from ..errors import TargetError
 
-__all__ = ["Target", "scores", "probability", "regression"]
+__all__ = [
+    "ClassIds",
+    "CheckedTarget",
+    "class_ids",
+    "per_sample",
+    "in_range",
+    "class_tensor",
+    "per_row",
+    "check_target",
+    "repeat_target",
+    "target_rows",
+]
 
-Target = Union[None, int, Sequence[int], Sequence[Sequence[int]], Tensor, Callable[[Any], Tensor]]
+ClassIds = Union[int, Sequence[int], Sequence[Sequence[int]], Tensor]
+"""Class (or token) ids: an int, ``B`` ints, ``B`` lists of ``K`` ints, or an integer tensor."""
+
+CheckedTarget = Union[None, int, Tensor, Callable[[Any], Tensor]]
+"""What :func:`check_target` returns: ``None``, an ``int``, an int64 tensor or a callable."""
+
+_EXPECTED = (
+    "class indices are integers: give an int, a sequence of ints, B lists of K ints or an "
+    "integer tensor"
+)
 
 
-def scores(
-    output: Any, target: Target, batch_size: int, output_spec: OutputSpec = None
-) -> tuple[Tensor, Tensor | None]:
-    """Turn a model output and a target into the scores to explain.
+def class_ids(value: Any, name: str = "target") -> Tensor:
+    """Read integer class ids.
 
     Args:
-        output: the raw model output.
-        target: see the module docstring.
-        batch_size: ``B``, the number of samples in the input.
-        output_spec: see :func:`select_output`; ignored for callable targets, which get
-            the raw output.
+        value: an ``int``, a (nested) sequence of ints, or an integer tensor (any device,
+            also an inference tensor).
+        name: what the value is called in error messages (``"target"``, ``"continuation_ids"``).
 
     Returns:
-        ``(scores, classes)``: ``scores`` has shape ``(B,)`` or ``(B, K)`` (``K`` targets per
-        sample) and keeps its autograd graph; ``classes`` holds the class indices
-        (same shape, ``int64``), or ``None`` for callable targets and 1-D outputs.
+        An ordinary int64 CPU tensor of shape ``()``, ``(N,)`` or ``(N, K)`` (a copy).
 
     Raises:
-        TargetError: a class out of range, a target whose length is not ``B``, ragged
-            lists, or a callable returning the wrong shape.
-        OutputSelectionError: see :func:`select_output`.
+        TargetError: a float or a bool (a Python value, in a sequence, or a tensor's dtype),
+            ragged or non-numeric sequences, more than two dimensions, or no ids at all.
     """
-    if callable(target) and not isinstance(target, Tensor):
-        value = target(output)
-        if (
-            not isinstance(value, Tensor)
-            or value.ndim not in (1, 2)
-            or value.shape[0] != batch_size
-        ):
-            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise TargetError(
-                f"a callable target must return scores of shape ({batch_size},) -- one per "
-                f"sample -- or ({batch_size}, K); it returned {shape}"
-            )
-        return value, None
-
-    logits = select_output(output, output_spec)
-    if logits.shape[0:1] != (batch_size,):
-        raise TargetError(
-            f"the selected output has shape {tuple(logits.shape)}, but the input holds "
-            f"{batch_size} samples; dim 0 of the output must be the batch"
-        )
-    if logits.ndim == 1:
-        if target is not None:
-            raise TargetError(
-                f"the model returns one number per sample (shape ({batch_size},)); "
-                f"use target=None to explain it, not target={target!r}"
-            )
-        return logits, None
-    if logits.ndim == 3:  # (B, T, V): a language model; class targets are read at the end
-        logits = logits[:, -1]
-    if logits.ndim != 2:
-        raise TargetError(
-            f"class targets need logits of shape (B, num_classes) or (B, T, vocabulary), got "
-            f"{tuple(logits.shape)}; pass a callable target (e.g. "
-            f"gradlens.targets.segmentation) for this output"
-        )
-    num_classes = logits.shape[1]
-    if target is None:
-        classes = logits.detach().argmax(dim=1)
+    if _holds_bool(value):
+        raise TargetError(f"{name} holds a bool ({value!r}); {_EXPECTED}")
+    if isinstance(value, Tensor):
+        ids = value
     else:
-        classes = _class_tensor(target, batch_size, num_classes, logits.device)
-    if classes.ndim == 1:
-        return logits.gather(1, classes[:, None])[:, 0], classes
-    return logits.gather(1, classes), classes
-
-
-def _class_tensor(
-    target: Target, batch_size: int, num_classes: int, device: torch.device
-) -> Tensor:
-    """Class indices of shape ``(B,)`` or ``(B, K)`` for an int, sequence or tensor target."""
-    if isinstance(target, bool):
-        raise TargetError(f"target must be a class index, got the bool {target}")
-    if isinstance(target, int):
-        classes = torch.full((batch_size,), target, dtype=torch.long)
-    else:
-        if isinstance(target, Tensor):
-            if target.is_floating_point() or target.is_complex():
-                raise TargetError(
-                    f"a target tensor must hold integer class indices, got {target.dtype}"
-                )
-            with torch.inference_mode(False):  # an ordinary copy, also of an inference tensor
-                classes = target.detach().to("cpu", torch.long, copy=True)
-            if classes.ndim == 0:
-                classes = classes.expand(batch_size)
-        else:
-            try:
-                rows = list(target)  # type: ignore[arg-type]
-            except TypeError:
-                raise TargetError(
-                    f"target must be None, an int, a sequence of ints, a (B, K) tensor or a "
-                    f"callable, got {type(target).__name__}"
-                ) from None
-            nested = [
-                r for r in rows if isinstance(r, (Sequence, Tensor)) and not isinstance(r, str)
-            ]
-            if nested:
-                lengths = {len(r) for r in nested}
-                if len(lengths) > 1:
-                    raise TargetError(
-                        f"every sample needs the same number of targets; got lists of "
-                        f"lengths {sorted(lengths)}"
-                    )
-            try:
-                classes = torch.as_tensor(rows, dtype=torch.long)
-            except (TypeError, ValueError) as exc:
-                raise TargetError(
-                    f"could not read target {target!r} as class indices: {exc}"
-                ) from None
-        if classes.ndim not in (1, 2) or classes.shape[0] != batch_size:
-            raise TargetError(
-                f"target has shape {tuple(classes.shape)}; expected ({batch_size},) for one "
-                f"class per sample or ({batch_size}, K) for K classes per sample"
-            )
-    bad = (classes < 0) | (classes >= num_classes)
-    if bad.any():
+        try:
+            ids = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TargetError(_unreadable(value, name, exc)) from None
+    if ids.ndim > 2 or (ids.ndim > 0 and ids.numel() == 0):
         raise TargetError(
-            f"class index {int(classes[bad][0])} is out of range: the model has "
-            f"{num_classes} classes, so valid targets are 0..{num_classes - 1}"
+            f"{name} has shape {tuple(ids.shape)}; expected one id, (B,) or (B, K) ids"
         )
-    return classes.to(device)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        given = (
+            f"a {ids.dtype} tensor"
+            if isinstance(value, Tensor)
+            else f"the {type(value).__name__} {value!r}"
+        )
+        raise TargetError(f"{name} must hold integer ids, got {given}; {_EXPECTED}")
+    with torch.inference_mode(False):  # an ordinary copy, also of an inference tensor
+        return ids.detach().to("cpu", torch.long, copy=True)
 
 
-def probability(
-    class_index: int | Sequence[int] | Tensor, output_spec: OutputSpec = None
-) -> Callable[[Any], Tensor]:
-    """Target the softmax probability (instead of the logit) of a class.
-
-    Returns:
-        A callable ``output -> (B,)`` giving ``softmax(logits)[b, class_b]``.
-    """
-
-    def target(output: Any) -> Tensor:
-        logits = select_output(output, output_spec)
-        if logits.ndim == 3:  # a language model: the next-token distribution
-            logits = logits[:, -1]
-        classes = _class_tensor(class_index, logits.shape[0], logits.shape[1], logits.device)
-        probs = torch.softmax(logits, dim=1)
-        return probs.gather(1, classes if classes.ndim == 2 else classes[:, None]).squeeze(1)
-
-    return target
+def _holds_bool(value: Any) -> bool:
+    """A Python bool, also inside (nested) lists and tuples."""
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v) for v in value)
+    return isinstance(value, bool)
 
 
-def regression(index: int | None = None, output_spec: OutputSpec = None) -> Callable[[Any], Tensor]:
-    """Target a regression output.
+def _unreadable(value: Any, name: str, exc: Exception) -> str:
+    rows = value if isinstance(value, Sequence) and not isinstance(value, str) else ()
+    lengths = {len(r) for r in rows if isinstance(r, (Sequence, Tensor)) and not isinstance(r, str)}
+    if len(lengths) > 1:
+        return (
+            f"every sample needs the same number of targets; {name} holds lists of lengths "
+            f"{sorted(lengths)}"
+        )
+    return f"could not read {name}={value!r} as class indices ({exc}); {_EXPECTED}"
+
+
+def per_sample(ids: Tensor, batch: int, name: str = "target") -> Tensor:
+    """Class ids per sample: one id for all samples is expanded to ``(B,)``.
 
     Args:
-        index: the column of a ``(B, D)`` output; ``None`` for a ``(B,)`` or ``(B, 1)`` output.
-        output_spec: picks the tensor out of a structured output (see :func:`select_output`).
+        ids: the output of :func:`class_ids`.
+        batch: ``B``.
+        name: as in :func:`class_ids`.
 
     Returns:
-        A callable target, ``output -> (B,)`` scores.
+        ``(B,)`` (one class per sample) or ``(B, K)`` (``K`` classes per sample).
+
+    Raises:
+        TargetError: dim 0 is not ``B``.
     """
-
-    def target(output: Any) -> Tensor:
-        values = select_output(output, output_spec)
-        if values.ndim == 2 and index is None and values.shape[1] == 1:
-            return values[:, 0]
-        if index is None:
-            return values
-        return values[:, index]
-
-    return target
-
-
-def _ids(values: int | Sequence[int] | Sequence[Sequence[int]] | Tensor, name: str) -> Tensor:
-    """Integer ids as a 1-D or 2-D int64 CPU tensor (an ordinary copy), checked."""
-    try:
-        with torch.inference_mode(False):  # an ordinary copy, also of an inference tensor
-            tensor = torch.as_tensor(values).detach().to("cpu", copy=True)
-    except (TypeError, ValueError, RuntimeError):
+    if ids.ndim == 0:
+        return ids.expand(batch)
+    if ids.shape[0] != batch:
         raise TargetError(
-            f"{name} must be integer ids: an int, a list or a tensor, got {values!r}"
-        ) from None
-    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise TargetError(f"{name} must hold integer ids, got {tensor.dtype}")
-    if tensor.ndim > 2 or tensor.numel() == 0:
-        raise TargetError(f"{name} must be 1-D or 2-D and not empty, got {tuple(tensor.shape)}")
-    return tensor.long()
+            f"{name} has shape {tuple(ids.shape)}; expected ({batch},) for one class per "
+            f"sample or ({batch}, K) for K classes per sample"
+        )
+    return ids
 
 
-def _per_row(classes: Tensor, rows: int, num_classes: int, device: torch.device) -> Tensor:
-    """Per-sample classes ``(S,)`` or ``(S, K)`` for ``rows`` output rows: repeated copy-major
-    when the output holds ``n`` stacked copies of the ``S`` samples, then checked."""
-    samples = classes.shape[0]
+def in_range(ids: Tensor, num_classes: int, name: str = "target") -> Tensor:
+    """``ids``, checked to lie in ``0 .. num_classes - 1``.
+
+    Raises:
+        TargetError: an id out of range (the message names the first).
+    """
+    bad = (ids < 0) | (ids >= num_classes)
+    if bad.any():
+        where = "" if name == "target" else f"{name}: "
+        raise TargetError(
+            f"{where}class index {int(ids[bad][0])} is out of range: the model has {num_classes} "
+            f"classes, so valid targets are 0..{num_classes - 1}"
+        )
+    return ids
+
+
+def class_tensor(
+    target: ClassIds, batch: int, num_classes: int, device: torch.device, name: str = "target"
+) -> Tensor:
+    """Class ids ``(B,)`` or ``(B, K)`` on ``device``, read, shaped and range-checked.
+
+    Raises:
+        TargetError: see :func:`class_ids`, :func:`per_sample` and :func:`in_range`.
+    """
+    ids = per_sample(class_ids(target, name), batch, name)
+    return in_range(ids, num_classes, name).to(device)
+
+
+def per_row(ids: Tensor, rows: int, num_classes: int, device: torch.device, name: str) -> Tensor:
+    """Per-sample ids ``(S,)`` or ``(S, K)`` for an output of ``rows`` rows that holds
+    ``rows / S`` stacked copies of the ``S`` samples (repeated copy-major), range-checked.
+
+    Raises:
+        TargetError: ``rows`` is not a multiple of ``S``, or an id is out of range.
+    """
+    samples = ids.shape[0]
     if rows != samples:
         if rows % samples:
             raise TargetError(
-                f"the target has {samples} samples, but the model output holds {rows} rows; "
+                f"{name} has {samples} samples, but the model output holds {rows} rows; "
                 f"give one entry per sample"
             )
-        classes = classes.repeat(rows // samples, *([1] * (classes.ndim - 1)))
-    return _class_tensor(classes, rows, num_classes, device)
+        ids = ids.repeat(rows // samples, *([1] * (ids.ndim - 1)))
+    return class_tensor(ids, rows, num_classes, device, name)
+
+
+def check_target(target: Any, batch: int) -> CheckedTarget:
+    """Check a target before anything runs: callables and ``None`` pass, class ids are read.
+
+    Methods call this first, before a hook is registered or the model runs, so a float,
+    bool or wrongly sized target fails at once, and a per-sample target is checked against
+    the batch rather than against the stacked copies a method may evaluate. Class ranges
+    need the model output and are checked later (:func:`gradlens.targets.scores`).
+
+    Args:
+        target: see :mod:`gradlens.targets`.
+        batch: ``B``, the number of samples.
+
+    Returns:
+        ``None``, a callable (unchanged), an ``int``, or an int64 tensor ``(B,)`` or ``(B, K)``.
+
+    Raises:
+        TargetError: see :func:`class_ids` and :func:`per_sample`.
+    """
+    if target is None or (callable(target) and not isinstance(target, Tensor)):
+        return target
+    ids = class_ids(target)
+    if ids.ndim == 0:
+        return int(ids)
+    return per_sample(ids, batch)
+
+
+def repeat_target(target: Any, batch: int, times: int) -> CheckedTarget:
+    """The target for an input repeated ``times`` times along dim 0 (``x.repeat(times, ...)``).
+
+    Returns:
+        Per-sample class ids (checked against ``batch`` first) tiled copy-major to
+        ``(times * B,)`` or ``(times * B, K)``; an ``int``, ``None`` or a callable unchanged.
+
+    Raises:
+        TargetError: see :func:`check_target`.
+    """
+    checked = check_target(target, batch)
+    if not isinstance(checked, Tensor):
+        return checked
+    return checked.repeat(times, *([1] * (checked.ndim - 1)))
+
+
+def target_rows(target: Any, batch: int, start: int, stop: int) -> CheckedTarget:
+    """The part of a target for samples ``start:stop`` of a batch of ``batch`` (for
+    methods and metrics that run the batch in chunks).
+
+    Returns:
+        Per-sample class ids ``[start:stop]``; an ``int``, ``None`` or a callable unchanged.
+
+    Raises:
+        TargetError: see :func:`check_target`.
+    """
+    checked = check_target(target, batch)
+    if not isinstance(checked, Tensor):
+        return checked
+    return checked[start:stop]

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..core.output_selection import OutputSpec, describe_structure, select_output
 from ..errors import TargetError
+from .parse import class_ids
 
 __all__ = ["segmentation", "detection"]
 
@@ -30,7 +31,12 @@ def segmentation(
 
     Returns:
         A callable ``output -> (B,)``.
+
+    Raises:
+        TargetError: ``class_index`` is not one integer (at once).
     """
+    if class_ids(class_index, "class_index").ndim != 0:
+        raise TargetError(f"class_index must be one class channel (an int), got {class_index!r}")
 
     def target(output: Any) -> Tensor:
         logits = _segmentation_logits(output, output_spec)

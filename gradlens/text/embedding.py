@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core.checks import check_model, entry_point
 from ..core.outputs import Replacement, replace_outputs
 from ..core.recorder import Recorder
 from ..errors import LayerNotExecutedError, LayerNotFoundError
@@ -23,6 +24,7 @@ _ONE_EMBEDDING = (
 )
 
 
+@entry_point
 def embedding_layer(model: nn.Module, tokens: TokenInput) -> str:
     """The name of the model's input embedding layer.
 
@@ -81,6 +83,7 @@ class FromEmbeddings(nn.Module):
     """
 
     def __init__(self, model: nn.Module, layer: str) -> None:
+        check_model(model)
         super().__init__()
         self.model = model
         self.layer = layer

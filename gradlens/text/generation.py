@@ -12,15 +12,18 @@ from torch import Tensor, nn
 from typing_extensions import Unpack
 
 from .. import registry, targets
+from ..core.checks import check_value, entry_point
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
 from ..errors import TokenInputError
+from ..targets.parse import class_ids
 from .baselines import Baseline
 from .tokens import TokenMethodOptions, token_attributions
 
 __all__ = ["generation_attributions"]
 
 
+@entry_point
 def generation_attributions(
     model: nn.Module,
     input_ids: Tensor,
@@ -73,11 +76,13 @@ def generation_attributions(
         ``>= P + k`` (the token itself and later ones) and padding are 0.
 
     Raises:
+        TargetError: ``continuation_ids`` holds floats or bools (token ids are integers).
         TokenInputError: ``input_ids`` is not ``(B, P)`` integers, ``continuation_ids`` not
             ``(B, K)`` or ``(K,)`` integers, or the continuation's batch is not the prompt's.
         LayerNotFoundError, ValueError, TypeError, OutputSelectionError: as for
             :func:`token_attributions`.
     """
+    check_value(input_ids, "input_ids")
     if not isinstance(input_ids, Tensor) or input_ids.ndim != 2 or input_ids.is_floating_point():
         kind = (
             f"a {input_ids.dtype} tensor of shape {tuple(input_ids.shape)}"
@@ -130,19 +135,12 @@ def _continuation(
     batch: int,
     device: torch.device,
 ) -> Tensor:
-    """``(B, K)`` int64 continuation ids on ``device``."""
-    ids = continuation_ids
-    if not isinstance(ids, Tensor):
-        try:
-            ids = torch.as_tensor(ids)
-        except (TypeError, ValueError, RuntimeError):
-            raise TokenInputError(
-                "continuation_ids must be token ids: a (B, K) or (K,) integer tensor or list"
-            ) from None
-    if ids.is_floating_point() or ids.ndim not in (1, 2) or ids.shape[-1] == 0:
+    """``(B, K)`` int64 continuation ids on ``device`` (a TargetError for ids that are not
+    integers, a TokenInputError for ids that do not fit the prompts)."""
+    ids = class_ids(continuation_ids, "continuation_ids")
+    if ids.ndim == 0:
         raise TokenInputError(
-            f"continuation_ids must be (B, K) or (K,) integer token ids with K >= 1, got a "
-            f"{ids.dtype} tensor of shape {tuple(ids.shape)}"
+            f"continuation_ids must be (B, K) or (K,) token ids, got the one id {int(ids)}"
         )
     if ids.ndim == 1:
         ids = ids.expand(batch, -1)

@@ -14,6 +14,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
+from ..core.checks import check_value
 from ..core.inputs import ModelInput
 from ..errors import TokenInputError
 
@@ -49,15 +50,17 @@ class TokenInput:
         """Read token ids or a mapping of model inputs (and extra keyword inputs).
 
         Raises:
+            InputTypeError: (a ``TypeError``) a NumPy array or a list of numbers.
             TokenInputError: no ``"input_ids"`` in a mapping, ids that are not a 2-D integer
                 tensor, or an attention mask of another shape.
         """
+        check_value(inputs, "inputs")
         if not isinstance(inputs, (Tensor, Mapping)):
             raise TokenInputError(
                 f"inputs must be token ids (a (B, T) integer tensor) or a mapping with "
                 f"'input_ids' (a dict or BatchEncoding), got {type(inputs).__name__}"
             )
-        model_input = ModelInput.parse(inputs, forward_kwargs)
+        model_input = ModelInput.parse(inputs, forward_kwargs, name="inputs")
         position = 0
         if model_input.keys is not None:
             if "input_ids" not in model_input.keys:

@@ -12,11 +12,13 @@ from typing_extensions import Unpack
 
 from .. import registry
 from ..attribution.occlusion import Size
+from ..core.checks import entry_point
 from ..core.extract import extract
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
 from ..layering.resolve import single_layer
-from ..targets.parse import Target
+from ..targets.parse import check_target
+from ..targets.scoring import Target
 from .baselines import Baseline, baseline_ids, check_vocabulary
 from .embedding import FromEmbeddings, embedding_layer
 from .inputs import TokenInput, TokenInputs
@@ -62,6 +64,7 @@ class TokenMethodOptions(TypedDict, total=False):
     stride: Size | list[Size]
 
 
+@entry_point
 def token_attributions(
     model: nn.Module,
     inputs: TokenInputs,
@@ -168,6 +171,7 @@ def _token_attributions(
     options: dict[str, Any],
 ) -> Tensor:
     tokens = TokenInput.parse(inputs, forward_kwargs)
+    target = check_target(target, tokens.batch_size)
     name = embedding_layer(model, tokens) if layer is None else single_layer(model, layer)
     parameters = inspect.signature(attribute).parameters
     baseline_option = next((p for p in ("baselines", "baseline") if p in parameters), None)

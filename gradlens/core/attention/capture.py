@@ -42,6 +42,7 @@ from ...errors import (
     GradientNotAvailableError,
 )
 from ..buffers import preserve_buffers
+from ..checks import check_model
 from ..hooks import HookSet
 from ..lifecycle import Capture
 from ..selection import Layers, named_modules, select_layers
@@ -139,6 +140,7 @@ class AttentionCapture(Capture[AttentionCall]):
         reduce: Callable[[Tensor], Tensor] | None = None,
         restore_buffers: bool = True,
     ) -> None:
+        check_model(model)
         super().__init__()
         self.model = model
         self.grad = grad

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ...errors import AttentionCaptureError, LayerNotExecutedError
 from ..buffers import preserve_buffers
+from ..checks import entry_point
 from ..inputs import Inputs, ModelInput
 from ..selection import Layers
 from .capture import AttentionCapture
@@ -17,6 +18,7 @@ from .capture import AttentionCapture
 __all__ = ["attentions"]
 
 
+@entry_point
 def attentions(
     model: nn.Module,
     x: Inputs,
