@@ -1,57 +1,30 @@
-"""Shared test fixtures: small random-init models and a model-state snapshot helper."""
+"""Shared test fixtures: models from the tiny-model zoo (tests/zoo.py) that several test
+files use with the same options, an image batch, the trained text classifier, one thread.
+
+The model-state snapshot lives in tests/contract_support.py (``snapshot``,
+``assert_unchanged``).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
+
+from . import zoo
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # two workers on two cores: one thread each avoids oversubscription
     torch.set_num_threads(1)
 
 
-def model_state(model: nn.Module) -> dict:
-    """Everything gradlens promises not to change: hooks, flags, modes, buffers, grads."""
-    return {
-        "hooks": [
-            (
-                name,
-                len(m._forward_hooks),
-                len(m._forward_pre_hooks),
-                len(m._backward_hooks),
-                len(getattr(m, "_backward_pre_hooks", {})),
-            )
-            for name, m in model.named_modules()
-        ],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "training": [m.training for m in model.modules()],
-        "buffers": [b.detach().clone() for b in model.buffers()],
-        "grads": [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()],
-        "params": [p.detach().clone() for p in model.parameters()],
-    }
-
-
-def assert_same_state(before: dict, after: dict) -> None:
-    assert before["hooks"] == after["hooks"]
-    assert before["requires_grad"] == after["requires_grad"]
-    assert before["training"] == after["training"]
-    for a, b in zip(before["buffers"], after["buffers"]):
-        assert torch.equal(a, b)
-    for a, b in zip(before["grads"], after["grads"]):
-        assert (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
-    for a, b in zip(before["params"], after["params"]):
-        assert torch.equal(a, b)
-
-
 @pytest.fixture(scope="session")
 def resnet18() -> nn.Module:
-    import torchvision
-
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=10).eval()
+    """:func:`zoo.torchvision_cnn`: a random ResNet-18 with 10 classes."""
+    return zoo.torchvision_cnn("resnet18")
 
 
 @pytest.fixture
@@ -71,3 +44,31 @@ def trained_text_model():
         return train_text_model(QUICK_TEXT_RECIPE, seed=0, progress=False)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    a busy 2-core machine stalls the multi-threaded tiny ops of the text models."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert() -> nn.Module:
+    """:func:`zoo.hf_bert` with its defaults: vocabulary 64, 32 positions, 3 labels."""
+    return zoo.hf_bert()
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2() -> nn.Module:
+    """:func:`zoo.hf_gpt2` with its defaults: vocabulary 64, 32 positions, end token 63."""
+    return zoo.hf_gpt2()
+
+
+@pytest.fixture(scope="module")
+def hf_vit_pair() -> tuple[nn.Module, nn.Module]:
+    """:func:`zoo.hf_vit` (2 layers, 3 labels) as ``(eager, sdpa)`` with the same weights."""
+    return zoo.eager_and_sdpa(zoo.hf_vit)

@@ -5,9 +5,12 @@ train-mode forwards update), Dropout (train-mode randomness), an in-place ReLU, 
 :class:`ErrorModule` s (after and inside the last convolution block) that raise
 :class:`Boom` when armed. ``ContractViT`` is the same for the attention entry points: the
 fused attention kernel and ``nn.MultiheadAttention``, attention dropout, BatchNorm, an
-:class:`ErrorModule` after the attention. :func:`snapshot` records everything gradlens
-promises not to change (the global ``torch.backends.mha`` fast-path setting too);
-:func:`assert_unchanged` compares two snapshots and names what differs.
+:class:`ErrorModule` after the attention.
+
+:func:`snapshot` records everything gradlens promises not to change (the global
+``torch.backends.mha`` fast-path setting too); :func:`assert_unchanged` compares two
+snapshots and names what differs. They are the one model-state check of the whole test
+suite: every test that says "the model is left as it was" uses them.
 """
 
 from __future__ import annotations
@@ -247,8 +250,21 @@ def _tensor_state(t: Tensor | None) -> dict[str, Any] | None:
     }
 
 
-def snapshot(model: nn.Module, x: Tensor) -> dict[str, Any]:
-    """Everything gradlens promises not to change (module, parameter, input, global state)."""
+def _attention_settings(module: nn.Module) -> tuple[Any, Any]:
+    """A Hugging Face model's attention kernel and a timm attention's fused flag."""
+    config = getattr(module, "config", None)
+    return getattr(config, "_attn_implementation", None), getattr(module, "fused_attn", None)
+
+
+def snapshot(model: nn.Module, x: Tensor | None = None) -> dict[str, Any]:
+    """Everything gradlens promises not to change, for :func:`assert_unchanged`.
+
+    Global state (grad mode, inference mode, the ``nn.MultiheadAttention`` fast path, the
+    global module hooks); per module: its hook dicts, train flag, identity, attention
+    settings (a Hugging Face config's ``_attn_implementation``, timm's ``fused_attn``); per
+    parameter and buffer, and for the input ``x`` if given: the tensor object, its values,
+    ``requires_grad``, ``.grad`` (object and values) and tensor hooks.
+    """
     return {
         "grad_enabled": torch.is_grad_enabled(),
         "inference_mode": torch.is_inference_mode_enabled(),
@@ -261,6 +277,7 @@ def snapshot(model: nn.Module, x: Tensor) -> dict[str, Any]:
         "module_hooks": {name: _hook_dicts(m) for name, m in model.named_modules()},
         "training": {name: m.training for name, m in model.named_modules()},
         "modules": {name: m for name, m in model.named_modules()},
+        "attention_settings": {name: _attention_settings(m) for name, m in model.named_modules()},
         "parameters": {name: _tensor_state(p) for name, p in model.named_parameters()},
         "buffers": {name: _tensor_state(b) for name, b in model.named_buffers()},
         "input": _tensor_state(x),
@@ -311,6 +328,10 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
             now = after["module_hooks"].get(name, {}).get(kind)
             if now != items:
                 problems.append(f"module {name or '<root>'}: {kind} {items} -> {now}")
+    for name, settings in before["attention_settings"].items():
+        now = after["attention_settings"].get(name)
+        if now != settings:
+            problems.append(f"module {name or '<root>'}: attention settings {settings} -> {now}")
     for name, training in before["training"].items():
         if after["training"].get(name) != training:
             problems.append(f"module {name or '<root>'}: training {training} -> {not training}")

@@ -1,6 +1,7 @@
-"""Small models for tests.
+"""Small hand-written models for tests.
 
-In-place residual blocks, a shared module, an LSTM, structured outputs.
+In-place residual blocks, a shared module, an LSTM, structured outputs. The tiny versions of
+real architectures (torchvision, timm, Hugging Face) are in tests/zoo.py.
 """
 
 from __future__ import annotations
@@ -115,18 +116,3 @@ class StructuredNet(nn.Module):
     def forward(self, x: torch.Tensor) -> Output:
         parts = self.block(x)
         return Output(logits=self.head(parts["y"] + parts["double"]), features=parts["y"])
-
-
-def small_vit(num_classes: int = 10) -> nn.Module:
-    from torchvision.models import VisionTransformer
-
-    torch.manual_seed(0)
-    return VisionTransformer(
-        image_size=32,
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        mlp_dim=64,
-        num_classes=num_classes,
-    ).eval()

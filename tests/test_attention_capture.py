@@ -29,30 +29,13 @@ from gradlens.errors import (
     RecorderStateError,
 )
 
-from .conftest import assert_same_state, model_state
+from . import zoo
+from .contract_support import assert_unchanged, snapshot
 
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
 TOL = dict(atol=1e-5, rtol=0)
-
-
-def full_state(model: nn.Module) -> dict:
-    """model_state plus the attention settings gradlens promises to leave alone."""
-    state = model_state(model)
-    config = getattr(model, "config", None)
-    state["attn_implementation"] = getattr(config, "_attn_implementation", None)
-    state["fused_attn"] = [getattr(m, "fused_attn", None) for m in model.modules()]
-    state["fastpath"] = torch.backends.mha.get_fastpath_enabled()
-    state["grad_mode"] = torch.is_grad_enabled()
-    return state
-
-
-def assert_untouched(before: dict, model: nn.Module) -> None:
-    after = full_state(model)
-    assert_same_state(before, after)
-    for key in ("attn_implementation", "fused_attn", "fastpath", "grad_mode"):
-        assert before[key] == after[key], key
 
 
 def assert_probabilities(probs: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -66,25 +49,12 @@ def assert_probabilities(probs: torch.Tensor, shape: tuple[int, ...]) -> None:
 
 @pytest.fixture(scope="module")
 def torchvision_vit() -> nn.Module:
-    import torchvision
-
-    torch.manual_seed(0)
-    return torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
-    ).eval()
+    return zoo.torchvision_vit(num_classes=1000)
 
 
 @pytest.fixture(scope="module")
 def timm_vit() -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(0)
-    model = VisionTransformer(
-        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=3
-    ).eval()
-    for block in model.blocks:
-        block.attn.fused_attn = True
-    return model
+    return zoo.timm_vit(fused=True)
 
 
 def encoder(dropout: float = 0.0) -> nn.TransformerEncoder:
@@ -93,57 +63,14 @@ def encoder(dropout: float = 0.0) -> nn.TransformerEncoder:
     return nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
 
 
-def hf_pair(cls: type, config: object) -> tuple[nn.Module, nn.Module]:
-    """The same random weights with eager and with sdpa attention (eval mode)."""
-    torch.manual_seed(0)
-    eager = cls(copy.deepcopy(config)).eval()
-    eager.set_attn_implementation("eager")
-    sdpa = cls(copy.deepcopy(config)).eval()
-    sdpa.set_attn_implementation("sdpa")
-    sdpa.load_state_dict(eager.state_dict())
-    return eager, sdpa
-
-
-@pytest.fixture(scope="module")
-def hf_vit() -> tuple[nn.Module, nn.Module]:
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=3,
-    )
-    return hf_pair(transformers.ViTForImageClassification, config)
-
-
 @pytest.fixture(scope="module")
 def hf_bert() -> tuple[nn.Module, nn.Module]:
-    config = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
-    return hf_pair(transformers.BertForSequenceClassification, config)
+    return zoo.eager_and_sdpa(zoo.hf_bert, vocab_size=50, max_positions=16, num_labels=2)
 
 
 @pytest.fixture(scope="module")
 def hf_gpt2() -> tuple[nn.Module, nn.Module]:
-    config = transformers.GPT2Config(
-        vocab_size=50,
-        n_positions=16,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return hf_pair(transformers.GPT2LMHeadModel, config)
+    return zoo.eager_and_sdpa(zoo.hf_gpt2, vocab_size=50, positions=16, end_token_id=0)
 
 
 @pytest.fixture
@@ -232,7 +159,7 @@ def test_maths_form_dropout_applies_after_the_probabilities():
 
 def test_torchvision_vit_probabilities_equal_multihead_attention_weights(torchvision_vit, images):
     model = torchvision_vit
-    before = full_state(model)
+    before = snapshot(model)
     with torch.no_grad():
         expected_output = model(images)
     probs = attentions(model, images)
@@ -249,13 +176,13 @@ def test_torchvision_vit_probabilities_equal_multihead_attention_weights(torchvi
     with torch.no_grad(), capture_attention(model):
         output = model(images)
     torch.testing.assert_close(output, expected_output, **TOL)
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
 
 
 def test_transformer_encoder_fast_path_eval(images):
     model = encoder().eval()
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(5))
-    before = full_state(model)
+    before = snapshot(model)
     with torch.inference_mode():
         expected = model(x)  # the fused fast path
     with torch.inference_mode(), capture_attention(model) as capture:
@@ -265,7 +192,7 @@ def test_transformer_encoder_fast_path_eval(images):
     for call in capture.calls():
         assert call.kernel == "multi_head_attention_forward"
         assert_probabilities(call.probs, (2, 2, 5, 5))
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
 
 
 def test_transformer_encoder_padding_keeps_the_nested_tensor_outputs():
@@ -276,7 +203,7 @@ def test_transformer_encoder_padding_keeps_the_nested_tensor_outputs():
     nn.init.normal_(model.norm.bias)
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(5))
     padding = torch.tensor([[False] * 5, [False, False, False, True, True]])
-    before = full_state(model)
+    before = snapshot(model)
     with torch.inference_mode():
         expected = model(x, src_key_padding_mask=padding)
     assert torch.equal(expected[1, 3], model.norm.bias.detach())  # the nested path ran
@@ -286,13 +213,13 @@ def test_transformer_encoder_padding_keeps_the_nested_tensor_outputs():
     torch.testing.assert_close(output, expected, **TOL)
     for p in probs.values():
         assert torch.equal(p[1, :, :, 3:], torch.zeros(2, 5, 2))
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
 
 
 def test_transformer_encoder_train_mode_outputs_unchanged_and_state_kept():
     model = encoder(dropout=0.0).train()
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(5))
-    before = full_state(model)
+    before = snapshot(model)
     expected = model(x)
     with capture_attention(model, grad=True) as capture:
         output = model(x)
@@ -301,7 +228,7 @@ def test_transformer_encoder_train_mode_outputs_unchanged_and_state_kept():
     assert set(capture.gradients) == {"layers.0.self_attn", "layers.1.self_attn"}
     for p in model.parameters():
         p.grad = None
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
 
 
 def mha_closed_form_gradient(mha: nn.MultiheadAttention, x: torch.Tensor, r: torch.Tensor):
@@ -360,7 +287,7 @@ def test_multihead_attention_asked_for_weights_still_gets_them(average, batched)
 
 def test_timm_fused_attention_equals_its_eager_path(timm_vit, images):
     model = timm_vit
-    before = full_state(model)
+    before = snapshot(model)
     with torch.no_grad():
         expected_output = model(images)
     probs = attentions(model, images)
@@ -383,19 +310,21 @@ def test_timm_fused_attention_equals_its_eager_path(timm_vit, images):
         output = model(images)
     assert {call.kernel for call in capture.calls()} == {"scaled_dot_product_attention"}
     torch.testing.assert_close(output, expected_output, **TOL)
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
-def test_hf_vit_probabilities_and_gradients_equal_output_attentions(hf_vit, images, implementation):
-    eager, sdpa = hf_vit
+def test_hf_vit_probabilities_and_gradients_equal_output_attentions(
+    hf_vit_pair, images, implementation
+):
+    eager, sdpa = hf_vit_pair
     model = eager if implementation == "eager" else sdpa
     reference = eager(images, output_attentions=True)
     for t in reference.attentions:
         t.retain_grad()
     reference.logits[:, 1].sum().backward()
     eager.zero_grad(set_to_none=True)
-    before = full_state(model)
+    before = snapshot(model)
     probs = attentions(model, images)
     assert list(probs) == ["vit.layers.0.attention", "vit.layers.1.attention"]
     for p, expected in zip(probs.values(), reference.attentions):
@@ -410,7 +339,7 @@ def test_hf_vit_probabilities_and_gradients_equal_output_attentions(hf_vit, imag
     for g, expected in zip(capture.gradients.values(), reference.attentions):
         torch.testing.assert_close(g, expected.grad, **TOL)
     model.zero_grad(set_to_none=True)
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
@@ -419,7 +348,7 @@ def test_hf_bert_padding_mask(hf_bert, tokens, implementation):
     model = eager if implementation == "eager" else sdpa
     ids, mask = tokens
     reference = eager(ids, attention_mask=mask, output_attentions=True)
-    before = full_state(model)
+    before = snapshot(model)
     probs = attentions(model, ids, forward_kwargs={"attention_mask": mask})
     assert list(probs) == [f"bert.encoder.layer.{i}.attention.self" for i in (0, 1)]
     for p, expected in zip(probs.values(), reference.attentions):
@@ -429,7 +358,7 @@ def test_hf_bert_padding_mask(hf_bert, tokens, implementation):
     with torch.no_grad(), capture_attention(model):
         logits = model(ids, attention_mask=mask).logits
     torch.testing.assert_close(logits, reference.logits, **TOL)
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
 
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
@@ -442,7 +371,7 @@ def test_hf_gpt2_causal(hf_gpt2, tokens, implementation):
         t.retain_grad()
     reference.logits[:, -1, 3].sum().backward()
     eager.zero_grad(set_to_none=True)
-    before = full_state(model)
+    before = snapshot(model)
     probs = attentions(model, ids)
     assert list(probs) == ["transformer.h.0.attn", "transformer.h.1.attn"]
     for p, expected in zip(probs.values(), reference.attentions):
@@ -456,11 +385,11 @@ def test_hf_gpt2_causal(hf_gpt2, tokens, implementation):
     for g, expected in zip(capture.gradients.values(), reference.attentions):
         torch.testing.assert_close(g, expected.grad, **TOL)
     model.zero_grad(set_to_none=True)
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
 
 
-def test_frozen_model_gradients_start_the_tape_at_the_first_attention(hf_vit, images):
-    eager, sdpa = hf_vit
+def test_frozen_model_gradients_start_the_tape_at_the_first_attention(hf_vit_pair, images):
+    eager, sdpa = hf_vit_pair
     reference = eager(images, output_attentions=True)
     for t in reference.attentions:
         t.retain_grad()
@@ -580,21 +509,21 @@ class FlashNet(nn.Module):
 
 def test_attention_from_a_custom_kernel_raises_naming_the_module_and_kernel():
     model = FlashNet().eval()
-    before = full_state(model)
+    before = snapshot(model)
     with pytest.raises(AttentionCaptureError) as error:
         attentions(model, torch.randn(2, 4, 8))
     message = str(error.value)
     assert "'attention'" in message and "FlashOnlyAttention" in message
     assert "_scaled_dot_product_flash_attention_for_cpu" in message
     assert "scaled_dot_product_attention" in message  # what was tried
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
 
 
 def test_a_selected_module_without_attention_raises(timm_vit, images):
-    before = full_state(timm_vit)
+    before = snapshot(timm_vit)
     with pytest.raises(AttentionCaptureError, match="'blocks.0.mlp'"):
         attentions(timm_vit, images, layers="blocks.0.mlp")
-    assert_untouched(before, timm_vit)
+    assert_unchanged(before, snapshot(timm_vit))
 
 
 def test_a_model_without_attention_raises(resnet18, image_batch):

@@ -16,7 +16,8 @@ from gradlens.demos.training import TinyCNN
 from gradlens.errors import AttentionCaptureError, AttentionRolloutError
 from gradlens.registry import ATTENTION_METHODS, INFO, METHODS
 
-from .conftest import assert_same_state, model_state
+from . import zoo
+from .contract_support import assert_unchanged, snapshot
 
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
@@ -25,42 +26,12 @@ TOL = dict(atol=1e-5, rtol=0)
 METHOD_NAMES = ["attention_rollout", "gradient_attention_rollout"]
 
 
-def full_state(model: nn.Module) -> dict:
-    """model_state plus the attention settings the methods must leave alone."""
-    state = model_state(model)
-    state["attn_implementation"] = getattr(
-        getattr(model, "config", None), "_attn_implementation", None
-    )
-    state["fused_attn"] = [getattr(m, "fused_attn", None) for m in model.modules()]
-    state["fastpath"] = torch.backends.mha.get_fastpath_enabled()
-    state["grad_mode"] = torch.is_grad_enabled()
-    return state
-
-
-def assert_untouched(before: dict, model: nn.Module) -> None:
-    after = full_state(model)
-    assert_same_state(before, after)
-    for key in ("attn_implementation", "fused_attn", "fastpath", "grad_mode"):
-        assert before[key] == after[key], key
-
-
 # -- models ------------------------------------------------------------------------------
 
 
-def hf_vit(implementation: str, layers: int = 3) -> nn.Module:
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=4,
-    )
-    torch.manual_seed(0)
-    model = transformers.ViTForImageClassification(config).eval()
-    model.set_attn_implementation(implementation)
-    return model
+def hf_vit(implementation: str) -> nn.Module:
+    """Three layers, so the rollout multiplies more than two maps."""
+    return zoo.hf_vit(layers=3, num_labels=4, attn_implementation=implementation)
 
 
 @pytest.fixture(scope="module")
@@ -163,11 +134,11 @@ def test_gradient_rollout_equals_the_formula_on_hugging_face_maps_and_their_grad
 def test_sdpa_attention_gives_the_same_maps_as_eager_attention(eager_vit, images):
     sdpa = hf_vit("sdpa")
     sdpa.load_state_dict(eager_vit.state_dict())
-    before = full_state(sdpa)
+    before = snapshot(sdpa)
     for name in METHOD_NAMES:
         expected = METHODS[name](eager_vit, images)
         torch.testing.assert_close(METHODS[name](sdpa, images), expected, **TOL)
-    assert_untouched(before, sdpa)
+    assert_unchanged(before, snapshot(sdpa))
 
 
 def test_image_maps_are_upsampled_and_normalised_like_cams(eager_vit, images):
@@ -198,13 +169,13 @@ def test_gradient_rollout_works_in_any_grad_mode_and_leaves_the_model_as_it_was(
         model.requires_grad_(False)
     if mode == "train":
         model.train()  # ViTConfig's dropout probabilities default to 0: the same maps
-    before = full_state(model)
+    before = snapshot(model)
     context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode}.get(
         mode, torch.enable_grad
     )
     with context():
         maps = gradlens.gradient_attention_rollout(model, images, 1)
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
     torch.testing.assert_close(maps, expected, **TOL)
 
 
@@ -213,69 +184,34 @@ def test_gradient_rollout_works_in_any_grad_mode_and_leaves_the_model_as_it_was(
 
 @pytest.fixture(scope="module")
 def torchvision_vit() -> nn.Module:
-    import torchvision
-
-    torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64
-    ).eval()
-    nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision's head starts at zero
-    return model
-
-
-def timm_vit(fused: bool) -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(0)
-    model = VisionTransformer(
-        img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=3
-    ).eval()
-    for block in model.blocks:
-        block.attn.fused_attn = fused
-    return model
+    return zoo.torchvision_vit(num_classes=1000, head_seed=1)
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_torchvision_vit_runs_unchanged(torchvision_vit, images, name):
-    before = full_state(torchvision_vit)
+    before = snapshot(torchvision_vit)
     maps = METHODS[name](torchvision_vit, images)
-    assert_untouched(before, torchvision_vit)
+    assert_unchanged(before, snapshot(torchvision_vit))
     assert maps.shape == (2, 32, 32) and torch.isfinite(maps).all()
     assert maps.amax(dim=(1, 2)).eq(1).all()
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_timm_vit_with_fused_attention_gives_the_maps_of_its_eager_attention(images, name):
-    fused, eager = timm_vit(fused=True), timm_vit(fused=False)
-    before = full_state(fused)
+    fused, eager = zoo.timm_vit(fused=True), zoo.timm_vit(fused=False)
+    before = snapshot(fused)
     maps = METHODS[name](fused, images, upsample=False, normalize=False)
-    assert_untouched(before, fused)
+    assert_unchanged(before, snapshot(fused))
     torch.testing.assert_close(maps, METHODS[name](eager, images, upsample=False, normalize=False))
     assert maps.shape == (2, 4, 4)
 
 
 def bert() -> nn.Module:
-    config = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=16,
-        num_labels=3,
-    )
-    torch.manual_seed(0)
-    model = transformers.BertForSequenceClassification(config).eval()
-    model.set_attn_implementation("sdpa")
-    return model
+    return zoo.hf_bert(vocab_size=50, max_positions=16, attn_implementation="sdpa")
 
 
 def gpt2() -> nn.Module:
-    config = transformers.GPT2Config(vocab_size=50, n_embd=32, n_layer=2, n_head=2, n_positions=16)
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    model.set_attn_implementation("sdpa")
-    return model
+    return zoo.hf_gpt2(vocab_size=50, positions=16, attn_implementation="sdpa")
 
 
 TEXT = torch.tensor([[5, 7, 9, 11, 2, 0], [4, 8, 3, 0, 0, 0]])
@@ -285,10 +221,10 @@ MASK = (TEXT != 0).long()
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_text_encoders_explain_the_first_tokens_row_over_all_tokens(name):
     model = bert()
-    before = full_state(model)
+    before = snapshot(model)
     kwargs = dict(forward_kwargs={"attention_mask": MASK})
     maps = METHODS[name](model, TEXT, **kwargs)
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
     assert maps.shape == (2, 6) and maps.amax(1).eq(1).all() and maps.amin(1).eq(0).all()
     torch.testing.assert_close(maps, METHODS[name](model, TEXT, row=0, **kwargs))
     assert not torch.allclose(maps, METHODS[name](model, TEXT, row=-1, **kwargs))
@@ -302,10 +238,10 @@ def next_token_3(output) -> torch.Tensor:
 def test_causal_models_explain_the_last_tokens_row(name):
     model = gpt2()
     ids = torch.tensor([[5, 7, 9, 11, 2, 1]])
-    before = full_state(model)
+    before = snapshot(model)
     kwargs = dict(target=next_token_3)
     maps = METHODS[name](model, ids, **kwargs)
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
     assert maps.shape == (1, 6)
     torch.testing.assert_close(maps, METHODS[name](model, ids, row=5, **kwargs))
     # the first token's row sees only the first token
@@ -318,47 +254,42 @@ def test_causal_models_explain_the_last_tokens_row(name):
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_swin_windowed_attention_is_refused_with_a_clear_error(name):
-    from torchvision.models.swin_transformer import SwinTransformer
-
-    torch.manual_seed(0)
-    swin = SwinTransformer(
-        patch_size=[4, 4], embed_dim=16, depths=[2, 2], num_heads=[2, 2], window_size=[4, 4]
-    ).eval()
-    before = full_state(swin)
+    swin = zoo.torchvision_swin()
+    before = snapshot(swin)
     with pytest.raises(AttentionRolloutError, match="windowed attention"):
         METHODS[name](swin, torch.rand(1, 3, 32, 32))
-    assert_untouched(before, swin)
+    assert_unchanged(before, snapshot(swin))
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_a_model_without_attention_gets_a_clear_error(name):
     model = TinyCNN().eval()
-    before = full_state(model)
+    before = snapshot(model)
     with pytest.raises(AttentionCaptureError, match="no attention module"):
         METHODS[name](model, torch.rand(1, 3, 64, 64))
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))
 
 
 @pytest.mark.parametrize("ratio", [-0.5, 1.0])
 def test_a_discard_ratio_outside_zero_to_one_is_refused(eager_vit, images, ratio):
-    before = full_state(eager_vit)
+    before = snapshot(eager_vit)
     with pytest.raises(ValueError, match=r"discard_ratio must be in \[0, 1\)"):
         gradlens.attention_rollout(eager_vit, images, discard_ratio=ratio)
-    assert_untouched(before, eager_vit)
+    assert_unchanged(before, snapshot(eager_vit))
 
 
 def test_an_unknown_head_fusion_is_refused(eager_vit, images):
-    before = full_state(eager_vit)
+    before = snapshot(eager_vit)
     with pytest.raises(ValueError, match="head_fusion must be one of 'mean', 'max', 'min'"):
         gradlens.attention_rollout(eager_vit, images, head_fusion="sum")
-    assert_untouched(before, eager_vit)
+    assert_unchanged(before, snapshot(eager_vit))
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 @pytest.mark.parametrize("row", [6, -7])
 def test_a_text_row_that_does_not_exist_is_refused(name, row):
     model = bert()
-    before = full_state(model)
+    before = snapshot(model)
     with pytest.raises(AttentionRolloutError, match=f"row {row} does not exist: .* 6 tokens"):
         METHODS[name](model, TEXT, row=row, forward_kwargs={"attention_mask": MASK})
-    assert_untouched(before, model)
+    assert_unchanged(before, snapshot(model))

@@ -15,33 +15,12 @@ import torch
 import gradlens
 from gradlens.errors import AttentionCaptureError, RecorderStateError
 
-from .conftest import assert_same_state, model_state
+from .contract_support import assert_unchanged, snapshot
 
 transformers = pytest.importorskip("transformers")
 
 TOL = dict(atol=1e-5, rtol=0)
 NAMES = ["vit.layers.0.attention", "vit.layers.1.attention"]
-
-
-@pytest.fixture(scope="module")
-def vits() -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The same random ViT with eager and with sdpa attention."""
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=3,
-    )
-    torch.manual_seed(0)
-    eager = transformers.ViTForImageClassification(copy.deepcopy(config)).eval()
-    eager.set_attn_implementation("eager")
-    sdpa = transformers.ViTForImageClassification(copy.deepcopy(config)).eval()
-    sdpa.set_attn_implementation("sdpa")
-    sdpa.load_state_dict(eager.state_dict())
-    return eager, sdpa
 
 
 @pytest.fixture
@@ -58,10 +37,10 @@ def reference_gradients(eager: torch.nn.Module, x: torch.Tensor, cls: int) -> li
     return [t.grad for t in out.attentions]
 
 
-def test_recorder_grad_gives_exact_attention_gradients_beside_layer_gradients(vits, images):
-    eager, sdpa = vits
+def test_recorder_grad_gives_exact_attention_gradients_beside_layer_gradients(hf_vit_pair, images):
+    eager, sdpa = hf_vit_pair
     expected = reference_gradients(eager, images, 1)
-    before = model_state(sdpa)
+    before = snapshot(sdpa)
     with gradlens.record(sdpa, ["vit.layers.1.layernorm_before"], attention=True) as rec:
         logits = sdpa(images).logits
         rec.grad(logits[:, 1])
@@ -71,12 +50,12 @@ def test_recorder_grad_gives_exact_attention_gradients_beside_layer_gradients(vi
         assert rec.attentions[name].shape == (2, 2, 17, 17)
         torch.testing.assert_close(rec.attention_gradients[name], g, **TOL)
     assert all(p.grad is None for p in sdpa.parameters())  # only the recorded tensors
-    assert_same_state(before, model_state(sdpa))
+    assert_unchanged(before, snapshot(sdpa))
     assert sdpa.config._attn_implementation == "sdpa"
 
 
-def test_backward_inside_the_block_fills_attention_gradients(vits, images):
-    eager, sdpa = vits
+def test_backward_inside_the_block_fills_attention_gradients(hf_vit_pair, images):
+    eager, sdpa = hf_vit_pair
     expected = reference_gradients(eager, images, 2)
     with gradlens.record(sdpa, attention=True) as rec:
         sdpa(images).logits[:, 2].sum().backward()
@@ -85,8 +64,8 @@ def test_backward_inside_the_block_fills_attention_gradients(vits, images):
     sdpa.zero_grad(set_to_none=True)
 
 
-def test_k_targets_give_a_leading_k_dimension(vits, images):
-    eager, sdpa = vits
+def test_k_targets_give_a_leading_k_dimension(hf_vit_pair, images):
+    eager, sdpa = hf_vit_pair
     expected = [reference_gradients(eager, images, k) for k in (0, 2)]
     with gradlens.record(sdpa, attention=True) as rec:
         rec.grad(sdpa(images).logits[:, [0, 2]])  # (B, 2): both targets in one backward
@@ -97,8 +76,8 @@ def test_k_targets_give_a_leading_k_dimension(vits, images):
             torch.testing.assert_close(grad[k], expected[k][i], **TOL)
 
 
-def test_tape_from_layers_and_a_frozen_model_still_give_attention_gradients(vits, images):
-    eager, sdpa = vits
+def test_tape_from_layers_and_a_frozen_model_still_give_attention_gradients(hf_vit_pair, images):
+    eager, sdpa = hf_vit_pair
     expected = reference_gradients(eager, images, 1)
     frozen = copy.deepcopy(sdpa).requires_grad_(False)
     with gradlens.record(
@@ -110,15 +89,15 @@ def test_tape_from_layers_and_a_frozen_model_still_give_attention_gradients(vits
     assert torch.is_grad_enabled()
 
 
-def test_attention_takes_a_layer_spec(vits, images):
-    with gradlens.record(vits[1], attention="vit.layers.1.*") as rec:
-        vits[1](images)
+def test_attention_takes_a_layer_spec(hf_vit_pair, images):
+    with gradlens.record(hf_vit_pair[1], attention="vit.layers.1.*") as rec:
+        hf_vit_pair[1](images)
     assert list(rec.attentions) == ["vit.layers.1.attention"]
 
 
-def test_a_recorder_without_attention_says_how_to_ask_for_it(vits, images):
-    with gradlens.record(vits[1], "vit.layers.0") as rec:
-        vits[1](images)
+def test_a_recorder_without_attention_says_how_to_ask_for_it(hf_vit_pair, images):
+    with gradlens.record(hf_vit_pair[1], "vit.layers.0") as rec:
+        hf_vit_pair[1](images)
     with pytest.raises(RecorderStateError, match="attention=True"):
         _ = rec.attentions
 

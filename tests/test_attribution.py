@@ -29,7 +29,7 @@ from gradlens.attribution import (
 )
 from gradlens.registry import ATTRIBUTION_METHODS, INFO, METHODS
 
-from .conftest import assert_same_state, model_state
+from .contract_support import assert_unchanged, snapshot
 from .models import residual_pair
 
 
@@ -281,7 +281,7 @@ def test_no_side_effects(name, mode):
     for p in model.parameters():  # an existing .grad must stay as it is
         p.grad = torch.ones_like(p) if p.requires_grad else None
     x = IMAGES.clone()
-    before = model_state(model)
+    before = snapshot(model)
     if mode == "no_grad":
         with torch.no_grad():
             result = run(name, model, x, 1)
@@ -290,7 +290,7 @@ def test_no_side_effects(name, mode):
             result = run(name, model, x, 1)
     else:
         result = run(name, model, x, 1)
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
     assert torch.equal(x, IMAGES) and not x.requires_grad
     assert result.shape == IMAGES.shape and torch.isfinite(result).all()
 
@@ -629,11 +629,11 @@ def test_guided_backprop_leaves_relu_modules_and_their_hooks_as_they_were():
     handle = relus[0].register_forward_hook(lambda *args: None)
     try:
         hooks = [list(m._forward_hooks.items()) for m in relus]
-        before = model_state(model)
+        before = snapshot(model)
         guided_backprop(model, IMAGES, 3)
         assert [m.inplace for m in relus] == [True] * len(relus)
         assert [list(m._forward_hooks.items()) for m in relus] == hooks
-        assert_same_state(before, model_state(model))
+        assert_unchanged(before, snapshot(model))
     finally:
         handle.remove()
 

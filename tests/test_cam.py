@@ -15,7 +15,7 @@ import gradlens.cam as C
 from gradlens import LayerNotExecutedError, LayerNotFoundError, OutputSelectionError, TargetError
 from gradlens.registry import CAM_METHODS, INFO, METHODS
 
-from .conftest import assert_same_state, model_state
+from .contract_support import assert_unchanged, snapshot
 from .models import residual_pair
 
 ALL = sorted(CAM_METHODS)
@@ -348,9 +348,9 @@ def _with_grads(model: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("method", ALL)
 def test_no_side_effects(method, training, small, small_x):
     model = _with_grads(small).train(training)
-    before = model_state(model)
+    before = snapshot(model)
     CAM_METHODS[method](model, small_x, "block2", [[1, 2], [3, 0]])
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
 
 
 # -- Score-CAM and Ablation-CAM levers ----------------------------------------------------

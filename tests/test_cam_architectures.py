@@ -9,25 +9,23 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import gradlens
 import gradlens.cam as C
 from gradlens.registry import CAM_METHODS
 
-from .conftest import assert_same_state, model_state
-from .models import small_vit
+from . import zoo
+from .contract_support import assert_unchanged, snapshot
 
 VIT_LAYER = "encoder.layers.encoder_layer_1.ln_1"
 
 
 @pytest.fixture(scope="module")
 def vit() -> nn.Module:
-    model = small_vit()  # 32x32 images, 8x8 patches: 16 tokens + a class token, width 32
-    with torch.no_grad():  # torchvision initialises the head to zeros: every score would be 0
-        model.heads.head.weight.normal_(generator=torch.Generator().manual_seed(0))
-    return model
+    # 32x32 images, 8x8 patches: 16 tokens + a class token, width 32; a random head (not
+    # torchvision's zeros, which make every score 0)
+    return zoo.torchvision_vit(head_seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +35,7 @@ def vit_x() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def swin() -> nn.Module:
-    from torchvision.models import SwinTransformer
-
-    torch.manual_seed(0)
-    return SwinTransformer(
-        patch_size=[4, 4],
-        embed_dim=24,
-        depths=[1, 1],
-        num_heads=[1, 2],
-        window_size=[4, 4],
-        num_classes=10,
-    ).eval()
+    return zoo.torchvision_swin()
 
 
 @pytest.fixture(scope="module")
@@ -133,13 +121,12 @@ def test_swin_inner_block_and_default_layer(swin, swin_x):
 @pytest.mark.parametrize("arch", ["densenet121", "mobilenet_v3_small"])
 @pytest.mark.parametrize("method", ["gradcampp", "layercam", "eigencam"])
 def test_densenet_and_mobilenet(arch, method):
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(num_classes=10).eval()
+    model = zoo.torchvision_cnn(arch)
     x = torch.randn(2, 3, 64, 64)
-    before = model_state(model)
+    before = snapshot(model)
     maps = CAM_METHODS[method](model, x, "features")
     assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
 
 
 # -- modes and contexts -------------------------------------------------------------------
@@ -147,11 +134,11 @@ def test_densenet_and_mobilenet(arch, method):
 
 def test_train_mode_keeps_mode_and_batchnorm_statistics(resnet18, image_batch):
     model = copy.deepcopy(resnet18).train()
-    before = model_state(model)
+    before = snapshot(model)
     maps = C.gradcam(model, image_batch, "layer4")
     assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all()
     assert model.training and all(m.training for m in model.modules())
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
 
 
 def test_inside_no_grad(resnet18, image_batch):

@@ -14,9 +14,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torchvision
 
 import gradlens.cam as C
+
+from . import zoo
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
@@ -44,8 +45,7 @@ class SmallCNN(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=10).eval()
+    return zoo.torchvision_cnn("resnet18")
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +85,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 )
 def test_gradcam_equals_captum_layergradcam(arch, layer):
     captum_attr = pytest.importorskip("captum.attr")
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(num_classes=10).eval()
+    model = zoo.torchvision_cnn(arch)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     peer = copy.deepcopy(model)
     module = dict(peer.named_modules())[layer]

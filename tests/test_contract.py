@@ -669,6 +669,10 @@ def _move_running_mean(s: Setup) -> None:
     s.model.block2[1].running_mean.add_(1)
 
 
+def _switch_the_attention_kernel(s: Setup) -> None:
+    s.model.block1.fused_attn = True  # as timm's attention modules flag their kernel
+
+
 def _edit_input(s: Setup) -> None:
     with torch.no_grad():
         s.x.mul_(2)
@@ -691,6 +695,7 @@ SABOTAGE = [
     _replace_a_grad,
     _accumulate_into_a_grad,
     _move_running_mean,
+    _switch_the_attention_kernel,
     _edit_input,
     _step_a_parameter,
 ]

@@ -33,7 +33,7 @@ from gradlens.passes import differentiate
 from gradlens.registry import METHODS
 from gradlens.targets import segmentation
 
-from .conftest import assert_same_state, model_state
+from .contract_support import assert_unchanged, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 N, BATCH = 37, 4  # 10 batches, the last one of a single sample
@@ -249,9 +249,9 @@ def test_a_structured_layer_output_needs_select(tmp_path):
 
 
 def test_the_model_is_left_as_it_was(model, tmp_path):
-    before = model_state(model)
+    before = snapshot(model)
     extract_dataset(model, loader(), ["conv1", "fc"], tmp_path, progress=False)
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -13,14 +13,14 @@ import math
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import gradlens
 import gradlens.cam as C
 from gradlens import LayerNotFoundError
 
-from .conftest import assert_same_state, model_state
+from . import zoo
+from .contract_support import assert_unchanged, snapshot
 from .models import SharedNet
 
 transformers = pytest.importorskip("transformers")
@@ -33,72 +33,16 @@ def images(batch: int = 2, size: tuple[int, int] = IMAGE) -> torch.Tensor:
     return torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(0))
 
 
-def torchvision_vit() -> nn.Module:
-    torch.manual_seed(0)
-    model = torchvision.models.VisionTransformer(
-        image_size=32,
-        patch_size=8,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=32,
-        mlp_dim=64,
-        num_classes=3,
-    ).eval()
-    with torch.no_grad():  # torchvision initialises the head to zeros: every score would be 0
-        model.heads.head.weight.normal_(generator=torch.Generator().manual_seed(1))
-    return model
-
-
-def timm_vit() -> nn.Module:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(0)
-    return VisionTransformer(
-        img_size=32,
-        patch_size=8,
-        embed_dim=32,
-        depth=2,
-        num_heads=2,
-        mlp_ratio=2.0,
-        num_classes=3,
-    ).eval()
-
-
-def hf_vit() -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=3,
-    )
-    return transformers.ViTForImageClassification(config).eval()
-
-
-def hf_swin() -> nn.Module:
-    torch.manual_seed(0)
-    config = transformers.SwinConfig(
-        image_size=32,
-        patch_size=4,
-        embed_dim=16,
-        depths=[1, 1],
-        num_heads=[1, 2],
-        window_size=4,
-        num_labels=3,
-    )
-    return transformers.SwinForImageClassification(config).eval()
-
-
 # model -> the first LayerNorm of its last block (HF models need no output=: their
 # ImageClassifierOutput is scored on its logits)
 VISION_TRANSFORMERS = {
-    "torchvision ViT": (torchvision_vit, "encoder.layers.encoder_layer_1.ln_1"),
-    "timm ViT": (timm_vit, "blocks.1.norm1"),
-    "HF ViT": (hf_vit, "vit.layers.1.layernorm_before"),
-    "HF Swin": (hf_swin, "swin.encoder.layers.1.blocks.0.layernorm_before"),
+    "torchvision ViT": (
+        lambda: zoo.torchvision_vit(num_classes=3, head_seed=1),
+        "encoder.layers.encoder_layer_1.ln_1",
+    ),
+    "timm ViT": (lambda: zoo.timm_vit(mlp_ratio=2.0), "blocks.1.norm1"),
+    "HF ViT": (zoo.hf_vit, "vit.layers.1.layernorm_before"),
+    "HF Swin": (zoo.hf_swin, "swin.encoder.layers.1.blocks.0.layernorm_before"),
 }
 
 
@@ -123,16 +67,16 @@ def test_layers_marks_the_same_default(vision_transformer):
 
 def test_gradcam_without_a_layer_maps_the_image_from_that_norm(vision_transformer):
     model, layer = vision_transformer
-    before = model_state(model)
+    before = snapshot(model)
     maps = C.gradcam(model, images(), target=1)
     assert maps.shape == (2, *IMAGE)
     assert (maps.flatten(1).amax(1) == 1).all()  # normalised, and not a constant map
     torch.testing.assert_close(maps, C.gradcam(model, images(), layer, target=1))
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
 
 
 def test_a_mapping_input_gets_the_same_default_and_maps():
-    model, x = hf_vit(), images()
+    model, x = zoo.hf_vit(), images()
     assert gradlens.default_layer(model, {"pixel_values": x}) == "vit.layers.1.layernorm_before"
     torch.testing.assert_close(
         C.gradcam(model, {"pixel_values": x}, target=1), C.gradcam(model, x, target=1)
@@ -140,7 +84,7 @@ def test_a_mapping_input_gets_the_same_default_and_maps():
 
 
 def test_swin_tokens_without_a_class_token_form_the_last_stage_grid():
-    model, layer = hf_swin(), VISION_TRANSFORMERS["HF Swin"][1]
+    model, layer = zoo.hf_swin(), VISION_TRANSFORMERS["HF Swin"][1]
     x = images(2, (32, 64))  # a 4 x 8 grid of 32 tokens at the last stage
 
     def by_hand(tokens: torch.Tensor) -> torch.Tensor:
@@ -258,17 +202,7 @@ def test_an_image_input_is_enough_without_a_patch_convolution():
 
 def test_text_transformers_get_no_default_layer():
     # GPT-2's ln_1 comes before its attention, but its tokens are text, not an image grid
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=2,
-        vocab_size=64,
-        n_positions=32,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    gpt2 = transformers.GPT2LMHeadModel(config).eval()
+    gpt2 = zoo.hf_gpt2()
     with pytest.raises(LayerNotFoundError, match="pass layer="):
         gradlens.default_layer(gpt2, torch.randint(0, 64, (2, 16)))
 

@@ -8,7 +8,7 @@ from torch import nn
 from gradlens.core.inputs import ModelInput
 from gradlens.passes import clean_pass
 
-from .conftest import assert_same_state, model_state
+from .contract_support import assert_unchanged, snapshot
 
 
 def linear_model() -> nn.Module:
@@ -51,7 +51,7 @@ def test_a_callable_target_is_kept_and_scores_it():
 
 def test_layers_are_recorded_and_train_mode_buffers_kept():
     model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)).train()
-    before = model_state(model)
+    before = snapshot(model)
     clean = clean_pass(model, ModelInput.parse(torch.randn(4, 3)), layers="1")
     assert clean.activations["1"].shape == (4, 3) and clean.calls == {"1": 1}
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))

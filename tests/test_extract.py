@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import gradlens
 from gradlens import LayerNotExecutedError
 
-from .conftest import assert_same_state, model_state
+from . import zoo
+from .contract_support import assert_unchanged, snapshot
 from .models import LSTMNet, SharedNet
 
 
@@ -48,9 +48,9 @@ def test_extract_stops_after_the_last_requested_layer(resnet18, image_batch):
 
 
 def test_extract_leaves_the_model_clean(resnet18, image_batch):
-    before = model_state(resnet18)
+    before = snapshot(resnet18)
     gradlens.extract(resnet18, image_batch, ["layer2", "fc"])
-    assert_same_state(before, model_state(resnet18))
+    assert_unchanged(before, snapshot(resnet18))
 
 
 def test_extract_every_call_of_a_shared_module():
@@ -99,10 +99,10 @@ def test_extractor_returns_output_and_features_like_torchextractor(resnet18, ima
 
 
 def test_extractor_carries_no_hooks_between_calls(resnet18, image_batch):
-    before = model_state(resnet18)
+    before = snapshot(resnet18)
     extractor = gradlens.Extractor(resnet18, "layer*")
     extractor(image_batch)
-    assert_same_state(before, model_state(resnet18))
+    assert_unchanged(before, snapshot(resnet18))
 
 
 def test_extractor_features_train_the_model(resnet18, image_batch):
@@ -151,8 +151,7 @@ def test_extractor_traces_with_torch_jit(resnet18, image_batch):
 
 
 def test_extractor_on_mobilenet():
-    torch.manual_seed(0)
-    model = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    model = zoo.torchvision_cnn("mobilenet_v3_small")
     output, features = gradlens.Extractor(model, ["features.2", "features.12"])(
         torch.randn(1, 3, 64, 64)
     )

@@ -6,14 +6,14 @@ import copy
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import gradlens
 import gradlens.cam.score_cam as score_cam
 from gradlens.core.folding import folded_copy
 
-from .conftest import assert_same_state, model_state
+from . import zoo
+from .contract_support import assert_unchanged, snapshot
 
 
 def conv_bn_net() -> nn.Module:
@@ -59,10 +59,10 @@ def test_folded_copy_has_no_batchnorm_and_computes_the_same_function():
 
 
 def test_folded_copy_leaves_the_model_untouched():
-    model = torchvision.models.resnet18().eval()
-    before = model_state(model)
+    model = zoo.torchvision_cnn("resnet18")
+    before = snapshot(model)
     assert folded_copy(model) is not None
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 20
 
 
@@ -115,6 +115,6 @@ def test_scorecam_ignores_a_folded_copy_whose_scores_disagree_with_the_model(mon
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_scorecam_with_folding_leaves_the_model_as_it_was(mode):
     model = conv_bn_net().train(mode == "train")
-    before = model_state(model)
+    before = snapshot(model)
     gradlens.scorecam(model, torch.randn(2, 3, 16, 16), "5")
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))

@@ -3,7 +3,6 @@ it, all K rows at once, on a tiny HF GPT-2 config."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +14,9 @@ from gradlens import targets
 from gradlens.errors import LayerNotFoundError, TokenInputError
 
 from .contract_support import assert_unchanged, snapshot
-from .tiny_language_models import tiny_gpt2, token_ids
+from .zoo import hf_gpt2, token_ids
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPT, K = 6, 3
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -23,19 +24,6 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "input_x_gradient": {},
     "integrated_gradients": {"steps": 4, "baseline": 0},
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def gpt2() -> nn.Module:
-    return tiny_gpt2()
 
 
 def _single_row(
@@ -53,22 +41,22 @@ def _single_row(
 
 
 @pytest.mark.parametrize("method", sorted(OPTIONS))
-def test_rows_equal_single_target_calls(gpt2: nn.Module, method: str) -> None:
+def test_rows_equal_single_target_calls(tiny_gpt2: nn.Module, method: str) -> None:
     prompt, continuation = token_ids(2, PROMPT), token_ids(2, K, seed=2)
     rows = gradlens.generation_attributions(
-        gpt2, prompt, continuation, method=method, **OPTIONS[method]
+        tiny_gpt2, prompt, continuation, method=method, **OPTIONS[method]
     )
     assert rows.shape == (2, K, PROMPT + K)
     for k in range(K):
-        single = _single_row(gpt2, prompt, continuation, k, method)
+        single = _single_row(tiny_gpt2, prompt, continuation, k, method)
         torch.testing.assert_close(
             rows[:, k, : PROMPT + k], single[:, : PROMPT + k], atol=1e-5, rtol=0
         )
 
 
-def test_positions_at_and_after_each_token_are_zero(gpt2: nn.Module) -> None:
+def test_positions_at_and_after_each_token_are_zero(tiny_gpt2: nn.Module) -> None:
     rows = gradlens.generation_attributions(
-        gpt2, token_ids(1, PROMPT), token_ids(1, K, seed=2), method="saliency"
+        tiny_gpt2, token_ids(1, PROMPT), token_ids(1, K, seed=2), method="saliency"
     )
     for k in range(K):
         assert torch.equal(rows[0, k, PROMPT + k :], torch.zeros(K - k))
@@ -76,7 +64,7 @@ def test_positions_at_and_after_each_token_are_zero(gpt2: nn.Module) -> None:
 
 
 def test_all_rows_come_from_one_forward_and_one_batched_backward(
-    gpt2: nn.Module, monkeypatch: pytest.MonkeyPatch
+    tiny_gpt2: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backwards: list[bool] = []
     grad = torch.autograd.grad
@@ -86,11 +74,11 @@ def test_all_rows_come_from_one_forward_and_one_batched_backward(
         return grad(*args, **kwargs)
 
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
-    last_block = gpt2.transformer.h[-1]
+    last_block = tiny_gpt2.transformer.h[-1]
     calls = []
     handle = last_block.register_forward_hook(lambda *args: calls.append(1))
     try:
-        gradlens.generation_attributions(gpt2, token_ids(2, PROMPT), token_ids(2, K, seed=2))
+        gradlens.generation_attributions(tiny_gpt2, token_ids(2, PROMPT), token_ids(2, K, seed=2))
     finally:
         handle.remove()
     assert len(calls) == 1  # the embedding lookup stops before the blocks
@@ -98,7 +86,7 @@ def test_all_rows_come_from_one_forward_and_one_batched_backward(
 
 
 def test_integrated_gradients_runs_one_batched_pass_per_chunk_of_steps(
-    gpt2: nn.Module, monkeypatch: pytest.MonkeyPatch
+    tiny_gpt2: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backwards: list[bool] = []
     grad = torch.autograd.grad
@@ -109,7 +97,7 @@ def test_integrated_gradients_runs_one_batched_pass_per_chunk_of_steps(
 
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
     gradlens.generation_attributions(
-        gpt2,
+        tiny_gpt2,
         token_ids(1, PROMPT),
         token_ids(1, K, seed=2),
         method="integrated_gradients",
@@ -120,32 +108,32 @@ def test_integrated_gradients_runs_one_batched_pass_per_chunk_of_steps(
     assert backwards == [True, True]
 
 
-def test_a_shared_continuation_is_used_for_every_prompt(gpt2: nn.Module) -> None:
+def test_a_shared_continuation_is_used_for_every_prompt(tiny_gpt2: nn.Module) -> None:
     prompt, continuation = token_ids(2, PROMPT), token_ids(1, K, seed=2)
-    shared = gradlens.generation_attributions(gpt2, prompt, continuation[0])
-    given = gradlens.generation_attributions(gpt2, prompt, continuation.expand(2, -1))
+    shared = gradlens.generation_attributions(tiny_gpt2, prompt, continuation[0])
+    given = gradlens.generation_attributions(tiny_gpt2, prompt, continuation.expand(2, -1))
     torch.testing.assert_close(shared, given, atol=0, rtol=0)
 
 
-def test_a_left_padded_prompt_scores_zero_on_its_padding(gpt2: nn.Module) -> None:
+def test_a_left_padded_prompt_scores_zero_on_its_padding(tiny_gpt2: nn.Module) -> None:
     prompt = token_ids(2, PROMPT)
     mask = torch.ones_like(prompt)
     mask[1, :2] = 0
     rows = gradlens.generation_attributions(
-        gpt2, prompt, token_ids(2, K, seed=2), attention_mask=mask
+        tiny_gpt2, prompt, token_ids(2, K, seed=2), attention_mask=mask
     )
     assert torch.equal(rows[1, :, :2], torch.zeros(K, 2))
     assert (rows[0, :, :2] != 0).all()
 
 
 def test_a_continuation_batch_that_is_not_the_prompts_is_refused_untouched(
-    gpt2: nn.Module,
+    tiny_gpt2: nn.Module,
 ) -> None:
     prompt = token_ids(2, PROMPT)
-    before = snapshot(gpt2, prompt)
+    before = snapshot(tiny_gpt2, prompt)
     with pytest.raises(TokenInputError, match="3 continuations but input_ids holds 2 prompts"):
-        gradlens.generation_attributions(gpt2, prompt, token_ids(3, K))
-    assert_unchanged(before, snapshot(gpt2, prompt))
+        gradlens.generation_attributions(tiny_gpt2, prompt, token_ids(3, K))
+    assert_unchanged(before, snapshot(tiny_gpt2, prompt))
 
 
 def test_a_model_without_an_embedding_layer_is_refused() -> None:
@@ -156,7 +144,7 @@ def test_a_model_without_an_embedding_layer_is_refused() -> None:
 
 @pytest.mark.parametrize("mode", ["eval", "train", "frozen", "no_grad", "inference_mode"])
 def test_the_model_is_left_untouched(mode: str) -> None:
-    model = tiny_gpt2()
+    model = hf_gpt2()
     if mode == "train":
         model.train()
     if mode == "frozen":
@@ -180,7 +168,7 @@ def test_the_model_is_left_untouched(mode: str) -> None:
 
 
 def test_integrated_gradients_runs_one_step_per_pass_by_default(
-    gpt2: nn.Module, monkeypatch: pytest.MonkeyPatch
+    tiny_gpt2: nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     backwards: list[bool] = []
     grad = torch.autograd.grad
@@ -191,7 +179,7 @@ def test_integrated_gradients_runs_one_step_per_pass_by_default(
 
     monkeypatch.setattr(torch.autograd, "grad", counting_grad)
     gradlens.generation_attributions(
-        gpt2,
+        tiny_gpt2,
         token_ids(2, PROMPT),
         token_ids(2, K, seed=2),
         method="integrated_gradients",

@@ -11,7 +11,8 @@ import gradlens
 from gradlens import InterventionError, LayerNotExecutedError, OutputSelectionError
 from gradlens import edits as E
 
-from .conftest import assert_same_state, model_state
+from . import zoo
+from .contract_support import assert_unchanged, snapshot
 
 
 class TokenMLP(nn.Module):
@@ -189,18 +190,8 @@ def test_a_steering_vector_can_be_learned_through_the_patch(net, ids):
 
 @pytest.fixture(scope="module")
 def lm() -> nn.Module:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=4,
-        vocab_size=40,
-        n_positions=32,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    return transformers.GPT2LMHeadModel(config).eval()
+    pytest.importorskip("transformers")
+    return zoo.hf_gpt2(vocab_size=40, heads=4, end_token_id=0)
 
 
 def test_a_model_output_is_edited_through_select_and_the_rest_is_kept(lm):
@@ -217,7 +208,7 @@ def test_a_model_output_is_edited_through_select_and_the_rest_is_kept(lm):
 def test_generate_runs_every_step_with_the_edit(lm):
     ids = torch.tensor([[5, 6, 7, 8]])
     steer = {"transformer.h.0": E.add(torch.randn(32), scale=4.0)}
-    before = model_state(lm)
+    before = snapshot(lm)
     with gradlens.patch(lm, steer):
         generated = lm.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
         greedy = ids  # the same tokens by full forwards without a cache
@@ -227,7 +218,7 @@ def test_generate_runs_every_step_with_the_edit(lm):
     assert torch.equal(generated, greedy)
     plain = lm.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert not torch.equal(plain, generated)
-    assert_same_state(before, model_state(lm))
+    assert_unchanged(before, snapshot(lm))
 
 
 # -- the model comes out unchanged -------------------------------------------------------------
@@ -236,7 +227,7 @@ def test_generate_runs_every_step_with_the_edit(lm):
 def test_the_output_after_the_block_is_bit_identical_to_the_output_before(resnet18, image_batch):
     with torch.no_grad():
         before_output = resnet18(image_batch)
-    before = model_state(resnet18)
+    before = snapshot(resnet18)
     with gradlens.patch(resnet18, {"layer2": E.zero(), "layer3.0.relu": E.mean()}):
         with torch.no_grad():
             patched = resnet18(image_batch)
@@ -244,45 +235,45 @@ def test_the_output_after_the_block_is_bit_identical_to_the_output_before(resnet
         after_output = resnet18(image_batch)
     assert not torch.equal(patched, before_output)
     assert torch.equal(after_output, before_output)
-    assert_same_state(before, model_state(resnet18))
+    assert_unchanged(before, snapshot(resnet18))
 
 
 def test_train_mode_forwards_inside_the_block_leave_the_buffers_unchanged(resnet18, image_batch):
     resnet18.train()
     try:
-        before = model_state(resnet18)
+        before = snapshot(resnet18)
         with gradlens.patch(resnet18, {"layer1": E.add(torch.ones(1))}):
             resnet18(image_batch)
-        assert_same_state(before, model_state(resnet18))
+        assert_unchanged(before, snapshot(resnet18))
     finally:
         resnet18.eval()
 
 
 def test_an_error_inside_the_block_propagates_and_leaves_no_hook(net, ids):
-    before = model_state(net)
+    before = snapshot(net)
     with pytest.raises(KeyError, match="boom"):
         with gradlens.patch(net, {"hidden": E.zero()}):
             raise KeyError("boom")
-    assert_same_state(before, model_state(net))
+    assert_unchanged(before, snapshot(net))
 
 
 # -- bad input ------------------------------------------------------------------------------
 
 
 def test_a_tensor_that_does_not_broadcast_names_both_shapes(net, ids):
-    before = model_state(net)
+    before = snapshot(net)
     with pytest.raises(InterventionError, match=r"shape \(5,\).*output shape \(2, 3, 4\)"):
         with gradlens.patch(net, {"hidden": torch.ones(5)}):
             net(ids)
-    assert_same_state(before, model_state(net))
+    assert_unchanged(before, snapshot(net))
 
 
 def test_a_position_out_of_range_says_how_many_there_are(net, ids):
-    before = model_state(net)
+    before = snapshot(net)
     with pytest.raises(InterventionError, match=r"position 3 is out of range.*3 positions"):
         with gradlens.patch(net, {"hidden": E.zero(positions=[0, 3])}):
             net(ids)
-    assert_same_state(before, model_state(net))
+    assert_unchanged(before, snapshot(net))
 
 
 def test_mean_over_a_missing_dimension_is_refused(net, ids):
@@ -298,11 +289,11 @@ def test_resample_without_the_layer_lists_what_it_holds(net, ids):
 
 
 def test_a_layer_that_never_runs_is_reported_when_the_block_ends(net, ids):
-    before = model_state(net)
+    before = snapshot(net)
     with pytest.raises(LayerNotExecutedError, match="'unused'"):
         with gradlens.patch(net, {"unused": E.zero(), "hidden": E.zero()}):
             net(ids)
-    assert_same_state(before, model_state(net))
+    assert_unchanged(before, snapshot(net))
 
 
 def test_an_unknown_layer_is_refused_on_entry_with_suggestions(net):

@@ -7,14 +7,14 @@ from collections.abc import Callable
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import gradlens
 from gradlens import InterventionError, LayerNotExecutedError
 from gradlens.metrics import logit_difference, normalized
 
-from .conftest import assert_same_state, model_state
+from . import zoo
+from .contract_support import assert_unchanged, snapshot
 
 transformers = pytest.importorskip("transformers")
 
@@ -24,17 +24,7 @@ CORRECT, WRONG = 3, 4
 
 @pytest.fixture(scope="module")
 def gpt2() -> nn.Module:
-    config = transformers.GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=4,
-        vocab_size=40,
-        n_positions=16,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    torch.manual_seed(0)
-    return transformers.GPT2LMHeadModel(config).eval()
+    return zoo.hf_gpt2(vocab_size=40, positions=16, heads=4, end_token_id=0)
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +95,7 @@ def test_gpt2_residual_stream_every_position_equals_a_loop_of_patched_forwards(
 
 
 def test_resnet_stages_equal_a_loop_of_patched_forwards():
-    torch.manual_seed(0)
-    resnet = torchvision.models.resnet18(num_classes=10).eval()
+    resnet = zoo.torchvision_cnn("resnet18")
     clean = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     corrupted = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     stages = ["layer1", "layer2", "layer3", "layer4"]
@@ -114,12 +103,12 @@ def test_resnet_stages_equal_a_loop_of_patched_forwards():
     def metric(logits: torch.Tensor) -> torch.Tensor:
         return logits[:, 7]
 
-    before = model_state(resnet)
+    before = snapshot(resnet)
     result = gradlens.activation_patching(resnet, clean, corrupted, stages, metric)
     expected = patched_by_hand(resnet, clean, corrupted, stages, None, metric)
     assert result.shape == (4, 1)
     torch.testing.assert_close(result, expected, atol=1e-5, rtol=1e-5)
-    assert_same_state(before, model_state(resnet))
+    assert_unchanged(before, snapshot(resnet))
 
 
 def test_normalized_metric_is_one_where_the_clean_run_is_restored_and_zero_where_runs_agree(
@@ -233,7 +222,7 @@ def attribution_by_hand(model, clean, corrupted, layers) -> dict[str, torch.Tens
 
 def test_attribution_patching_equals_the_formula_by_hand(gpt2, prompts):
     clean, corrupted = prompts
-    before = model_state(gpt2)
+    before = snapshot(gpt2)
     per_position = gradlens.attribution_patching(
         gpt2, clean, corrupted, BLOCKS, lm_metric, positions="each"
     )
@@ -243,7 +232,7 @@ def test_attribution_patching_equals_the_formula_by_hand(gpt2, prompts):
     assert per_position.shape == (2, 6) and whole.shape == (2, 1)
     torch.testing.assert_close(per_position, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(whole[:, 0], expected.sum(1), atol=1e-5, rtol=1e-5)
-    assert_same_state(before, model_state(gpt2))  # no parameter .grad, no hook
+    assert_unchanged(before, snapshot(gpt2))  # no parameter .grad, no hook
 
 
 def test_attribution_patching_costs_two_forwards(gpt2, prompts):
@@ -300,12 +289,12 @@ def test_normalized_refuses_runs_that_do_not_differ():
 
 def test_clean_and_corrupted_of_different_lengths_are_refused(gpt2, prompts):
     clean, _ = prompts
-    before = model_state(gpt2)
+    before = snapshot(gpt2)
     with pytest.raises(InterventionError, match=r"\(2, 6\) in the clean run and \(2, 5\)"):
         gradlens.activation_patching(gpt2, clean, clean[:, :5], BLOCKS, lm_metric)
     with pytest.raises(InterventionError, match="same number of tokens"):
         gradlens.attribution_patching(gpt2, clean, clean[:, :5], BLOCKS, lm_metric)
-    assert_same_state(before, model_state(gpt2))
+    assert_unchanged(before, snapshot(gpt2))
 
 
 def test_a_batch_size_below_one_is_refused_before_any_forward(gpt2, prompts):
@@ -322,12 +311,12 @@ def test_a_batch_size_below_one_is_refused_before_any_forward(gpt2, prompts):
 
 def test_a_position_out_of_range_is_refused_before_any_patched_run(gpt2, prompts):
     clean, corrupted = prompts
-    before = model_state(gpt2)
+    before = snapshot(gpt2)
     with pytest.raises(InterventionError, match="position 6 is out of range"):
         gradlens.activation_patching(gpt2, clean, corrupted, BLOCKS, lm_metric, positions=[0, 6])
     with pytest.raises(InterventionError, match="position -7 is out of range"):
         gradlens.attribution_patching(gpt2, clean, corrupted, BLOCKS, lm_metric, positions=[-7])
-    assert_same_state(before, model_state(gpt2))
+    assert_unchanged(before, snapshot(gpt2))
 
 
 def test_a_metric_of_the_wrong_shape_is_refused(gpt2, prompts):
@@ -336,24 +325,24 @@ def test_a_metric_of_the_wrong_shape_is_refused(gpt2, prompts):
     def all_logits(output) -> torch.Tensor:
         return output.logits[:, -1]
 
-    before = model_state(gpt2)
+    before = snapshot(gpt2)
     with pytest.raises(InterventionError, match=r"shape \(2,\), or a scalar.*returned \(2, 40\)"):
         gradlens.activation_patching(gpt2, clean, corrupted, BLOCKS, all_logits)
     with pytest.raises(InterventionError, match=r"returned \(2, 40\)"):
         gradlens.attribution_patching(gpt2, clean, corrupted, BLOCKS, all_logits)
-    assert_same_state(before, model_state(gpt2))
+    assert_unchanged(before, snapshot(gpt2))
 
 
 def test_a_layer_that_never_runs_is_named(gpt2, prompts):
     clean, corrupted = prompts
     gpt2.add_module("unused_probe", nn.Linear(32, 2))
     try:
-        before = model_state(gpt2)
+        before = snapshot(gpt2)
         with pytest.raises(LayerNotExecutedError, match="'unused_probe'"):
             gradlens.activation_patching(gpt2, clean, corrupted, "unused_probe", lm_metric)
         with pytest.raises(LayerNotExecutedError, match="'unused_probe'"):
             gradlens.attribution_patching(gpt2, clean, corrupted, "unused_probe", lm_metric)
-        assert_same_state(before, model_state(gpt2))
+        assert_unchanged(before, snapshot(gpt2))
     finally:
         del gpt2.unused_probe
 

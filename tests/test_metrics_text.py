@@ -18,7 +18,7 @@ from gradlens.metrics import (
     token_localization,
 )
 
-from .conftest import assert_same_state, model_state
+from .contract_support import assert_unchanged, snapshot
 
 MASK = 2
 
@@ -154,10 +154,10 @@ def test_chunked_forwards_give_the_same_scores():
 def test_the_model_is_left_untouched():
     model = BagOfWords().eval()
     model.weight.grad = torch.ones(7)
-    before = model_state(model)
+    before = snapshot(model)
     comprehensiveness(model, IDS, SCORES, attention_mask=MASK_)
     sufficiency(model, IDS, SCORES, attention_mask=MASK_, removal="mask")
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
 
 
 @pytest.mark.parametrize(

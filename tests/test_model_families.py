@@ -12,6 +12,7 @@ import gradlens
 from gradlens import targets
 from gradlens.errors import OutputSelectionError, TargetError
 
+from . import zoo
 from .contract_support import assert_unchanged, snapshot
 
 transformers = pytest.importorskip("transformers")
@@ -19,32 +20,12 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def hf_vit() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = transformers.ViTConfig(
-        image_size=32,
-        patch_size=8,
-        num_hidden_layers=2,
-        hidden_size=32,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=3,
-    )
-    return transformers.ViTForImageClassification(config).eval()
+    return zoo.hf_vit()
 
 
 @pytest.fixture(scope="module")
 def bert() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=40,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=16,
-        num_labels=2,
-    )
-    return transformers.BertForSequenceClassification(config).eval()
+    return zoo.hf_bert(vocab_size=40, max_positions=16, num_labels=2)
 
 
 IMAGES = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))

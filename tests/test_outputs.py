@@ -15,7 +15,7 @@ from gradlens import (
 )
 from gradlens.core.outputs import Replacement, fit_replacement, replace_outputs
 
-from .conftest import assert_same_state, model_state
+from .contract_support import assert_unchanged, snapshot
 from .models import LSTMNet, SharedNet, StructuredNet
 
 
@@ -200,15 +200,15 @@ def test_edits_apply_at_every_step_of_generate():
 
 def test_hooks_come_off_on_exit_and_the_model_is_unchanged():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
-    before = model_state(model)
+    before = snapshot(model)
     with replace_outputs(model, {nn.ReLU: zero, "0": lambda n, m, o: o + 1}):
         model(torch.randn(2, 3, 5, 5))
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
 
 
 def test_hooks_come_off_and_the_error_propagates_unchanged():
     model = two_linear()
-    before = model_state(model)
+    before = snapshot(model)
     error = ValueError("raised by the edit")
 
     def failing(name, module, output):
@@ -218,7 +218,7 @@ def test_hooks_come_off_and_the_error_propagates_unchanged():
         with replace_outputs(model, {"1": failing}):
             model(torch.randn(1, 3))
     assert info.value is error
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
 
 
 def test_a_replacer_can_be_entered_again_after_exit_but_not_twice_at_once():

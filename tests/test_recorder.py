@@ -8,7 +8,6 @@ import weakref
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import gradlens
@@ -21,8 +20,9 @@ from gradlens import (
     RecorderStateError,
 )
 
-from .conftest import assert_same_state, model_state
-from .models import LSTMNet, SharedNet, StructuredNet, residual_pair, small_vit
+from . import zoo
+from .contract_support import assert_unchanged, snapshot
+from .models import LSTMNet, SharedNet, StructuredNet, residual_pair
 
 # -- activations -------------------------------------------------------------------------
 
@@ -96,12 +96,11 @@ def test_inputs_are_recorded_on_request(resnet18, image_batch):
 
 
 def test_records_mobilenet_and_vit_layers():
-    torch.manual_seed(0)
-    mobilenet = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    mobilenet = zoo.torchvision_cnn("mobilenet_v3_small")
     with gradlens.record(mobilenet, ["features.3", "features.3.block.0"]) as rec:
         mobilenet(torch.randn(1, 3, 64, 64))
     assert rec["features.3"].shape == (1, 24, 8, 8)
-    vit = small_vit()
+    vit = zoo.torchvision_vit()
     with gradlens.record(vit, "encoder.layers.encoder_layer_1") as rec:
         vit(torch.randn(2, 3, 32, 32))
     assert rec["encoder.layers.encoder_layer_1"].shape == (2, 17, 32)
@@ -129,13 +128,13 @@ def test_backward_inside_the_block_fills_gradients():
 
 
 def test_grad_computes_only_activation_gradients(resnet18, image_batch):
-    before = model_state(resnet18)
+    before = snapshot(resnet18)
     with gradlens.record(resnet18, "layer4") as rec:
         out = resnet18(image_batch)
         grads = rec.grad(out[:, 3])
     assert grads["layer4"].shape == (2, 512, 2, 2)
     assert all(p.grad is None for p in resnet18.parameters())
-    assert_same_state(before, model_state(resnet18))
+    assert_unchanged(before, snapshot(resnet18))
 
 
 def test_grad_and_backward_agree(resnet18, image_batch):
@@ -283,21 +282,22 @@ def test_full_backward_hooks_give_input_gradients():
 
 def test_full_backward_hooks_refuse_in_place_modules():
     inplace, _ = residual_pair()
+    before = snapshot(inplace)
     with pytest.raises(InPlaceBackwardHookError, match="inplace"):
         with gradlens.record(inplace, "block1.relu", backward_hooks=True):
             pass
-    assert_same_state(model_state(inplace), model_state(inplace))
+    assert_unchanged(before, snapshot(inplace))
     assert not inplace.block1.relu._forward_hooks
 
 
 def test_full_backward_hooks_explain_in_place_ops_downstream():
     inplace, _ = residual_pair()
-    before = model_state(inplace)
+    before = snapshot(inplace)
     with pytest.raises(InPlaceBackwardHookError, match="in place") as info:
         with gradlens.record(inplace, "block1.bn2", backward_hooks=True):
             inplace(torch.randn(1, 3, 8, 8))
     assert isinstance(info.value.__cause__, RuntimeError)
-    assert_same_state(before, model_state(inplace))
+    assert_unchanged(before, snapshot(inplace))
 
 
 # -- tape from the layer -------------------------------------------------------------------
@@ -470,29 +470,29 @@ def test_only_the_recorder_that_stops_the_forward_ends_it():
 
 
 def test_hooks_come_off_after_exit(resnet18, image_batch):
-    before = model_state(resnet18)
+    before = snapshot(resnet18)
     with gradlens.record(resnet18, ["layer*", nn.Conv2d], tape_from_layers=True):
         resnet18(image_batch)
-    assert_same_state(before, model_state(resnet18))
+    assert_unchanged(before, snapshot(resnet18))
 
 
 def test_hooks_come_off_and_the_error_propagates_unchanged(resnet18, image_batch):
-    before = model_state(resnet18)
+    before = snapshot(resnet18)
     error = ValueError("raised by the user")
     with pytest.raises(ValueError) as info:
         with gradlens.record(resnet18, "layer4"):
             resnet18(image_batch)
             raise error
     assert info.value is error
-    assert_same_state(before, model_state(resnet18))
+    assert_unchanged(before, snapshot(resnet18))
 
 
 def test_train_mode_buffers_are_restored(resnet18, image_batch):
     model = copy.deepcopy(resnet18).train()
-    before = model_state(model)
+    before = snapshot(model)
     with gradlens.record(model, "layer2"):
         model(image_batch)
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
 
 
 def test_restore_buffers_false_keeps_the_updates_of_train_mode_forwards():

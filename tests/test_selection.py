@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 import gradlens
 from gradlens import LayerNotFoundError
 from gradlens.core.selection import select_layers
 
-from .models import SharedNet, small_vit
+from . import zoo
+from .models import SharedNet
 
 
 def test_exact_nested_names(resnet18):
@@ -82,8 +82,7 @@ def test_layers_with_an_input_gives_shapes_calls_and_the_default_cam_layer(resne
 
 
 def test_default_layer_picks_the_shortest_name_of_the_last_spatial_output():
-    torch.manual_seed(0)
-    mobilenet = torchvision.models.mobilenet_v3_small(num_classes=10).eval()
+    mobilenet = zoo.torchvision_cnn("mobilenet_v3_small")
     assert gradlens.default_layer(mobilenet, torch.randn(2, 3, 64, 64)) == "features"
 
 
@@ -94,7 +93,7 @@ def test_default_layer_fails_clearly_without_spatial_outputs():
 
 def test_default_layer_of_a_vit_is_the_first_norm_of_its_last_block():
     # the input of the last attention (tests/test_default_layer.py has the other ViTs)
-    layer = gradlens.default_layer(small_vit(), torch.randn(1, 3, 32, 32))
+    layer = gradlens.default_layer(zoo.torchvision_vit(), torch.randn(1, 3, 32, 32))
     assert layer == "encoder.layers.encoder_layer_1.ln_1"
 
 

@@ -19,6 +19,8 @@ from gradlens.demos.text_task import (
 )
 from gradlens.demos.training import Recipe, accuracy, train, train_text_model
 
+from . import zoo
+
 
 @pytest.fixture(scope="module")
 def data():
@@ -187,13 +189,8 @@ def test_train_text_model_trains_the_model_it_is_given_and_leaves_the_global_rng
 
 
 def test_train_text_model_trains_a_hugging_face_classifier_through_its_model_output():
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=32, num_labels=4, max_position_embeddings=32, pad_token_id=PAD_ID,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    bert = transformers.BertForSequenceClassification(config)
+    pytest.importorskip("transformers")
+    bert = zoo.hf_bert(num_labels=4, width=16, layers=1)  # its padding token is PAD_ID, 0
     before = [p.detach().clone() for p in bert.classifier.parameters()]
     tiny = Recipe(n_train=64, n_test=16, epochs=1, batch_size=32, lr=1e-3)
     trained, _, acc = train_text_model(tiny, model=bert, progress=False)

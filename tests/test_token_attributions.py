@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -15,27 +14,11 @@ from gradlens.errors import LayerNotFoundError, TokenInputError
 from gradlens.text import TokenInput, baseline_ids
 
 from .contract_support import assert_unchanged, snapshot
-from .tiny_language_models import tiny_bert, tiny_gpt2, token_ids
+from .zoo import hf_bert, token_ids
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEPS = 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def bert() -> nn.Module:
-    return tiny_bert()
-
-
-@pytest.fixture(scope="module")
-def gpt2() -> nn.Module:
-    return tiny_gpt2()
 
 
 def _masked_batch() -> dict[str, torch.Tensor]:
@@ -50,19 +33,19 @@ def _masked_batch() -> dict[str, torch.Tensor]:
 # -- equal to Captum ---------------------------------------------------------------------
 
 
-def test_integrated_gradients_equals_captum_layer_ig_on_bert(bert: nn.Module) -> None:
+def test_integrated_gradients_equals_captum_layer_ig_on_bert(tiny_bert: nn.Module) -> None:
     from captum.attr import LayerIntegratedGradients
 
     ids = token_ids(2, 8)
     mask = torch.ones_like(ids)
     ours = gradlens.token_attributions(
-        bert, {"input_ids": ids, "attention_mask": mask}, [0, 2], steps=STEPS
+        tiny_bert, {"input_ids": ids, "attention_mask": mask}, [0, 2], steps=STEPS
     )
 
     def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return bert(input_ids=input_ids, attention_mask=attention_mask).logits
+        return tiny_bert(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    layer = LayerIntegratedGradients(logits, bert.bert.embeddings.word_embeddings)
+    layer = LayerIntegratedGradients(logits, tiny_bert.bert.embeddings.word_embeddings)
     theirs = layer.attribute(
         ids,
         baselines=torch.zeros_like(ids),  # BertConfig's pad_token_id
@@ -74,16 +57,16 @@ def test_integrated_gradients_equals_captum_layer_ig_on_bert(bert: nn.Module) ->
     torch.testing.assert_close(ours, theirs.sum(-1), atol=1e-5, rtol=0)
 
 
-def test_integrated_gradients_equals_captum_layer_ig_on_gpt2(gpt2: nn.Module) -> None:
+def test_integrated_gradients_equals_captum_layer_ig_on_gpt2(tiny_gpt2: nn.Module) -> None:
     from captum.attr import LayerIntegratedGradients
 
     ids = token_ids(2, 10)
-    ours = gradlens.token_attributions(gpt2, ids, targets.token(7), baseline=5, steps=STEPS)
+    ours = gradlens.token_attributions(tiny_gpt2, ids, targets.token(7), baseline=5, steps=STEPS)
 
     def next_token_logits(input_ids: torch.Tensor) -> torch.Tensor:
-        return gpt2(input_ids).logits[:, -1]
+        return tiny_gpt2(input_ids).logits[:, -1]
 
-    layer = LayerIntegratedGradients(next_token_logits, gpt2.transformer.wte)
+    layer = LayerIntegratedGradients(next_token_logits, tiny_gpt2.transformer.wte)
     theirs = layer.attribute(
         ids, baselines=torch.full_like(ids, 5), target=7, n_steps=STEPS, method="gausslegendre"
     )
@@ -94,20 +77,20 @@ def test_integrated_gradients_equals_captum_layer_ig_on_gpt2(gpt2: nn.Module) ->
 
 
 def test_input_x_gradient_is_the_embedding_layers_gradient_x_activation_summed(
-    gpt2: nn.Module,
+    tiny_gpt2: nn.Module,
 ) -> None:
     ids = token_ids(2, 6)
     target = targets.token(3)
-    ours = gradlens.token_attributions(gpt2, ids, target, method="input_x_gradient")
-    layer = gradlens.layer_gradient_x_activation(gpt2, ids, "transformer.wte", target)
+    ours = gradlens.token_attributions(tiny_gpt2, ids, target, method="input_x_gradient")
+    layer = gradlens.layer_gradient_x_activation(tiny_gpt2, ids, "transformer.wte", target)
     torch.testing.assert_close(ours, layer.sum(-1), atol=1e-6, rtol=0)
 
 
-def test_norm_is_the_l2_norm_over_the_hidden_size(bert: nn.Module) -> None:
+def test_norm_is_the_l2_norm_over_the_hidden_size(tiny_bert: nn.Module) -> None:
     ids = token_ids(1, 6)
-    ours = gradlens.token_attributions(bert, ids, 1, baseline=3, reduce="norm", steps=STEPS)
+    ours = gradlens.token_attributions(tiny_bert, ids, 1, baseline=3, reduce="norm", steps=STEPS)
     layer = gradlens.layer_integrated_gradients(
-        bert,
+        tiny_bert,
         ids,
         "bert.embeddings.word_embeddings",
         1,
@@ -129,36 +112,36 @@ def test_norm_is_the_l2_norm_over_the_hidden_size(bert: nn.Module) -> None:
     ],
 )
 def test_every_layer_capable_method_gives_one_score_per_token_and_zero_on_padding(
-    bert: nn.Module, method: str, options: dict
+    tiny_bert: nn.Module, method: str, options: dict
 ) -> None:
     inputs = _masked_batch()
-    scores = gradlens.token_attributions(bert, inputs, 1, method=method, **options)
+    scores = gradlens.token_attributions(tiny_bert, inputs, 1, method=method, **options)
     assert scores.shape == (2, 8)
     assert torch.equal(scores[1, 5:], torch.zeros(3))
     assert scores[0].abs().sum() > 0 and scores[1, :5].abs().sum() > 0
 
 
 def test_occlusion_scores_a_token_by_replacing_it_with_the_baselines_embedding(
-    gpt2: nn.Module,
+    tiny_gpt2: nn.Module,
 ) -> None:
     ids = token_ids(1, 5)
     target = targets.token(9)
-    scores = gradlens.token_attributions(gpt2, ids, target, method="occlusion", baseline=4)
+    scores = gradlens.token_attributions(tiny_gpt2, ids, target, method="occlusion", baseline=4)
     with torch.no_grad():
-        clean = gpt2(ids).logits[0, -1, 9]
+        clean = tiny_gpt2(ids).logits[0, -1, 9]
         occluded = ids.clone()
         occluded[0, 2] = 4
         # the position embedding stays: only the token embedding is replaced
-        drop = clean - gpt2(occluded).logits[0, -1, 9]
+        drop = clean - tiny_gpt2(occluded).logits[0, -1, 9]
     torch.testing.assert_close(scores[0, 2], drop, atol=1e-5, rtol=0)
 
 
-def test_k_targets_per_sample_give_one_row_per_target(gpt2: nn.Module) -> None:
+def test_k_targets_per_sample_give_one_row_per_target(tiny_gpt2: nn.Module) -> None:
     ids = token_ids(2, 6)
     both = gradlens.token_attributions(
-        gpt2, ids, targets.token([[1, 2], [3, 4]]), method="saliency"
+        tiny_gpt2, ids, targets.token([[1, 2], [3, 4]]), method="saliency"
     )
-    first = gradlens.token_attributions(gpt2, ids, targets.token([1, 3]), method="saliency")
+    first = gradlens.token_attributions(tiny_gpt2, ids, targets.token([1, 3]), method="saliency")
     assert both.shape == (2, 2, 6)
     torch.testing.assert_close(both[:, 0], first, atol=1e-6, rtol=0)
 
@@ -195,13 +178,13 @@ def test_zero_baseline_is_the_token_whose_embedding_is_zero() -> None:
 
 
 def test_a_pad_baseline_on_a_config_without_padding_names_the_field_and_the_alternative(
-    gpt2: nn.Module,
+    tiny_gpt2: nn.Module,
 ) -> None:
     ids = token_ids(1, 4)
-    before = snapshot(gpt2, ids)
+    before = snapshot(tiny_gpt2, ids)
     with pytest.raises(TokenInputError, match=r"model\.config\.pad_token_id.*baseline=<id>"):
-        gradlens.token_attributions(gpt2, ids, targets.token(1))
-    assert_unchanged(before, snapshot(gpt2, ids))
+        gradlens.token_attributions(tiny_gpt2, ids, targets.token(1))
+    assert_unchanged(before, snapshot(tiny_gpt2, ids))
 
 
 # -- the embedding layer -------------------------------------------------------------------
@@ -271,14 +254,14 @@ def test_a_model_without_an_embedding_layer_is_refused_untouched() -> None:
     assert_unchanged(before, snapshot(model, ids))
 
 
-def test_a_mapping_without_input_ids_is_refused(bert: nn.Module) -> None:
+def test_a_mapping_without_input_ids_is_refused(tiny_bert: nn.Module) -> None:
     with pytest.raises(TokenInputError, match="'input_ids'"):
-        gradlens.token_attributions(bert, {"ids": token_ids(1, 4)}, 1)
+        gradlens.token_attributions(tiny_bert, {"ids": token_ids(1, 4)}, 1)
 
 
-def test_float_inputs_are_refused(bert: nn.Module) -> None:
+def test_float_inputs_are_refused(tiny_bert: nn.Module) -> None:
     with pytest.raises(TokenInputError, match="integer tensor"):
-        gradlens.token_attributions(bert, torch.rand(1, 4), 1)
+        gradlens.token_attributions(tiny_bert, torch.rand(1, 4), 1)
 
 
 # -- zero side effects ---------------------------------------------------------------------
@@ -286,7 +269,7 @@ def test_float_inputs_are_refused(bert: nn.Module) -> None:
 
 @pytest.mark.parametrize("mode", ["eval", "train", "frozen", "no_grad", "inference_mode"])
 def test_the_model_is_left_untouched(mode: str) -> None:
-    model = tiny_bert()
+    model = hf_bert()
     if mode == "train":
         model.train()
     if mode == "frozen":
@@ -303,9 +286,11 @@ def test_the_model_is_left_untouched(mode: str) -> None:
 
 
 def test_an_int_target_on_a_language_model_is_that_token_at_the_last_position(
-    gpt2: nn.Module,
+    tiny_gpt2: nn.Module,
 ) -> None:
     ids = token_ids(2, 6)
-    as_int = gradlens.token_attributions(gpt2, ids, 11, method="input_x_gradient")
-    as_token = gradlens.token_attributions(gpt2, ids, targets.token(11), method="input_x_gradient")
+    as_int = gradlens.token_attributions(tiny_gpt2, ids, 11, method="input_x_gradient")
+    as_token = gradlens.token_attributions(
+        tiny_gpt2, ids, targets.token(11), method="input_x_gradient"
+    )
     torch.testing.assert_close(as_int, as_token, atol=0, rtol=0)

@@ -1,0 +1,320 @@
+"""The tiny-model zoo: one builder per real architecture the tests run on.
+
+Every builder seeds the global generator with ``seed`` (``torch.manual_seed``) right before
+it constructs the model, so the same call gives the same weights in every test file and a
+test that draws from the global generator after the builder sees the same numbers as
+before. Weights are random (built from configs, nothing is downloaded) and every model is
+returned in eval mode.
+
+The sizes are the smallest that keep what a test needs of the architecture: two blocks (so
+a "last block" differs from the first), two heads (so per-head maps differ), a width of 32,
+32 x 32 images in 8 x 8 patches (a 4 x 4 grid plus a class token: 17 tokens). Keyword
+arguments cover the variants tests ask for on purpose (attention kernel, number of labels,
+vocabulary, positions); each changes the random draws, so a test keeps the options it was
+written with.
+
+Builders:
+
+* :func:`torchvision_cnn` -- a torchvision classifier by name (ResNet-18, DenseNet-121,
+  MobileNet-V3-small), 10 classes.
+* :func:`torchvision_vit` -- torchvision ``VisionTransformer`` (``nn.MultiheadAttention``).
+* :func:`torchvision_swin` -- torchvision ``SwinTransformer`` (windowed attention).
+* :func:`timm_vit` -- timm ``VisionTransformer`` (fused ``scaled_dot_product_attention``).
+* :func:`hf_vit`, :func:`hf_swin` -- Hugging Face image classifiers.
+* :func:`hf_bert` -- Hugging Face BERT sequence classifier.
+* :func:`hf_gpt2` -- Hugging Face GPT-2 language model.
+* :func:`eager_and_sdpa` -- the same Hugging Face weights with both attention kernels.
+* :func:`token_ids` -- random ids for the text models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+TEXT_VOCAB = 64
+"""The text models' default vocabulary: id 0 is BERT's padding token, ``TEXT_VOCAB - 1`` is
+GPT-2's begin/end token."""
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def torchvision_cnn(arch: str = "resnet18", *, num_classes: int = 10, seed: int = 0) -> nn.Module:
+    """A torchvision classifier with random weights.
+
+    Args:
+        arch: the ``torchvision.models`` builder: ``"resnet18"`` (``layer4`` is its CAM layer),
+            ``"densenet121"``, ``"mobilenet_v3_small"`` (``features``).
+        num_classes: the classifier's outputs; 10 keeps the head small.
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: ``(B, 3, H, W)`` images -> ``(B, num_classes)`` logits.
+    """
+    import torchvision
+
+    _seed(seed)
+    return getattr(torchvision.models, arch)(num_classes=num_classes).eval()
+
+
+def torchvision_vit(
+    *, num_classes: int = 10, head_seed: int | None = None, seed: int = 0
+) -> nn.Module:
+    """torchvision's ``VisionTransformer``: 32 x 32 images, 8 x 8 patches (16 tokens and a class
+    token), 2 layers of 2 heads, width 32, MLP 64; its attention is ``nn.MultiheadAttention``
+    called with ``need_weights=False`` (the fused fast path).
+
+    Args:
+        num_classes: the head's outputs (the head is built before the other weights are
+            drawn, so this changes every weight).
+        head_seed: torchvision initialises the head to zeros, so every class score and every
+            gradient of one is 0; an int draws the head's weight from N(0, 1) with its own
+            generator of that seed, leaving the other weights as they are.
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: ``(B, 3, 32, 32)`` -> ``(B, num_classes)``.
+    """
+    from torchvision.models import VisionTransformer
+
+    _seed(seed)
+    model = VisionTransformer(
+        image_size=32,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=32,
+        mlp_dim=64,
+        num_classes=num_classes,
+    ).eval()
+    if head_seed is not None:
+        with torch.no_grad():
+            model.heads.head.weight.normal_(generator=torch.Generator().manual_seed(head_seed))
+    return model
+
+
+def torchvision_swin(*, seed: int = 0) -> nn.Module:
+    """torchvision's ``SwinTransformer``: 4 x 4 patches, width 24, two stages of one block
+    (1 then 2 heads), 4 x 4 windows, 10 classes. The smallest Swin with a patch merging
+    between two stages of windowed attention.
+
+    Returns:
+        The model in eval mode: ``(B, 3, H, W)`` (H, W multiples of 32) -> ``(B, 10)``.
+    """
+    from torchvision.models import SwinTransformer
+
+    _seed(seed)
+    return SwinTransformer(
+        patch_size=[4, 4],
+        embed_dim=24,
+        depths=[1, 1],
+        num_heads=[1, 2],
+        window_size=[4, 4],
+        num_classes=10,
+    ).eval()
+
+
+def timm_vit(*, fused: bool | None = None, mlp_ratio: float = 4.0, seed: int = 0) -> nn.Module:
+    """timm's ``VisionTransformer``: 32 x 32 images, 8 x 8 patches, 2 blocks of 2 heads, width
+    32, 3 classes.
+
+    Args:
+        fused: ``True`` makes every block's attention call ``scaled_dot_product_attention``
+            (the fused kernel), ``False`` the eager softmax path; ``None`` keeps timm's choice.
+        mlp_ratio: the MLP's width over the model's (timm's default 4.0).
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: ``(B, 3, 32, 32)`` -> ``(B, 3)``.
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    _seed(seed)
+    model = VisionTransformer(
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+        mlp_ratio=mlp_ratio,
+        num_classes=3,
+    ).eval()
+    if fused is not None:
+        for block in model.blocks:
+            block.attn.fused_attn = fused
+    return model
+
+
+def _attention(model: Any, attn_implementation: str | None) -> Any:
+    if attn_implementation is not None:
+        model.set_attn_implementation(attn_implementation)
+    return model
+
+
+def hf_vit(
+    *,
+    layers: int = 2,
+    num_labels: int = 3,
+    attn_implementation: str | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Hugging Face ``ViTForImageClassification``: 32 x 32 images, 8 x 8 patches (17 tokens),
+    width 32, 2 heads, intermediate 64.
+
+    Args:
+        layers: the number of encoder layers (a rollout test uses 3 so the product has more
+            than two factors).
+        num_labels: the classifier's outputs.
+        attn_implementation: ``"eager"`` (softmax, ``output_attentions`` available) or
+            ``"sdpa"``; ``None`` keeps the library's default.
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: ``pixel_values`` ``(B, 3, 32, 32)`` -> an output whose
+        ``logits`` are ``(B, num_labels)``.
+    """
+    import transformers
+
+    config = transformers.ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=num_labels,
+    )
+    _seed(seed)
+    model = transformers.ViTForImageClassification(config).eval()
+    return _attention(model, attn_implementation)
+
+
+def hf_swin(*, seed: int = 0) -> nn.Module:
+    """Hugging Face ``SwinForImageClassification``: 32 x 32 images, 4 x 4 patches, width 16,
+    two stages of one block (1 then 2 heads), 4 x 4 windows, 3 labels.
+
+    Returns:
+        The model in eval mode: ``(B, 3, 32, 32)`` -> an output with ``(B, 3)`` logits.
+    """
+    import transformers
+
+    config = transformers.SwinConfig(
+        image_size=32,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1],
+        num_heads=[1, 2],
+        window_size=4,
+        num_labels=3,
+    )
+    _seed(seed)
+    return transformers.SwinForImageClassification(config).eval()
+
+
+def hf_bert(
+    *,
+    vocab_size: int = TEXT_VOCAB,
+    max_positions: int = 32,
+    num_labels: int = 3,
+    width: int = 32,
+    layers: int = 2,
+    attn_implementation: str | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Hugging Face ``BertForSequenceClassification`` with 2 heads, intermediate ``2 * width``,
+    padding token 0.
+
+    Args:
+        vocab_size: the number of token ids.
+        max_positions: the longest sequence (``max_position_embeddings``).
+        num_labels: the classifier's outputs.
+        width: the hidden size (32; a training test uses 16).
+        layers: the number of encoder layers (2; a training test uses 1).
+        attn_implementation: ``"eager"`` or ``"sdpa"``; ``None`` keeps the library's default.
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: ``input_ids`` ``(B, T)`` (and an ``attention_mask``) -> an
+        output whose ``logits`` are ``(B, num_labels)``.
+    """
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * width,
+        max_position_embeddings=max_positions,
+        num_labels=num_labels,
+    )
+    _seed(seed)
+    model = transformers.BertForSequenceClassification(config).eval()
+    return _attention(model, attn_implementation)
+
+
+def hf_gpt2(
+    *,
+    vocab_size: int = TEXT_VOCAB,
+    positions: int = 32,
+    heads: int = 2,
+    end_token_id: int | None = None,
+    attn_implementation: str | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Hugging Face ``GPT2LMHeadModel``: 2 layers, width 32, no padding token.
+
+    Args:
+        vocab_size: the number of token ids.
+        positions: the longest sequence (``n_positions``).
+        heads: the number of attention heads (the weights do not depend on it).
+        end_token_id: the begin- and end-of-text id (where ``generate`` stops); ``None`` is
+            the last id, ``vocab_size - 1``, which :func:`token_ids` never draws.
+        attn_implementation: ``"eager"`` or ``"sdpa"``; ``None`` keeps the library's default.
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: ``input_ids`` ``(B, T)`` -> an output whose ``logits`` are
+        ``(B, T, vocab_size)``.
+    """
+    import transformers
+
+    end = vocab_size - 1 if end_token_id is None else end_token_id
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=heads,
+        vocab_size=vocab_size,
+        n_positions=positions,
+        bos_token_id=end,
+        eos_token_id=end,
+    )
+    _seed(seed)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    return _attention(model, attn_implementation)
+
+
+def eager_and_sdpa(build: Callable[..., nn.Module], **options: Any) -> tuple[nn.Module, nn.Module]:
+    """The same weights (``build(**options)``) with eager and with sdpa attention.
+
+    Returns:
+        ``(eager, sdpa)``, both in eval mode; the sdpa model is loaded with the eager one's
+        state dict.
+    """
+    eager = build(attn_implementation="eager", **options)
+    sdpa = build(attn_implementation="sdpa", **options)
+    sdpa.load_state_dict(eager.state_dict())
+    return eager, sdpa
+
+
+def token_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    """Random ids in ``1..TEXT_VOCAB-2`` (never BERT's padding token 0 nor GPT-2's end token),
+    ``(batch, length)``, from their own generator."""
+    return torch.randint(
+        1, TEXT_VOCAB - 1, (batch, length), generator=torch.Generator().manual_seed(seed)
+    )
