@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from gradlens import data, training
+from gradlens.demos import shapes, training
 
 
 def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
@@ -29,7 +29,7 @@ def parse_args(description: str, argv: list[str] | None) -> argparse.Namespace:
 
 
 @functools.lru_cache(maxsize=2)
-def shapes_model(quick: bool) -> tuple[training.TinyCNN, data.ShapesData, float]:
+def shapes_model(quick: bool) -> tuple[training.TinyCNN, shapes.ShapesData, float]:
     """A :class:`~gradlens.demos.training.TinyCNN` trained on synthetic shapes, its held-out data
     and accuracy.
 
@@ -39,7 +39,7 @@ def shapes_model(quick: bool) -> tuple[training.TinyCNN, data.ShapesData, float]
     """
     if not quick:
         return training.train_demo_model(seed=0, progress=False)
-    train_data, test_data = data.make_shapes(256, seed=0), data.make_shapes(64, seed=1)
+    train_data, test_data = shapes.make_shapes(256, seed=0), shapes.make_shapes(64, seed=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = training.TinyCNN(num_classes=len(train_data.class_names))

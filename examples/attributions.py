@@ -1,7 +1,7 @@
 """Gradient attributions on the synthetic-shapes model: every method of ``gradlens.attribution``.
 
-Trains the tiny CNN of ``gradlens.training`` (``--quick``: one short epoch), computes saliency,
-Input x Gradient, SmoothGrad, VarGrad, Integrated Gradients, Guided Backprop, Guided
+Trains the tiny CNN of ``gradlens.demos.training`` (``--quick``: one short epoch), computes
+saliency, Input x Gradient, SmoothGrad, VarGrad, Integrated Gradients, Guided Backprop, Guided
 Grad-CAM and Occlusion on held-out images, and writes ``attributions.png`` (images x methods)
 and ``attributions.txt`` (Integrated Gradients' completeness error for each rule and number
 of steps).

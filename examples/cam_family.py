@@ -1,7 +1,7 @@
 """The CAM family on the synthetic-shapes model: every method of ``gradlens.cam.METHODS``.
 
-Trains the tiny CNN of ``gradlens.training`` (``--quick``: one short epoch), runs every CAM
-method on held-out images, and writes ``cam_family.png`` (images x methods, ground-truth
+Trains the tiny CNN of ``gradlens.demos.training`` (``--quick``: one short epoch), runs every
+CAM method on held-out images, and writes ``cam_family.png`` (images x methods, ground-truth
 box drawn) and ``cam_family.txt`` (shapes, and each method's pointing-game accuracy).
 
 Run: ``python examples/cam_family.py [--quick] [--out DIR]``

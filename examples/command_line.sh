@@ -6,7 +6,7 @@ set -euo pipefail
 
 # --8<-- [start:layers]
 gradlens layers resnet18 --input-size 3 64 64
-gradlens layers gradlens.training:TinyCNN --input-size 3 64 64  # module:callable of your own code
+gradlens layers gradlens.demos.training:TinyCNN --input-size 3 64 64  # module:callable of your own code
 # --8<-- [end:layers]
 
 # --8<-- [start:cam]

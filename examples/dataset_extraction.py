@@ -1,9 +1,9 @@
 """Dataset-scale extraction: stream features and maps to disk, resume, shard, and ``torchrun``.
 
-Runs on the synthetic shapes (``gradlens.data``) with a random-init tiny CNN
-(``gradlens.training``): extracts pooled features of two layers for every image, Grad-CAM
-maps for every image, interrupts a run and resumes it, splits the work into shards and
-merges them, and runs the same extraction with ``torchrun --nproc_per_node=2`` (CPU,
+Runs on the synthetic shapes (``gradlens.demos.shapes``) with a random-init tiny CNN
+(``gradlens.demos.training``): extracts pooled features of two layers for every image,
+Grad-CAM maps for every image, interrupts a run and resumes it, splits the work into shards
+and merges them, and runs the same extraction with ``torchrun --nproc_per_node=2`` (CPU,
 ``gloo``), checking that every route writes the same arrays. Writes ``dataset_extraction.txt``.
 
 Run: ``python examples/dataset_extraction.py [--quick] [--out DIR]``

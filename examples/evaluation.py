@@ -1,7 +1,7 @@
 """Evaluating explanations on the synthetic-shapes model: deletion/insertion, pointing game,
 average drop, and the model-parameter randomisation test (why guided backprop fails it).
 
-Trains the tiny CNN of ``gradlens.training`` (``--quick``: one short epoch) and writes
+Trains the tiny CNN of ``gradlens.demos.training`` (``--quick``: one short epoch) and writes
 ``evaluation.txt`` (a table per method), ``deletion.png`` (deletion and insertion curves)
 and ``randomization.png`` (Spearman correlation with the original maps as more and more
 layers are re-initialised, top layer first).

@@ -1,6 +1,6 @@
 """Getting started: a first Grad-CAM in ten lines, and a first look at the Recorder.
 
-Trains the tiny CNN of ``gradlens.training`` on synthetic shapes
+Trains the tiny CNN of ``gradlens.demos.training`` on synthetic shapes
 (``train_demo_model(quick=True)``; ``--quick`` trains even less), explains four held-out
 images with Grad-CAM and writes ``first_gradcam.png``.
 

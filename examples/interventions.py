@@ -2,9 +2,9 @@
 
 Three parts:
 
-1. zero- and mean-ablation of each stage of the tiny CNN of ``gradlens.data`` trained on the
-   synthetic shapes, and of more and more channels of its last stage, watching the
-   held-out accuracy fall;
+1. zero- and mean-ablation of each stage of the tiny CNN of ``gradlens.demos.training``
+   trained on the synthetic shapes, and of more and more channels of its last stage,
+   watching the held-out accuracy fall;
 2. a small GPT-2 (2 layers, width 64) trained in a few seconds to copy the first token of
    a prompt to the end, steered towards another answer by adding a vector to its residual
    stream, in ``model.generate``;
@@ -27,7 +27,8 @@ from _common import parse_args, save_figure, shapes_model
 from torch import Tensor, nn
 
 import gradlens
-from gradlens import data, viz
+from gradlens import viz
+from gradlens.demos import training
 from gradlens.metrics import logit_difference, normalized, spearman
 
 VOCAB, LENGTH = 16, 8  # content tokens 0..15, prompts of 8 tokens
@@ -41,9 +42,9 @@ def ablation(quick: bool) -> list[str]:
     for stage in ["features.1", "features.2", "features.3"]:
         # --8<-- [start:ablate]
         with gradlens.patch(model, {stage: gradlens.edits.zero()}):
-            zeroed = data.accuracy(model, images, labels)
+            zeroed = training.accuracy(model, images, labels)
         with gradlens.patch(model, {stage: gradlens.edits.mean()}):  # the batch mean
-            averaged = data.accuracy(model, images, labels)
+            averaged = training.accuracy(model, images, labels)
         # --8<-- [end:ablate]
         lines.append(f"  {stage}: zero-ablated {zeroed:.3f}, mean-ablated {averaged:.3f}")
     lines += ["", "zeroing the first k of the 64 channels of features.3:"]
@@ -51,10 +52,10 @@ def ablation(quick: bool) -> list[str]:
         # --8<-- [start:channels]
         channels = list(range(k))  # positions index dimension 1: the channels of a feature map
         with gradlens.patch(model, {"features.3": gradlens.edits.zero(positions=channels)}):
-            kept = data.accuracy(model, images, labels)
+            kept = training.accuracy(model, images, labels)
         # --8<-- [end:channels]
         lines.append(f"  k={k:2d}: accuracy {kept:.3f}")
-    assert data.accuracy(model, images, labels) == accuracy  # the model is untouched
+    assert training.accuracy(model, images, labels) == accuracy  # the model is untouched
     return lines
 
 

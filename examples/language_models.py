@@ -28,7 +28,8 @@ from transformers import (
 )
 
 import gradlens
-from gradlens import metrics, targets, training, viz
+from gradlens import metrics, targets, viz
+from gradlens.demos import training
 
 
 def vision_transformer() -> list[str]:

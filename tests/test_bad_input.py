@@ -19,9 +19,9 @@ from gradlens.core.inputs import ModelInput
 from gradlens.errors import InputTypeError
 from gradlens.registry import INFO, METHODS
 
+from . import zoo
 from .contract_support import BATCH, CAM_LAYER, assert_unchanged, make_input, make_model, snapshot
 from .test_integer_targets import nothing_runs
-from .tiny_language_models import tiny_bert, token_ids
 
 Run = Callable[[Any, Any], Any]  # (model, x) -> result
 
@@ -80,7 +80,7 @@ TAKES_X: dict[str, tuple[Callable[[], nn.Module], Run]] = {
 }
 METRICS = {"deletion", "insertion", "average_drop", "increase_in_confidence", "randomization_test"}
 
-IDS = token_ids(BATCH, 5)
+IDS = zoo.token_ids(BATCH, 5)
 
 
 def _not_a_model(x: torch.Tensor) -> torch.Tensor:
@@ -254,7 +254,7 @@ def test_one_call_warns_once_for_all_inner_checks():
 
 @functools.cache
 def _bert() -> nn.Module:
-    return tiny_bert()
+    return zoo.hf_bert()
 
 
 TEXT_ENTRIES: dict[str, Callable[[nn.Module, Any], Any]] = {

@@ -1,4 +1,5 @@
-"""gradlens.data: the shapes benchmark is deterministic and honest about its ground truth."""
+"""gradlens.demos.shapes: the shapes benchmark is deterministic and honest about its ground
+truth."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import gradlens
 from gradlens.errors import TargetError
 from gradlens.registry import INFO, METHODS
 
+from . import zoo
 from .contract_support import (
     BATCH,
     CAM_LAYER,
@@ -25,7 +26,6 @@ from .contract_support import (
     make_model,
     snapshot,
 )
-from .tiny_language_models import tiny_bert, tiny_gpt2, token_ids
 
 BAD_TARGETS = {
     "whole float": 2.0,
@@ -71,12 +71,12 @@ def _vit() -> nn.Module:
 
 @functools.cache
 def _bert() -> nn.Module:
-    return tiny_bert()
+    return zoo.hf_bert()
 
 
 @functools.cache
 def _gpt2() -> nn.Module:
-    return tiny_gpt2()
+    return zoo.hf_gpt2()
 
 
 def _method(name: str) -> tuple[Callable[[], nn.Module], Callable[[nn.Module, Any], Any]]:
@@ -93,7 +93,7 @@ def _maps() -> torch.Tensor:
 
 
 X = make_input()
-IDS = token_ids(BATCH, 5)
+IDS = zoo.token_ids(BATCH, 5)
 MASK = torch.ones_like(IDS)
 
 CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module, Any], Any]]] = {

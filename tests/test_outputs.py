@@ -320,21 +320,21 @@ def test_select_by_key_replaces_one_entry_of_a_dict():
 
 def test_a_structured_output_without_select_is_refused():
     model = StructuredNet()
-    before = model_state(model)
+    before = snapshot(model)
     with pytest.raises(OutputSelectionError, match=r"'block' returned a dict.*select="):
         with replace_outputs(model, {"block": Replacement(torch.randn(3, 4))}):
             model(torch.randn(3, 4))
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
 
 
 def test_a_replacement_of_another_shape_names_both_shapes_and_the_hint():
     model = two_linear()
-    before = model_state(model)
+    before = snapshot(model)
     edit = Replacement(torch.randn(2, 4), hint="give one row per sample")
     with pytest.raises(InterventionError, match=r"shape \(5, 4\).*shape \(2, 4\); give one row"):
         with replace_outputs(model, {"0": edit}):
             model(torch.randn(5, 3))
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
 
 
 def test_a_replacement_of_another_dtype_is_refused():
@@ -370,13 +370,13 @@ def test_call_replaces_only_that_call_of_a_shared_module():
 
 def test_once_refuses_a_second_call_and_calls_counts_the_runs():
     model = SharedNet()
-    before = model_state(model)
+    before = snapshot(model)
     edit = Replacement(torch.randn(2, 4), once=True, hint="choose a layer that runs once")
     with pytest.raises(InterventionError, match="more than once.*; choose a layer that runs once"):
         with replace_outputs(model, {"shared": edit}):
             model(torch.randn(2, 4))
     assert edit.calls == 2
-    assert_same_state(before, model_state(model))
+    assert_unchanged(before, snapshot(model))
 
 
 def test_a_replacement_of_a_layer_that_does_not_run_counts_no_call():

@@ -1,5 +1,5 @@
-"""gradlens.text_task: the synthetic text task is deterministic and its triggers alone decide
-the label; the tiny text classifier ignores padding and learns the task."""
+"""gradlens.demos.text_task: the synthetic text task is deterministic and its triggers alone
+decide the label; the tiny text classifier ignores padding and learns the task."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gradlens.tiny_vit and gradlens.vit_demo: the tiny ViT learns the shapes, and the
+"""gradlens.demos.tiny_vit and gradlens.demos.vit: the tiny ViT learns the shapes, and the
 rollouts of the trained model point at the objects.
 
 The suite trains the ViT once, briefly (``TEST_RECIPE``, a few seconds); the full recipe's

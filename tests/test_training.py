@@ -1,6 +1,9 @@
-"""gradlens.training: the tiny CNN, its training, and the demo model that learns the shapes."""
+"""gradlens.demos.training: the tiny CNN, its training, and the demo model that learns the
+shapes."""
 
 from __future__ import annotations
+
+import io
 
 import pytest
 import torch
@@ -77,3 +80,36 @@ def test_the_training_names_are_still_importable_from_gradlens_data():
     for name in moved + ["train_demo_model"]:  # names that lived in gradlens.data before
         assert getattr(gradlens.data, name) is getattr(gradlens.demos.training, name)
         assert getattr(gradlens.training, name) is getattr(gradlens.demos.training, name)
+
+
+class Terminal(io.StringIO):
+    """A standard error that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def linear_data() -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(16, 3, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 2
+
+
+def test_the_progress_bar_is_drawn_on_a_terminal(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    train(nn.Linear(3, 2), linear_data(), epochs=2, batch_size=8, progress=True)
+    drawn = terminal.getvalue()
+    assert "\r" in drawn and "train: 100%" in drawn and "4/4" in drawn
+
+
+@pytest.mark.parametrize("stream", [io.StringIO(), None], ids=["a file", "no stderr"])
+def test_no_progress_bar_when_stderr_is_not_a_terminal(monkeypatch, stream):
+    monkeypatch.setattr("sys.stderr", stream)
+    train(nn.Linear(3, 2), linear_data(), epochs=2, batch_size=8, progress=True)
+    assert stream is None or stream.getvalue() == ""
+
+
+def test_progress_false_hides_the_bar_on_a_terminal_too(monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    train(nn.Linear(3, 2), linear_data(), epochs=2, batch_size=8, progress=False)
+    assert terminal.getvalue() == ""

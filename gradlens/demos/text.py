@@ -2,7 +2,7 @@
 transformer trained here, scored against the ground truth of the synthetic text task.
 
 On a fresh machine, with nothing downloaded: generate the synthetic text task
-(:mod:`gradlens.text_task`), train the :class:`~gradlens.demos.text_task.TinyTextClassifier`
+(:mod:`gradlens.demos.text_task`), train the :class:`~gradlens.demos.text_task.TinyTextClassifier`
 (:func:`gradlens.demos.training.train_text_model`), then run every attribution method that
 :func:`gradlens.token_attributions` can run (the registered attribution methods that need
 no layer of their own, :func:`text_methods`), each with its registered quick options
@@ -22,25 +22,28 @@ the held-out sequences, explaining the predicted class. Each is scored with
 * the time per sequence.
 
 Writes ``demo-text.png`` (the tokens of two held-out sequences coloured by each method's
-scores, :func:`gradlens.viz.text`) and ``metrics-text.csv``, and prints the table.
+scores, :func:`gradlens.viz.text`) and ``metrics-text.csv``, and prints the table
+(:func:`gradlens.demos.runner.run`).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from .. import metrics, registry, viz
 from ..registry import INFO
 from ..text.tokens import token_attributions
-from .image import print_table, write_table
+from .runner import Plan, Trained, run, timed
+from .text_task import TextTaskData
 from .training import QUICK_TEXT_RECIPE, TEXT_RECIPE, train_text_model
 
 __all__ = ["TextDemoRow", "TextDemoResult", "run_text_demo", "text_methods"]
@@ -116,6 +119,55 @@ def _sanity(
     return sum(0.0 if math.isnan(c) else c for c in correlations) / len(correlations)
 
 
+def _plan(
+    trained: Trained[nn.Module, TextTaskData], *, quick: bool, seed: int
+) -> Plan[TextDemoRow, Tensor]:
+    """The text demo's methods (:func:`text_methods`), how each is scored, explaining the
+    predicted class, and the figure (two held-out sequences, one row per method)."""
+    model = trained.model
+    n_eval, n_sanity = (96, 16) if quick else (len(trained.test), 64)
+    data = trained.test[:n_eval]
+    ids, mask, real = data.input_ids, data.attention_mask, data.attention_mask.bool()
+    with torch.inference_mode():
+        classes = model(ids, attention_mask=mask).argmax(1)
+    classes = classes.clone()  # an ordinary tensor, usable as a target in autograd
+    methods = text_methods()
+
+    def score(name: str) -> tuple[TextDemoRow, Tensor]:
+        explain = _explainer(name, mask)
+        scores, ms = timed(lambda: explain(model, ids, classes)[:, 0], n_eval)
+        eraser: dict[str, Any] = {"attention_mask": mask}
+        row = TextDemoRow(
+            name,
+            metrics.token_localization(scores, data.triggers, mask).float().mean().item(),
+            metrics.comprehensiveness(model, ids, scores, classes, **eraser).mean().item(),
+            metrics.sufficiency(model, ids, scores, classes, **eraser).mean().item(),
+            _sanity(model, explain, ids[:n_sanity], real[:n_sanity], classes[:n_sanity], seed),
+            ms,
+        )
+        return row, scores[:2]
+
+    def draw(shown: dict[str, Tensor]) -> Figure:
+        shows = [(b, name) for b in range(2) for name in methods]
+        words = [[data.vocabulary[i] for i in ids[b].tolist()] for b, _ in shows]  # with padding
+        return viz.text(
+            words,
+            torch.stack([shown[name][b] for b, name in shows]),
+            torch.stack([mask[b] for b, _ in shows]),
+            titles=[f"{name}: sequence {b}, class {int(data.labels[b])}" for b, name in shows],
+        )
+
+    return Plan(
+        intro=(
+            f"tiny text classifier: held-out accuracy {trained.accuracy:.3f} after "
+            f"{trained.seconds:.0f} s of training; scoring {len(methods)} methods on "
+            f"{n_eval} sequences"
+        ),
+        methods={name: partial(score, name) for name in methods},
+        draw=draw,
+    )
+
+
 def run_text_demo(
     out: str | Path = "gradlens-demo",
     *,
@@ -132,56 +184,20 @@ def run_text_demo(
         seed: seeds the data, the training and the randomisation test.
         quick: the quick recipe (:data:`~gradlens.demos.training.QUICK_TEXT_RECIPE`) and fewer
             held-out sequences.
-        progress: show the training progress bar.
+        progress: show the training progress bar (when stderr is a terminal).
 
     Returns:
         A :class:`TextDemoResult`; the table is also printed.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     recipe = QUICK_TEXT_RECIPE if quick else TEXT_RECIPE
-    model, test, acc = train_text_model(recipe, seed=seed, progress=progress)
-    train_seconds = time.perf_counter() - start
-    n_eval, n_sanity = (96, 16) if quick else (len(test), 64)
-    data = test[:n_eval]
-    ids, mask, real = data.input_ids, data.attention_mask, data.attention_mask.bool()
-    with torch.inference_mode():
-        classes = model(ids, attention_mask=mask).argmax(1)
-    classes = classes.clone()  # an ordinary tensor, usable as a target in autograd
-    methods = text_methods()
-    print(
-        f"tiny text classifier: held-out accuracy {acc:.3f} after {train_seconds:.0f} s of "
-        f"training; scoring {len(methods)} methods on {n_eval} sequences"
+    report = run(
+        out,
+        train=lambda: train_text_model(recipe, seed=seed, progress=progress),
+        plan=partial(_plan, quick=quick, seed=seed),
+        figure_name="demo-text.png",
+        table_name="metrics-text.csv",
     )
-    rows, shown = [], {}
-    for name in methods:
-        explain = _explainer(name, mask)
-        begin = time.perf_counter()
-        scores = explain(model, ids, classes)[:, 0]
-        ms = (time.perf_counter() - begin) * 1e3 / n_eval
-        eraser: dict[str, Any] = {"attention_mask": mask}
-        rows.append(
-            TextDemoRow(
-                name,
-                metrics.token_localization(scores, data.triggers, mask).float().mean().item(),
-                metrics.comprehensiveness(model, ids, scores, classes, **eraser).mean().item(),
-                metrics.sufficiency(model, ids, scores, classes, **eraser).mean().item(),
-                _sanity(model, explain, ids[:n_sanity], real[:n_sanity], classes[:n_sanity], seed),
-                ms,
-            )
-        )
-        shown[name] = scores[:2]
-    shows = [(b, name) for b in range(2) for name in methods]
-    words = [[data.vocabulary[i] for i in ids[b].tolist()] for b, _ in shows]  # with padding
-    figure = viz.text(
-        words,
-        torch.stack([shown[name][b] for b, name in shows]),
-        torch.stack([mask[b] for b, _ in shows]),
-        titles=[f"{name}: sequence {b}, class {int(data.labels[b])}" for b, name in shows],
+    trained = report.trained
+    return TextDemoResult(
+        trained.accuracy, trained.seconds, report.rows, report.figure, report.table
     )
-    figure_path = viz.save(figure, out / "demo-text.png", dpi=80)
-    table_path = write_table(out / "metrics-text.csv", rows)
-    print_table(rows)
-    print(f"wrote {figure_path} and {table_path}")
-    return TextDemoResult(acc, train_seconds, rows, figure_path, table_path)

@@ -234,7 +234,7 @@ def train_vit_model(
         seed: seeds the data (train ``seed``, test ``seed + 1``), the model's
             initialisation (inside a forked RNG; the global RNG is left as it was) and the
             shuffling.
-        progress: show the training progress bar.
+        progress: show the training progress bar (when stderr is a terminal).
 
     Returns:
         ``(model, test_data, test_accuracy)`` with the model in eval mode on the CPU.

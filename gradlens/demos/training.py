@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..dataset.run import show_progress
 from .shapes import ShapesData, make_shapes
 from .text_task import TextTaskData, TinyTextClassifier, make_text_task
 
@@ -161,7 +162,8 @@ def train(
         batch_size: samples per step (the last, smaller batch of an epoch is kept).
         lr: the peak learning rate.
         seed: seed of the shuffling.
-        progress: show a tqdm bar with the running loss and accuracy.
+        progress: show a tqdm bar with the running loss and accuracy on stderr, when stderr
+            is a terminal (in a log file its carriage-return updates would pile up as lines).
 
     Returns:
         The same ``model``, in eval mode.
@@ -183,7 +185,12 @@ def train(
         optimiser, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.2
     )
     model.train()
-    bar = tqdm(total=epochs * steps_per_epoch, disable=not progress, desc="train", unit="step")
+    bar = tqdm(
+        total=epochs * steps_per_epoch,
+        disable=not show_progress(progress),
+        desc="train",
+        unit="step",
+    )
     with bar:
         for epoch in range(epochs):
             order = torch.randperm(len(labels), generator=generator)
@@ -301,7 +308,7 @@ def train_demo_model(
         seed: seeds the data (train ``seed``, test ``seed + 1``), the model's
             initialisation (inside a forked RNG; the global RNG is left as it was) and the
             shuffling.
-        progress: show the training progress bar.
+        progress: show the training progress bar (when stderr is a terminal).
 
     Returns:
         ``(model, test_data, test_accuracy)`` with the model in eval mode on the CPU.
@@ -347,7 +354,7 @@ def train_text_model(
             inside a forked RNG (the global RNG is left as it was).
         seed: seeds the data (train ``seed``, test ``seed + 1``), the new model's
             initialisation and the shuffling.
-        progress: show the training progress bar.
+        progress: show the training progress bar (when stderr is a terminal).
 
     Returns:
         ``(model, test_data, test_accuracy)`` with the model in eval mode.

@@ -7,14 +7,14 @@ run attention rollout, gradient-weighted attention rollout and Grad-CAM at the l
 first LayerNorm, and score each with the pointing game against the object's mask and the
 deletion and insertion AUCs (:mod:`gradlens.metrics`), as the CNN demo does
 (:func:`gradlens.demos.image.score_maps`). Writes ``vit_demo.png`` and
-``vit_metrics.csv`` and prints the table.
+``vit_metrics.csv`` and prints the table (:func:`gradlens.demos.runner.run`).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from torch import Tensor
@@ -22,7 +22,9 @@ from torch import Tensor
 from .. import viz
 from ..attention.methods import attention_rollout, gradient_attention_rollout
 from ..cam.gradient import gradcam
-from .image import print_table, score_maps, write_table
+from .image import score_maps
+from .runner import Plan, Trained, run
+from .shapes import ShapesData
 from .tiny_vit import QUICK_VIT_RECIPE, VIT_RECIPE, TinyViT, train_vit_model
 
 __all__ = ["ViTDemoRow", "ViTDemoResult", "run_vit_demo", "vit_methods"]
@@ -62,6 +64,35 @@ def vit_methods(model: TinyViT) -> dict[str, Callable[[Tensor], Tensor]]:
     }
 
 
+def _plan(trained: Trained[TinyViT, ShapesData], *, quick: bool) -> Plan[ViTDemoRow, Tensor]:
+    """The ViT demo's methods (:func:`vit_methods`), how each is scored
+    (:func:`~gradlens.demos.image.score_maps`), and the figure (four held-out images, their
+    boxes and each method's maps)."""
+    model, test = trained.model, trained.test
+    n_eval = min(48, len(test)) if quick else len(test)
+    images, masks = test.images[:n_eval], test.masks[:n_eval]
+
+    def score(name: str, explain: Callable[[Tensor], Tensor]) -> tuple[ViTDemoRow, Tensor]:
+        scored = score_maps(model, images, masks, explain)
+        row = ViTDemoRow(
+            name,
+            scored.pointing_game,
+            scored.deletion_auc,
+            scored.insertion_auc,
+            scored.ms_per_image,
+        )
+        return row, scored.maps[:4]
+
+    return Plan(
+        intro=(
+            f"tiny ViT: held-out accuracy {trained.accuracy:.3f} after {trained.seconds:.0f} s "
+            f"of training; scoring on {n_eval} images"
+        ),
+        methods={name: partial(score, name, f) for name, f in vit_methods(model).items()},
+        draw=lambda shown: viz.show(test.images[:4], shown, boxes=test.boxes[:4]),
+    )
+
+
 def run_vit_demo(
     out: str | Path = "gradlens-demo",
     *,
@@ -77,39 +108,20 @@ def run_vit_demo(
         seed: seeds the data and the training.
         quick: the quick recipe (:data:`~gradlens.demos.tiny_vit.QUICK_VIT_RECIPE`) and fewer
             held-out images.
-        progress: show the training progress bar.
+        progress: show the training progress bar (when stderr is a terminal).
 
     Returns:
         A :class:`ViTDemoResult`; the table is also printed.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     recipe = QUICK_VIT_RECIPE if quick else VIT_RECIPE
-    model, test, acc = train_vit_model(recipe, seed=seed, progress=progress)
-    train_seconds = time.perf_counter() - start
-    n_eval = min(48, len(test)) if quick else len(test)
-    images, masks = test.images[:n_eval], test.masks[:n_eval]
-    print(
-        f"tiny ViT: held-out accuracy {acc:.3f} after {train_seconds:.0f} s of training; "
-        f"scoring on {n_eval} images"
+    report = run(
+        out,
+        train=lambda: train_vit_model(recipe, seed=seed, progress=progress),
+        plan=partial(_plan, quick=quick),
+        figure_name="vit_demo.png",
+        table_name="vit_metrics.csv",
     )
-    rows, shown = [], {}
-    for name, explain in vit_methods(model).items():
-        scored = score_maps(model, images, masks, explain)
-        rows.append(
-            ViTDemoRow(
-                name,
-                scored.pointing_game,
-                scored.deletion_auc,
-                scored.insertion_auc,
-                scored.ms_per_image,
-            )
-        )
-        shown[name] = scored.maps[:4]
-    figure = viz.show(test.images[:4], shown, boxes=test.boxes[:4])
-    figure_path = viz.save(figure, out / "vit_demo.png", dpi=80)
-    table_path = write_table(out / "vit_metrics.csv", rows)
-    print_table(rows)
-    print(f"wrote {figure_path} and {table_path}")
-    return ViTDemoResult(acc, train_seconds, rows, figure_path, table_path)
+    trained = report.trained
+    return ViTDemoResult(
+        trained.accuracy, trained.seconds, report.rows, report.figure, report.table
+    )
