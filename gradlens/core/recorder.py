@@ -43,6 +43,7 @@ from .batched_grad import batched_grad
 from .buffers import preserve_buffers
 from .hooks import HookSet
 from .output_selection import OutputSpec
+from .parameters import parameters_without_grad
 from .pytree import flatten, partial_rebuild, selected_positions
 from .selection import Layers, close_names, select_layers
 
@@ -150,6 +151,16 @@ class Recorder:
             dimension of ``(B, K)`` scores), from :attr:`attention_gradients`; ``reduce``,
             ``device`` and ``dtype`` do not apply to them. Probabilities computed without a
             tape (``tape_from_layers``, a frozen model) start the tape.
+        parameter_grads: keep the model's parameters on the autograd tape (default), so
+            that a ``backward()`` run inside the block fills their ``.grad`` as usual. With
+            ``False`` their ``requires_grad`` is switched off while the block runs and back
+            on when it ends, also on an exception or an early stop (frozen parameters stay
+            frozen; see :func:`gradlens.core.parameters.parameters_without_grad`): autograd
+            then keeps no layer inputs for parameter gradients, which lowers the memory of
+            the forward, and the gradients with respect to recorded activations and
+            watched tensors are the same. Something before the score must then require
+            grad -- a watched input, or the first recorded layer with ``tape_from_layers``
+            -- as for a frozen model. gradlens' gradient methods record this way.
 
     Raises:
         LayerNotFoundError: a layer spec selects nothing (raised at construction).
@@ -174,6 +185,7 @@ class Recorder:
         stop_early: bool = False,
         restore_buffers: bool = True,
         attention: bool | Layers = False,
+        parameter_grads: bool = True,
     ) -> None:
         self.model = model
         self.modules = select_layers(model, layers) if layers is not None else {}
@@ -187,6 +199,7 @@ class Recorder:
         self.backward_hooks = backward_hooks
         self.stop_early = stop_early
         self.restore_buffers = restore_buffers
+        self.parameter_grads = parameter_grads
         self._calls: dict[str, list[Call]] = {}
         self._hooks = HookSet()
         self._active = False
@@ -195,7 +208,7 @@ class Recorder:
         self._collect_hook_grads = True
         self._grad_mode_stack: list[bool] = []
         self._entry_grad_mode = True
-        self._buffer_guard = ExitStack()
+        self._guards = ExitStack()  # restore the model's buffers / requires_grad on exit
         self._pending_backward: dict[str, list[Call]] = {}
         self._pending_inputs: dict[str, list[tuple[Any, ...]]] = {}
         self._attention: AttentionCapture | None = None
@@ -231,7 +244,9 @@ class Recorder:
         self._session = object()
         try:
             if self.restore_buffers:
-                self._buffer_guard.enter_context(preserve_buffers(self.model))
+                self._guards.enter_context(preserve_buffers(self.model))
+            if not self.parameter_grads:
+                self._guards.enter_context(parameters_without_grad(self.model))
             for name, module in self.modules.items():
                 if self.record_inputs:
                     self._hooks.forward_pre(module, self._input_hook(name))
@@ -271,7 +286,7 @@ class Recorder:
         self._hooks.remove()
         if self.tape_from_layers:
             torch.set_grad_enabled(self._entry_grad_mode)
-        self._buffer_guard.close()
+        self._guards.close()
         for calls in self._calls.values():
             for call in calls:
                 call._live = [None] * len(call._live)
