@@ -13,8 +13,9 @@
 * :mod:`~gradlens.core.output_selection` -- which tensor of a structured output is meant;
 * :mod:`~gradlens.core.inputs` -- :class:`ModelInput`, a method's input parsed once;
 * :mod:`~gradlens.core.pytree`, :mod:`~gradlens.core.batched_grad`,
-  :mod:`~gradlens.core.buffers`, :mod:`~gradlens.core.folding` -- structured outputs, one
-  backward for ``K`` scores, buffer restoring and BatchNorm folding.
+  :mod:`~gradlens.core.buffers`, :mod:`~gradlens.core.parameters`,
+  :mod:`~gradlens.core.folding` -- structured outputs, one backward for ``K`` scores (or
+  chunks of them), buffer restoring, parameters off the tape and BatchNorm folding.
 
 Nothing here imports a method, a target parser or anything above it (the import-linter
 contracts in ``pyproject.toml`` check this).
