@@ -81,8 +81,11 @@ def differentiate(
 
     With ``layers`` and without ``wrt_inputs`` the autograd tape starts at the first
     recorded layer (``tape_from_layers``): the part of the network before it runs as
-    plain inference. Works inside ``torch.no_grad()`` and ``torch.inference_mode()``, on
-    frozen models, and never touches parameter gradients or ``requires_grad`` flags.
+    plain inference. The parameters are off the tape (``parameter_grads=False``): autograd
+    keeps no layer inputs for parameter gradients, and their ``requires_grad`` flags are
+    back as they were when the pass ends, also when it raises. Works inside
+    ``torch.no_grad()`` and ``torch.inference_mode()`` and on frozen models, and never
+    touches parameter gradients.
 
     Args:
         model: the model.
@@ -111,7 +114,11 @@ def differentiate(
             stack.enter_context(extra)
         recorder = stack.enter_context(
             Recorder(
-                model, layers, select=select, tape_from_layers=layers is not None and not wrt_inputs
+                model,
+                layers,
+                select=select,
+                tape_from_layers=layers is not None and not wrt_inputs,
+                parameter_grads=False,
             )
         )
         args = inputs.args

@@ -54,6 +54,59 @@ def test_rows_equal_single_target_calls(tiny_gpt2: nn.Module, method: str) -> No
         )
 
 
+@pytest.mark.parametrize("method", ["saliency", "integrated_gradients"])
+@pytest.mark.parametrize("count", [1, 2, None])
+def test_rows_are_the_same_in_chunks_of_targets_per_backward(
+    tiny_gpt2: nn.Module, method: str, count: int | None
+) -> None:
+    prompt, continuation = token_ids(2, PROMPT), token_ids(2, K, seed=2)
+    chunked = gradlens.generation_attributions(
+        tiny_gpt2,
+        prompt,
+        continuation,
+        method=method,
+        targets_per_backward=count,
+        **OPTIONS[method],
+    )
+    for k in range(K):
+        single = _single_row(tiny_gpt2, prompt, continuation, k, method)
+        torch.testing.assert_close(
+            chunked[:, k, : PROMPT + k], single[:, : PROMPT + k], atol=1e-5, rtol=0
+        )
+
+
+@pytest.mark.parametrize(("count", "sizes"), [(None, [3]), (4, [3]), (2, [2, 1]), (1, [1, 1, 1])])
+def test_targets_per_backward_splits_the_k_scores_into_batched_backwards(
+    tiny_gpt2: nn.Module, monkeypatch: pytest.MonkeyPatch, count: int | None, sizes: list[int]
+) -> None:
+    seen: list[int] = []
+    grad = torch.autograd.grad
+
+    def counting_grad(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("is_grads_batched"):
+            seen.append(len(args[2]))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    gradlens.generation_attributions(
+        tiny_gpt2, token_ids(1, PROMPT), token_ids(1, K, seed=2), targets_per_backward=count
+    )
+    assert seen == sizes
+
+
+@pytest.mark.parametrize("count", [0, 2.0])
+def test_a_targets_per_backward_that_is_not_a_positive_int_is_refused(
+    tiny_gpt2: nn.Module, count: Any
+) -> None:
+    prompt = token_ids(1, PROMPT)
+    before = snapshot(tiny_gpt2, prompt)
+    with pytest.raises(ValueError, match="positive int or None"):
+        gradlens.generation_attributions(
+            tiny_gpt2, prompt, token_ids(1, K, seed=2), targets_per_backward=count
+        )
+    assert_unchanged(before, snapshot(tiny_gpt2, prompt))
+
+
 def test_positions_at_and_after_each_token_are_zero(tiny_gpt2: nn.Module) -> None:
     rows = gradlens.generation_attributions(
         tiny_gpt2, token_ids(1, PROMPT), token_ids(1, K, seed=2), method="saliency"

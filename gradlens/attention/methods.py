@@ -20,8 +20,7 @@ layers over different token counts, cross-attention. Such models get an
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -217,9 +216,12 @@ def attention_gradients(
     them: ``({name: (B, heads, N, N)}, {name: (B, heads, N, N) or (K, B, heads, N, N)})``
     in execution order. A layer the score does not depend on gets a zero gradient."""
     spec = True if layers is None else layers
-    with torch.inference_mode(False), parameters_without_grad(model):
-        # no tape until the first attention probabilities, which start it
-        with Recorder(model, tape_from_layers=True, attention=spec) as recorder:
+    with torch.inference_mode(False):
+        # no tape until the first attention probabilities, which start it; the parameters
+        # stay off it (parameter_grads=False): no layer input is kept for their gradients
+        with Recorder(
+            model, tape_from_layers=True, attention=spec, parameter_grads=False
+        ) as recorder:
             with torch.enable_grad():
                 args, kwargs = inputs.bind()
                 out = recorder.forward(*args, **kwargs)
@@ -233,27 +235,6 @@ def attention_gradients(
         for name, p in probs.items()
     }
     return probs, grads
-
-
-@contextmanager
-def parameters_without_grad(model: nn.Module) -> Iterator[None]:
-    """Switch ``requires_grad`` off on the model's parameters for the block, and back on
-    exit (also when it raises).
-
-    The gradient rollout needs gradients with respect to the attention probabilities
-    only. With the parameters out of the tape, autograd keeps no layer inputs for
-    parameter gradients (e.g. each linear layer's input): less memory written and held
-    during the forward; the gradients with respect to the probabilities are the same.
-    """
-    # (parameters made under inference_mode cannot get requires_grad back outside it)
-    switched = [p for p in model.parameters() if p.requires_grad and not p.is_inference()]
-    try:
-        for parameter in switched:
-            parameter.requires_grad_(False)
-        yield
-    finally:
-        for parameter in switched:
-            parameter.requires_grad_(True)
 
 
 def check_rollable(maps: Mapping[str, Tensor], batch: int) -> int:

@@ -17,8 +17,9 @@
 * :mod:`~gradlens.core.chunks` -- stacked copies split into forwards of ``batch_size``;
 * :mod:`~gradlens.core.parameters` -- parameters off the tape while a method runs;
 * :mod:`~gradlens.core.pytree`, :mod:`~gradlens.core.batched_grad`,
-  :mod:`~gradlens.core.buffers`, :mod:`~gradlens.core.folding` -- structured outputs, one
-  backward for ``K`` scores, buffer restoring and BatchNorm folding.
+  :mod:`~gradlens.core.buffers`, :mod:`~gradlens.core.parameters`,
+  :mod:`~gradlens.core.folding` -- structured outputs, one backward for ``K`` scores (or
+  chunks of them), buffer restoring, parameters off the tape and BatchNorm folding.
 
 Nothing here imports a method, a target parser or anything above it (the import-linter
 contracts in ``pyproject.toml`` check this).

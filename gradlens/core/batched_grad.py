@@ -1,15 +1,45 @@
-"""Gradients of one or ``K`` scores per sample in one backward: :func:`batched_grad`.
+"""Gradients of one or ``K`` scores per sample in one backward: :func:`batched_grad`, and
+:func:`targets_per_backward`, which splits the ``K`` scores into smaller batched backwards.
 
 Used by :meth:`gradlens.Recorder.grad` (and so by every gradient method through
-``_explain.differentiate``); it imports nothing from gradlens, so any module can use it.
+:func:`gradlens.passes.differentiate`); it imports nothing from gradlens, so any module can
+use it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor
 
-__all__ = ["batched_grad"]
+__all__ = ["batched_grad", "targets_per_backward"]
+
+_TARGETS_PER_BACKWARD: ContextVar[int | None] = ContextVar("targets_per_backward", default=None)
+
+
+@contextmanager
+def targets_per_backward(count: int | None) -> Iterator[None]:
+    """Inside the block, :func:`batched_grad` differentiates at most ``count`` of the ``K``
+    scores per sample in one batched backward (``None``: all ``K`` at once, the default).
+
+    A batched backward holds one gradient of every intermediate tensor per score it
+    differentiates, so for large ``K`` its peak memory is about ``K`` times a plain
+    backward's; chunks of ``count`` scores bound it by ``count`` times, for
+    ``ceil(K / count)`` backwards instead of one. The gradients are the same.
+
+    Raises:
+        ValueError: ``count`` is not ``None`` or a positive int.
+    """
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"targets per backward must be a positive int or None, got {count!r}")
+    token = _TARGETS_PER_BACKWARD.set(count)
+    try:
+        yield
+    finally:
+        _TARGETS_PER_BACKWARD.reset(token)
 
 
 def batched_grad(
@@ -48,20 +78,23 @@ def batched_grad(
             torch.autograd.grad(total, tensors, retain_graph=retain_graph, allow_unused=True)
         )
     batch, k = score.shape
-    # grad_outputs[k] selects score[:, k] for every sample: one vmapped backward for all K.
+    # grad_outputs[k] selects score[:, k] for every sample: one vmapped backward for all K
+    # (or for each chunk of targets_per_backward of them).
     eye = torch.eye(k, dtype=score.dtype, device=score.device)
     grad_outputs = eye[:, None, :].expand(k, batch, k)
+    chunk = _TARGETS_PER_BACKWARD.get() or k
     try:
-        return list(
+        chunks = [
             torch.autograd.grad(
                 score,
                 tensors,
-                grad_outputs,
+                grad_outputs[start : start + chunk],
                 retain_graph=True,
                 allow_unused=True,
                 is_grads_batched=True,
             )
-        )
+            for start in range(0, k, chunk)
+        ]
     except RuntimeError:
         per_target = [
             torch.autograd.grad(
@@ -76,3 +109,9 @@ def batched_grad(
             None if per_target[0][j] is None else torch.stack([g[j] for g in per_target])
             for j in range(len(tensors))
         ]
+    if len(chunks) == 1:
+        return list(chunks[0])
+    return [
+        None if chunks[0][j] is None else torch.cat([g[j] for g in chunks])
+        for j in range(len(tensors))
+    ]

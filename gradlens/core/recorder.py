@@ -44,6 +44,7 @@ from .checks import check_model
 from .hooks import HookSet
 from .lifecycle import Capture, StopForward
 from .output_selection import OutputSpec
+from .parameters import parameters_without_grad
 from .pytree import flatten, partial_rebuild, selected_positions
 from .selection import Layers, select_layers
 
@@ -136,6 +137,16 @@ class Recorder(Capture[Call]):
             dimension of ``(B, K)`` scores), from :attr:`attention_gradients`; ``reduce``,
             ``device`` and ``dtype`` do not apply to them. Probabilities computed without a
             tape (``tape_from_layers``, a frozen model) start the tape.
+        parameter_grads: keep the model's parameters on the autograd tape (default), so
+            that a ``backward()`` run inside the block fills their ``.grad`` as usual. With
+            ``False`` their ``requires_grad`` is switched off while the block runs and back
+            on when it ends, also on an exception or an early stop (frozen parameters stay
+            frozen; see :func:`gradlens.core.parameters.parameters_without_grad`): autograd
+            then keeps no layer inputs for parameter gradients, which lowers the memory of
+            the forward, and the gradients with respect to recorded activations and
+            watched tensors are the same. Something before the score must then require
+            grad -- a watched input, or the first recorded layer with ``tape_from_layers``
+            -- as for a frozen model. gradlens' gradient methods record this way.
 
     Raises:
         LayerNotFoundError: a layer spec selects nothing (raised at construction).
@@ -160,6 +171,7 @@ class Recorder(Capture[Call]):
         stop_early: bool = False,
         restore_buffers: bool = True,
         attention: bool | Layers = False,
+        parameter_grads: bool = True,
     ) -> None:
         check_model(model)
         super().__init__()
@@ -175,6 +187,7 @@ class Recorder(Capture[Call]):
         self.backward_hooks = backward_hooks
         self.stop_early = stop_early
         self.restore_buffers = restore_buffers
+        self.parameter_grads = parameter_grads
         self._calls: dict[str, list[Call]] = {}
         self._hooks = HookSet()
         self._session: object | None = None  # a new token per entry; hooks check theirs
@@ -182,7 +195,7 @@ class Recorder(Capture[Call]):
         self._collect_hook_grads = True
         self._grad_mode_stack: list[bool] = []
         self._entry_grad_mode = True
-        self._buffer_guard = ExitStack()
+        self._guards = ExitStack()  # restore the model's buffers / requires_grad on exit
         self._pending_backward: dict[str, list[Call]] = {}
         self._pending_inputs: dict[str, list[tuple[Any, ...]]] = {}
         self._attention: AttentionCapture | None = None
@@ -216,7 +229,9 @@ class Recorder(Capture[Call]):
         self._grad_mode_stack = []
         self._session = object()
         if self.restore_buffers:
-            self._buffer_guard.enter_context(preserve_buffers(self.model))
+            self._guards.enter_context(preserve_buffers(self.model))
+        if not self.parameter_grads:
+            self._guards.enter_context(parameters_without_grad(self.model))
         for name, module in self.modules.items():
             if self.record_inputs:
                 self._hooks.forward_pre(module, self._input_hook(name))
@@ -251,7 +266,7 @@ class Recorder(Capture[Call]):
         self._hooks.remove()
         if self.tape_from_layers:
             torch.set_grad_enabled(self._entry_grad_mode)
-        self._buffer_guard.close()
+        self._guards.close()
         for calls in self._calls.values():
             for call in calls:
                 call._live = [None] * len(call._live)
@@ -617,6 +632,7 @@ def record(
     stop_early: bool = False,
     restore_buffers: bool = True,
     attention: bool | Layers = False,
+    parameter_grads: bool = True,
 ) -> Recorder:
     """Create a :class:`Recorder`: ``with gradlens.record(model, ["layer4"]) as rec: ...``.
 
@@ -639,6 +655,8 @@ def record(
         stop_early: end the forward pass as soon as every selected layer has run once.
         restore_buffers: restore the model's buffers on exit.
         attention: also capture attention probabilities (``True``, or a layer spec).
+        parameter_grads: keep the parameters on the autograd tape (``False``: off it while
+            the block runs, restored on exit; parameter gradients are then not available).
 
     Returns:
         The :class:`Recorder`, not yet entered.
@@ -661,6 +679,7 @@ def record(
         stop_early=stop_early,
         restore_buffers=restore_buffers,
         attention=attention,
+        parameter_grads=parameter_grads,
     )
 
 

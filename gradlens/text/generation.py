@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from typing_extensions import Unpack
 
 from .. import registry, targets
+from ..core.batched_grad import targets_per_backward as targets_per_backward_context
 from ..core.checks import check_value, entry_point
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers
@@ -21,6 +22,9 @@ from .baselines import Baseline
 from .tokens import TokenMethodOptions, token_attributions
 
 __all__ = ["generation_attributions"]
+
+# The default chunk of the K log-probabilities per batched backward (see the docstring).
+TARGETS_PER_BACKWARD = 4
 
 
 @entry_point
@@ -36,6 +40,7 @@ def generation_attributions(
     reduce: Literal["sum", "norm"] = "sum",
     output: OutputSpec = None,
     forward_kwargs: Mapping[str, Any] | None = None,
+    targets_per_backward: int | None = TARGETS_PER_BACKWARD,
     **options: Unpack[TokenMethodOptions],
 ) -> Tensor:
     """For each continuation token, the attribution of its log-probability to every
@@ -46,7 +51,10 @@ def generation_attributions(
     prompt, c_<k)`` (:func:`gradlens.targets.sequence` with ``per_token=True``) are
     attributed together by :func:`token_attributions`: all ``K`` rows come from one forward
     and one batched backward (saliency, Input×Gradient), or one forward and one batched
-    backward per integration step (Integrated Gradients) -- not ``K`` separate passes.
+    backward per integration step (Integrated Gradients) -- not ``K`` separate passes. A
+    batched backward holds one gradient of every intermediate tensor per score, so for
+    long continuations it is split into backwards of ``targets_per_backward`` scores each
+    (same forward, same rows).
     Row ``k`` equals a :func:`token_attributions` call with the single target ``log p(c_k)``,
     with the positions at and after ``c_k``'s own set to 0.
 
@@ -64,6 +72,13 @@ def generation_attributions(
         output: picks the logits out of a structured model output.
         forward_kwargs: further keyword inputs for the model (``attention_mask`` is
             extended over the continuation and added to them).
+        targets_per_backward: how many of the ``K`` log-probabilities one batched
+            backward differentiates (``ceil(K / targets_per_backward)`` backwards per
+            forward); ``None`` for all ``K`` in one. With the default, 4, a 16-token
+            continuation peaked at about 1.0x one forward and ``loss.backward()`` of the
+            sequence (2.2x with ``None``) for about 15 % more time than ``None``
+            (``docs/performance.md``); lower it for long sequences on a tight memory
+            budget, raise it (or ``None``) where memory is plentiful.
         **options: passed to the attribution method
             (:class:`~gradlens.text.TokenMethodOptions`: ``abs``, ``steps``, ``rule``,
             ``batch_size``, ``n``, ``sigma``, ``seed``, ``generator``, ``window``,
@@ -79,6 +94,7 @@ def generation_attributions(
         TargetError: ``continuation_ids`` holds floats or bools (token ids are integers).
         TokenInputError: ``input_ids`` is not ``(B, P)`` integers, ``continuation_ids`` not
             ``(B, K)`` or ``(K,)`` integers, or the continuation's batch is not the prompt's.
+        ValueError: ``targets_per_backward`` is not a positive int or ``None``.
         LayerNotFoundError, ValueError, TypeError, OutputSelectionError: as for
             :func:`token_attributions`.
     """
@@ -112,17 +128,18 @@ def generation_attributions(
         # the batch per pass (one integration step, one noise sample) keeps the peak low and
         # was about as fast as larger chunks (benchmarks/bench_generation.py)
         options.setdefault("batch_size", batch)
-    scores = token_attributions(
-        model,
-        inputs,
-        target,
-        method=method,
-        layer=layer,
-        baseline=baseline,
-        reduce=reduce,
-        forward_kwargs=forward_kwargs,
-        **options,
-    )
+    with targets_per_backward_context(targets_per_backward):
+        scores = token_attributions(
+            model,
+            inputs,
+            target,
+            method=method,
+            layer=layer,
+            baseline=baseline,
+            reduce=reduce,
+            forward_kwargs=forward_kwargs,
+            **options,
+        )
     # row k attributes log p(c_k), at position P + k: only the positions before it count
     before = torch.arange(prompt + k, device=scores.device) < (
         prompt + torch.arange(k, device=scores.device)[:, None]
