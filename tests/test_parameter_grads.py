@@ -22,8 +22,7 @@ from gradlens import targets
 from gradlens.core import recorder as recorder_module
 from gradlens.core.parameters import parameters_without_grad
 
-from .models import small_vit
-from .tiny_language_models import tiny_gpt2, token_ids
+from .zoo import hf_gpt2, token_ids, torchvision_vit
 
 
 def _cnn() -> nn.Sequential:
@@ -153,19 +152,21 @@ def _saliency() -> tuple[nn.Module, Callable[[nn.Module], Tensor]]:
 
 def _token_attributions() -> tuple[nn.Module, Callable[[nn.Module], Tensor]]:
     ids = token_ids(2, 6)
-    return tiny_gpt2(), lambda m: gradlens.token_attributions(
+    return hf_gpt2(), lambda m: gradlens.token_attributions(
         m, ids, targets.sequence(ids[:, -2:]), method="integrated_gradients", steps=3, baseline=0
     )
 
 
 def _generation_attributions() -> tuple[nn.Module, Callable[[nn.Module], Tensor]]:
     prompt, continuation = token_ids(2, 5), token_ids(2, 3, seed=2)
-    return tiny_gpt2(), lambda m: gradlens.generation_attributions(m, prompt, continuation)
+    return hf_gpt2(), lambda m: gradlens.generation_attributions(m, prompt, continuation)
 
 
 def _gradient_rollout() -> tuple[nn.Module, Callable[[nn.Module], Tensor]]:
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    return small_vit(), lambda m: gradlens.gradient_attention_rollout(m, images, [[1, 2], [3, 4]])
+    return torchvision_vit(), lambda m: gradlens.gradient_attention_rollout(
+        m, images, [[1, 2], [3, 4]]
+    )
 
 
 METHODS = {
