@@ -3,28 +3,25 @@ method: :class:`MethodOptions`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, TypedDict
-
 import torch
 from torch import Tensor
 
 from ..attention.rollout import HeadFusion
 from ..attribution.integrated import Baselines
 from ..attribution.occlusion import Size
-from ..cam.reshape import Reshape
-from ..core.output_selection import OutputSpec
+from ..cam.base import CamOptions
 from ..core.selection import Layers
 
 __all__ = ["MethodOptions"]
 
 
-class MethodOptions(TypedDict, total=False):
+class MethodOptions(CamOptions, total=False):
     """The keyword options of the methods of :data:`gradlens.registry.METHODS`
     (``**method_options: Unpack[MethodOptions]``), passed on unchanged; each method takes
     only its own (an option it does not take is a ``TypeError`` before the run starts), with
     its own default. ``method=`` (the method averaged by SmoothGrad/VarGrad) cannot be
     passed this way: give :func:`functools.partial` of ``smoothgrad`` as the method instead.
+    It extends :class:`~gradlens.cam.CamOptions` with the other methods' options.
 
     Attributes:
         layer: the CAMs and ``guided_gradcam``: the layer(s) explained.
@@ -66,13 +63,6 @@ class MethodOptions(TypedDict, total=False):
 
     layer: Layers | None
     layers: Layers | None
-    upsample: bool
-    normalize: bool
-    reshape: Reshape
-    output: OutputSpec
-    forward_kwargs: Mapping[str, Any] | None
-    select: OutputSpec | Mapping[str, OutputSpec]
-    per_layer: bool
     batch_size: int | None
     ablation_value: float
     skip_unchanged: bool
