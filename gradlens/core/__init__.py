@@ -6,6 +6,9 @@
 * :mod:`~gradlens.core.recorder` -- :class:`Recorder` and :func:`record`: activations and
   gradients of named modules;
 * :mod:`~gradlens.core.outputs` -- :func:`replace_outputs`, the writing side;
+* :mod:`~gradlens.core.backward` -- :func:`override_backward` (another backward rule for
+  selected modules) and :func:`override_functions` (torch functions rerouted while selected
+  modules run): the modified backward passes of relevance propagation and DeepLIFT;
 * :mod:`~gradlens.core.extract` -- :func:`extract` and :class:`Extractor`: features without
   a tape, stopping the forward early;
 * :mod:`~gradlens.core.attention` -- attention probabilities under any kernel;

@@ -1,0 +1,303 @@
+"""Modified backward passes: :func:`override_backward` gives selected modules another
+backward rule, and :func:`override_functions` reroutes chosen torch functions while
+selected modules run.
+
+Relevance propagation (LRP, AttnLRP) and DeepLIFT keep the model's forward pass and change
+what flows backwards. Both contexts do that through hooks only; the model, its modules and
+their ``forward`` methods are never edited, and the hooks come off on exit, also when the
+block raises.
+
+**Module rules.** While :func:`override_backward` is active, each call of a selected module
+passes its output through an autograd function that is the identity forwards and, backwards,
+hands the module's tensor inputs what the *rule* returns instead of the module's own
+gradient::
+
+    def halve(module, inputs, output, grad_output):
+        return (grad_output @ module.weight / 2,)      # one entry per tensor input
+
+    with override_backward(model, {"fc": halve}):
+        out = model(x)
+    grad, = torch.autograd.grad(out.sum(), x)          # flows through fc by the rule
+
+A rule is ``(module, inputs, output, grad_output) -> grads``: ``inputs`` are the tensors
+among the call's positional arguments (detached from the graph, so the rule can
+differentiate its own recomputation of the module with respect to them), ``output`` the
+module's output (detached), ``grad_output`` what arrived at the output, and ``grads`` one
+tensor (or ``None``) per input. The module's own backward does not run: autograd reaches
+the inputs only through the rule.
+
+**Function rules.** :func:`override_functions` pushes a
+:class:`torch.overrides.TorchFunctionMode` that, while one of the selected modules runs
+(or during the whole block with ``within=None``), calls ``handler(func, args, kwargs)``
+instead of each listed torch function; a handler returns the result, or ``NotImplemented``
+to let the function run as usual. Inside a handler the mode is off, so the handler calls
+torch functions normally. Residual additions, the products and softmax inside attention,
+and functional activations get their rules this way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from .hooks import HookSet
+from .lifecycle import Capture
+from .selection import Layers, LayerSpec, named_modules, select_layers
+
+__all__ = [
+    "BackwardOverride",
+    "FunctionHandler",
+    "FunctionOverride",
+    "ModuleRule",
+    "override_backward",
+    "override_functions",
+]
+
+ModuleRule = Callable[
+    [nn.Module, tuple[Tensor, ...], Tensor, Tensor], Sequence[Union[Tensor, None]]
+]
+"""``(module, inputs, output, grad_output) -> one gradient (or None) per input tensor``."""
+
+FunctionHandler = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+"""``(func, args, kwargs) -> result``, or ``NotImplemented`` to run ``func`` unchanged."""
+
+
+class _RuleBackward(torch.autograd.Function):
+    """Identity on the output forwards; the module rule backwards.
+
+    Arguments: ``(rule, module, output, *inputs)``. The output is returned as a new tensor,
+    so in-place operations of later layers cannot reach the value the rule reads.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, rule: ModuleRule, module: nn.Module, output: Tensor, *inputs: Tensor
+    ) -> Tensor:
+        ctx.rule, ctx.module = rule, module
+        ctx.save_for_backward(output, *inputs)
+        return output.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Any, ...]:
+        output, *inputs = ctx.saved_tensors
+        detached = tuple(t.detach() for t in inputs)
+        with torch.enable_grad():
+            grads = tuple(ctx.rule(ctx.module, detached, output.detach(), grad_output))
+        if len(grads) != len(inputs):
+            raise RuntimeError(
+                f"the backward rule {ctx.rule!r} of {type(ctx.module).__name__} returned "
+                f"{len(grads)} gradients for {len(inputs)} input tensors"
+            )
+        return (None, None, None, *grads)
+
+
+class BackwardOverride(Capture[None]):
+    """The context manager :func:`override_backward` returns.
+
+    Attributes:
+        model: the model.
+        rules: ``{module name: rule}`` for every selected module, in model order.
+    """
+
+    def __init__(
+        self, model: nn.Module, modules: Mapping[str, nn.Module], rules: Mapping[str, ModuleRule]
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.rules = {name: rules[name] for name in modules}
+        self._modules = dict(modules)
+        self._hooks = HookSet()
+
+    def _open(self) -> None:
+        for name, rule in self.rules.items():
+            self._hooks.forward(self._modules[name], self._hook(rule))
+
+    def _close(self) -> None:
+        self._hooks.remove()
+
+    def _hook(self, rule: ModuleRule) -> Callable[[nn.Module, Any, Any], Any]:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if not isinstance(output, Tensor) or not torch.is_grad_enabled():
+                return None
+            inputs = tuple(a for a in args if isinstance(a, Tensor))
+            if not any(t.requires_grad for t in inputs):
+                return None
+            return _RuleBackward.apply(rule, module, output, *inputs)
+
+        return hook
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "inactive"
+        return f"BackwardOverride({type(self.model).__name__}, layers={list(self.rules)}, {state})"
+
+
+def override_backward(model: nn.Module, rules: Mapping[LayerSpec, ModuleRule]) -> BackwardOverride:
+    """Give the selected modules another backward rule while the returned context is active.
+
+    Every call of a selected module (a module reused by several blocks too) is overridden
+    when grad mode is on and one of its positional tensor inputs requires grad; other
+    calls run unchanged. A module whose output is not a tensor keeps its backward.
+
+    Args:
+        model: the model.
+        rules: ``{layer spec: rule}``, each key a layer spec of :mod:`gradlens.core.selection`
+            (a name, glob, module type, module or filter) and each rule a function
+            ``(module, inputs, output, grad_output) -> grads`` (see the module docstring).
+
+    Returns:
+        A context manager (:class:`BackwardOverride`); entering it registers the hooks,
+        leaving it removes them, also when the block raises.
+
+    Raises:
+        LayerNotFoundError: a layer spec selects nothing.
+        ValueError: two specs select the same module.
+        TypeError: a rule is not callable.
+    """
+    chosen: dict[str, ModuleRule] = {}
+    spec_of: dict[str, Any] = {}
+    modules: dict[str, nn.Module] = {}
+    for spec, rule in rules.items():
+        if not callable(rule):
+            raise TypeError(
+                f"the backward rule for {spec!r} must be a function "
+                f"(module, inputs, output, grad_output) -> grads; got {type(rule).__name__}"
+            )
+        for name, module in select_layers(model, spec).items():
+            if name in chosen:
+                raise ValueError(
+                    f"layer {name!r} is selected by both {spec_of[name]!r} and {spec!r}; "
+                    "give each module one backward rule"
+                )
+            modules[name], chosen[name], spec_of[name] = module, rule, spec
+    in_model_order = {n: m for n, m in named_modules(model).items() if n in modules}
+    return BackwardOverride(model, in_model_order, chosen)
+
+
+class _FunctionRuleMode(TorchFunctionMode):
+    def __init__(self, owner: FunctionOverride) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def __torch_function__(
+        self,
+        func: Callable[..., Any],
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        handler = self.owner.handlers.get(func)
+        if handler is not None and self.owner._depth > 0:
+            result = handler(func, args, kwargs)
+            if result is not NotImplemented:
+                return result
+        return func(*args, **kwargs)
+
+
+class FunctionOverride(Capture[None]):
+    """The context manager :func:`override_functions` returns.
+
+    Attributes:
+        model: the model.
+        handlers: ``{torch function: handler}``.
+        within: the names of the modules inside which the handlers apply (``None``: the
+            whole block).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        handlers: Mapping[Callable[..., Any], FunctionHandler],
+        modules: Mapping[str, nn.Module] | None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.handlers = dict(handlers)
+        self.within = None if modules is None else list(modules)
+        self._modules = dict(modules or {})
+        self._hooks = HookSet()
+        self._mode = _FunctionRuleMode(self)
+        self._depth = 0
+
+    def _open(self) -> None:
+        self._depth = 1 if self.within is None else 0
+        for module in self._modules.values():
+            self._hooks.forward_pre(module, self._enter_module)
+            self._hooks.forward(module, self._leave_module, always_call=True)
+        self._mode.__enter__()
+
+    def _close(self) -> None:
+        try:
+            self._mode.__exit__(None, None, None)
+        finally:
+            self._hooks.remove()
+            self._depth = 0
+
+    def _enter_module(self, module: nn.Module, args: Any) -> None:
+        self._depth += 1
+
+    def _leave_module(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._depth -= 1
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "inactive"
+        where = "everywhere" if self.within is None else f"within={self.within}"
+        names = [getattr(f, "__qualname__", repr(f)) for f in self.handlers]
+        return f"FunctionOverride({type(self.model).__name__}, {names}, {where}, {state})"
+
+
+def override_functions(
+    model: nn.Module,
+    handlers: Mapping[Callable[..., Any], FunctionHandler],
+    *,
+    within: Layers | None = None,
+) -> FunctionOverride:
+    """Reroute torch functions through handlers while selected modules run.
+
+    Example (a residual addition that splits the gradient in proportion to its summands)::
+
+        def proportional_add(func, args, kwargs):
+            a, b = args
+            if not (isinstance(a, Tensor) and isinstance(b, Tensor)):
+                return NotImplemented
+            return ProportionalSum.apply(a, b)
+
+        with override_functions(model, {Tensor.add: proportional_add,
+                                        Tensor.add_: proportional_add},
+                                within=BasicBlock):
+            out = model(x)
+
+    A function reaches the handler under the name PyTorch dispatches it by: ``a + b`` and
+    ``a.add(b)`` are ``Tensor.add``, ``a += b`` is ``Tensor.add_``, ``torch.add(a, b)`` is
+    ``torch.add``, ``a @ b`` is ``Tensor.matmul``; list each form the model may use. A
+    handler of an in-place function that returns a new tensor is right for ``a += b``
+    (Python rebinds ``a`` to the result) but not for a bare ``a.add_(b)`` statement.
+
+    Args:
+        model: the model.
+        handlers: ``{torch function: handler}``, each handler
+            ``(func, args, kwargs) -> result`` or ``NotImplemented`` to run ``func`` as usual.
+        within: the modules inside whose forward the handlers apply (a layer spec of
+            :mod:`gradlens.core.selection`: name, glob, type, list...); ``None``: anywhere
+            while the context is active.
+
+    Returns:
+        A context manager (:class:`FunctionOverride`); leaving it removes the mode and the
+        hooks, also when the block raises.
+
+    Raises:
+        LayerNotFoundError: ``within`` selects nothing.
+        TypeError: a handler is not callable.
+    """
+    for func, handler in handlers.items():
+        if not callable(handler):
+            raise TypeError(
+                f"the handler for {getattr(func, '__qualname__', func)!r} must be a function "
+                f"(func, args, kwargs) -> result; got {type(handler).__name__}"
+            )
+    modules = None if within is None else select_layers(model, within)
+    return FunctionOverride(model, handlers, modules)

@@ -1,0 +1,151 @@
+"""The engine's modified backward passes: module rules (``override_backward``) and
+function rules (``override_functions``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from gradlens.core.backward import override_backward, override_functions
+from gradlens.errors import LayerNotFoundError
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 3), nn.ReLU(inplace=True), nn.Linear(3, 2))
+
+
+def _halved_gradient(module: nn.Module, inputs: Any, output: Tensor, grad: Tensor) -> Any:
+    (x,) = inputs
+    return (grad @ module.weight / 2,)
+
+
+def test_a_module_rule_replaces_the_gradient_through_the_module() -> None:
+    model = _mlp()
+    x = torch.randn(5, 4, requires_grad=True)
+    (plain,) = torch.autograd.grad(model(x).sum(), x)
+    with override_backward(model, {"0": _halved_gradient}):
+        (ruled,) = torch.autograd.grad(model(x).sum(), x)
+    torch.testing.assert_close(ruled, plain / 2)
+
+
+def test_a_module_rule_leaves_the_forward_values_unchanged() -> None:
+    model = _mlp()
+    x = torch.randn(5, 4, requires_grad=True)
+    with override_backward(model, {nn.Linear: _halved_gradient}):
+        out = model(x)
+    torch.testing.assert_close(out, model(x))
+
+
+def test_a_module_rule_gets_the_detached_inputs_and_output() -> None:
+    model = _mlp()
+    x = torch.randn(5, 4, requires_grad=True)
+    seen: dict[str, Any] = {}
+
+    def rule(module: nn.Module, inputs: Any, output: Tensor, grad: Tensor) -> Any:
+        seen.update(inputs=inputs, output=output, grad=grad)
+        return (grad @ module.weight,)
+
+    with override_backward(model, {"2": rule}):
+        out = model(x)
+        torch.autograd.grad(out.sum(), x)
+    assert not seen["inputs"][0].requires_grad and not seen["output"].requires_grad
+    torch.testing.assert_close(seen["output"], out.detach())
+    torch.testing.assert_close(seen["grad"], torch.ones(5, 2))
+
+
+def test_module_rules_come_off_on_exit_also_when_the_block_raises() -> None:
+    model = _mlp()
+    x = torch.randn(5, 4, requires_grad=True)
+    with pytest.raises(KeyError), override_backward(model, {"0": _halved_gradient}):
+        raise KeyError
+    (grad,) = torch.autograd.grad(model(x).sum(), x)
+    (expected,) = torch.autograd.grad(_mlp()(x).sum(), x)
+    torch.testing.assert_close(grad, expected)
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_a_module_rule_is_not_applied_without_a_tape() -> None:
+    model = _mlp()
+    calls = []
+
+    def rule(*args: Any) -> Any:
+        calls.append(1)
+        return (None,)
+
+    with override_backward(model, {"0": rule}), torch.no_grad():
+        model(torch.randn(2, 4))
+    assert calls == []
+
+
+def test_a_rule_with_the_wrong_number_of_gradients_is_an_error() -> None:
+    model = _mlp()
+    x = torch.randn(5, 4, requires_grad=True)
+    with override_backward(model, {"0": lambda *args: ()}):
+        out = model(x)
+    with pytest.raises(RuntimeError, match="returned 0 gradients for 1 input"):
+        torch.autograd.grad(out.sum(), x)
+
+
+def test_a_spec_that_selects_nothing_is_refused_before_any_hook() -> None:
+    model = _mlp()
+    with pytest.raises(LayerNotFoundError):
+        override_backward(model, {"fc": _halved_gradient})
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(3, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x) + x
+
+
+class _Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _Residual()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x) + 1
+
+
+def test_a_function_rule_applies_only_inside_the_selected_modules() -> None:
+    torch.manual_seed(0)
+    model = _Outer()
+    x = torch.randn(2, 3)
+    seen = []
+
+    def doubled_add(func: Any, args: Any, kwargs: Any) -> Any:
+        seen.append(func)
+        return func(*args, **kwargs) * 2
+
+    with override_functions(model, {Tensor.add: doubled_add}, within="block"):
+        out = model(x)
+    torch.testing.assert_close(out, (model.block.inner(x) + x) * 2 + 1)
+    assert seen == [Tensor.add]
+
+
+def test_a_function_handler_may_decline_with_not_implemented() -> None:
+    model = _Outer()
+    x = torch.randn(2, 3)
+    with override_functions(model, {Tensor.add: lambda f, a, k: NotImplemented}):
+        out = model(x)
+    torch.testing.assert_close(out, model(x))
+
+
+def test_function_rules_come_off_on_exit() -> None:
+    model = _Outer()
+    x = torch.randn(2, 3)
+    with (
+        pytest.raises(KeyError),
+        override_functions(model, {Tensor.add: lambda f, a, k: 0}, within=_Residual),
+    ):
+        raise KeyError
+    torch.testing.assert_close(model(x), model.block.inner(x) + x + 1)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
