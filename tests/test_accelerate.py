@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 import gradlens
+from gradlens.registry import INFO, METHODS
 from gradlens.targets import token
 
 from . import zoo
@@ -195,6 +196,32 @@ def test_a_train_mode_call_restores_the_buffers_of_an_offloaded_model(
     maps = unchanged_after(model, lambda: gradlens.gradcam(model, image_batch, "layer4", 3))
     plain = zoo.torchvision_cnn("resnet18").train()
     assert_close(maps, gradlens.gradcam(plain, image_batch, "layer4", 3))
+
+
+# -- every registered method ------------------------------------------------------------
+
+_METHOD_MODELS = {"cam": "cnn", "attribution": "cnn", "attention": "transformer"}
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n, info in INFO.items() if info.kind in _METHOD_MODELS)
+)
+@pytest.mark.parametrize("how", OFFLOADS)
+def test_every_method_on_an_offloaded_model_equals_the_plain_model(
+    name: str, how: str, tmp_path: Path
+) -> None:
+    # the contract's models: the CNN for the CAMs and attributions, the ViT (with its
+    # nn.MultiheadAttention) for the attention methods
+    info = INFO[name]
+    options = dict(info.quick_options)
+    if info.needs_layer:
+        options["layer"] = CAM_LAYER
+    plain, x = make_model(_METHOD_MODELS[info.kind]), make_input()
+    model = offloaded(plain, how, tmp_path, preload_module_classes=["MultiheadAttention"])
+    torch.manual_seed(0)  # the noise of SmoothGrad and VarGrad
+    result = unchanged_after(model, lambda: METHODS[name](model, x, target=1, **options))
+    torch.manual_seed(0)
+    assert_close(result, METHODS[name](plain, x, target=1, **options))
 
 
 # -- the contract's modes and a forward that raises ---------------------------------------
