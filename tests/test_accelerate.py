@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import gradlens
 from gradlens.registry import INFO, METHODS
@@ -196,6 +198,29 @@ def test_a_train_mode_call_restores_the_buffers_of_an_offloaded_model(
     maps = unchanged_after(model, lambda: gradlens.gradcam(model, image_batch, "layer4", 3))
     plain = zoo.torchvision_cnn("resnet18").train()
     assert_close(maps, gradlens.gradcam(plain, image_batch, "layer4", 3))
+
+
+@pytest.mark.parametrize("how", OFFLOADS)
+def test_extract_dataset_on_an_offloaded_model_equals_the_plain_model(
+    resnet18: nn.Module, image_batch: Tensor, how: str, tmp_path: Path
+) -> None:
+    # the model's device is read from its first tensor that holds values: the offloaded
+    # weights are meta placeholders, and accelerate moves the inputs itself
+    loader = DataLoader(TensorDataset(image_batch, torch.zeros(len(image_batch))), batch_size=1)
+    model = offloaded(resnet18, how, tmp_path)
+    unchanged_after(
+        model,
+        lambda: gradlens.extract_dataset(
+            model, loader, ["layer2"], tmp_path / "ds", progress=False
+        ),
+    )
+    gradlens.extract_dataset(resnet18, loader, ["layer2"], tmp_path / "plain", progress=False)
+    np.testing.assert_allclose(
+        gradlens.load_features(tmp_path / "ds")[0]["layer2"],
+        gradlens.load_features(tmp_path / "plain")[0]["layer2"],
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 # -- every registered method ------------------------------------------------------------
