@@ -47,11 +47,6 @@ TOL = {"atol": 1e-6, "rtol": 0.0}
 GPT2_LAYERS = ["transformer.h.0", "transformer.h.1.mlp"]
 
 
-@pytest.fixture(scope="module")
-def gpt2() -> nn.Module:
-    return zoo.hf_gpt2()
-
-
 @pytest.fixture
 def ids() -> Tensor:
     return zoo.token_ids(2, 6)
@@ -96,13 +91,13 @@ def unchanged_after(model: nn.Module, call: Callable[[], Any]) -> Any:
 
 @pytest.mark.parametrize("how", OFFLOADS)
 def test_an_offloaded_model_holds_meta_placeholders_and_computes_the_same(
-    gpt2: nn.Module, ids: Tensor, how: str, tmp_path: Path
+    tiny_gpt2: nn.Module, ids: Tensor, how: str, tmp_path: Path
 ) -> None:
-    model = offloaded(gpt2, how, tmp_path)
+    model = offloaded(tiny_gpt2, how, tmp_path)
     assert {p.device.type for p in model.parameters()} == {"meta"}
     assert hasattr(model.transformer.h[0].mlp.c_fc, "_hf_hook")
     with torch.no_grad():
-        assert_close(model(ids).logits, gpt2(ids).logits)
+        assert_close(model(ids).logits, tiny_gpt2(ids).logits)
 
 
 # -- same results as the plain model, on the device where each layer ran -----------------
@@ -110,19 +105,19 @@ def test_an_offloaded_model_holds_meta_placeholders_and_computes_the_same(
 
 @pytest.mark.parametrize("how", OFFLOADS)
 def test_record_on_an_offloaded_model_equals_the_plain_model(
-    gpt2: nn.Module, ids: Tensor, how: str, tmp_path: Path
+    tiny_gpt2: nn.Module, ids: Tensor, how: str, tmp_path: Path
 ) -> None:
-    model = offloaded(gpt2, how, tmp_path)
-    assert_close(unchanged_after(model, lambda: recorded(model, ids)), recorded(gpt2, ids))
+    model = offloaded(tiny_gpt2, how, tmp_path)
+    assert_close(unchanged_after(model, lambda: recorded(model, ids)), recorded(tiny_gpt2, ids))
 
 
 @pytest.mark.parametrize("how", OFFLOADS)
 def test_record_without_parameter_grads_leaves_the_placeholders_requiring_grad(
-    gpt2: nn.Module, ids: Tensor, how: str, tmp_path: Path
+    tiny_gpt2: nn.Module, ids: Tensor, how: str, tmp_path: Path
 ) -> None:
     # accelerate gives each new placeholder the flag of the one it replaces: switched off
     # inside the block, the flags must come back on for the placeholders in place after it
-    model = offloaded(gpt2, how, tmp_path)
+    model = offloaded(tiny_gpt2, how, tmp_path)
 
     def run() -> Tensor:
         with gradlens.record(
@@ -133,48 +128,48 @@ def test_record_without_parameter_grads_leaves_the_placeholders_requiring_grad(
 
     gradient = unchanged_after(model, run)
     assert all(p.requires_grad for p in model.parameters())
-    with gradlens.record(gpt2, "transformer.h.0") as rec:
-        rec.grad(gpt2(ids).logits[:, -1, 3])
+    with gradlens.record(tiny_gpt2, "transformer.h.0") as rec:
+        rec.grad(tiny_gpt2(ids).logits[:, -1, 3])
     assert_close(gradient, rec.gradients["transformer.h.0"])
 
 
 @pytest.mark.parametrize("how", OFFLOADS)
 def test_extract_on_an_offloaded_model_equals_the_plain_model(
-    gpt2: nn.Module, ids: Tensor, how: str, tmp_path: Path
+    tiny_gpt2: nn.Module, ids: Tensor, how: str, tmp_path: Path
 ) -> None:
     # extract runs under inference_mode, where accelerate's new placeholders would be
     # inference tensors: the model must keep its own
-    model = offloaded(gpt2, how, tmp_path)
+    model = offloaded(tiny_gpt2, how, tmp_path)
     features = unchanged_after(model, lambda: gradlens.extract(model, ids, GPT2_LAYERS))
     assert not any(p.is_inference() for p in model.parameters())
-    assert_close(features, gradlens.extract(gpt2, ids, GPT2_LAYERS))
+    assert_close(features, gradlens.extract(tiny_gpt2, ids, GPT2_LAYERS))
 
 
 @pytest.mark.parametrize("how", OFFLOADS)
 def test_patch_on_an_offloaded_model_equals_the_plain_model(
-    gpt2: nn.Module, ids: Tensor, how: str, tmp_path: Path
+    tiny_gpt2: nn.Module, ids: Tensor, how: str, tmp_path: Path
 ) -> None:
     def patched(model: nn.Module) -> dict[str, Tensor]:
         edits = {"transformer.h.0.mlp": gradlens.edits.zero()}
         with gradlens.patch(model, edits), torch.no_grad():
             return {"logits": model(ids).logits}
 
-    model = offloaded(gpt2, how, tmp_path)
+    model = offloaded(tiny_gpt2, how, tmp_path)
     result = unchanged_after(model, lambda: patched(model))
-    assert_close(result, patched(gpt2))
+    assert_close(result, patched(tiny_gpt2))
     with torch.no_grad():
-        assert not torch.allclose(result["logits"], gpt2(ids).logits)  # the edit did something
+        assert not torch.allclose(result["logits"], tiny_gpt2(ids).logits)  # the edit did something
 
 
 @pytest.mark.parametrize("how", OFFLOADS)
 def test_token_attributions_on_an_offloaded_model_equal_the_plain_model(
-    gpt2: nn.Module, ids: Tensor, how: str, tmp_path: Path
+    tiny_gpt2: nn.Module, ids: Tensor, how: str, tmp_path: Path
 ) -> None:
     def attributions(model: nn.Module) -> Tensor:
         return gradlens.token_attributions(model, ids, token(5), baseline=0, steps=4)
 
-    model = offloaded(gpt2, how, tmp_path)
-    assert_close(unchanged_after(model, lambda: attributions(model)), attributions(gpt2))
+    model = offloaded(tiny_gpt2, how, tmp_path)
+    assert_close(unchanged_after(model, lambda: attributions(model)), attributions(tiny_gpt2))
 
 
 @pytest.mark.parametrize("how", OFFLOADS)
