@@ -232,12 +232,18 @@ def _hook_dicts(obj: Any) -> dict[str, list[tuple[Any, Any]]]:
 
 
 def _tensor_state(t: Tensor | None) -> dict[str, Any] | None:
+    """A tensor's state. A meta tensor (a weight that accelerate keeps offloaded and loads
+    inside the module's forward) has no values, and accelerate puts a new meta tensor in
+    its place after every forward: its device, shape, dtype and flags are what it keeps,
+    its values are checked in the offload store (:func:`_offloaded_weights`)."""
     if t is None:
         return None
     grad = t.grad if not t.is_inference() else None
+    meta = t.is_meta
     return {
-        "object": t,
-        "value": t.detach().clone(),
+        "object": None if meta else t,
+        "value": (t.device, t.shape, t.dtype) if meta else t.detach().clone(),
+        "is_inference": t.is_inference(),
         "requires_grad": t.requires_grad,
         "grad": grad,
         "grad_value": None if grad is None else grad.detach().clone(),
@@ -248,6 +254,25 @@ def _tensor_state(t: Tensor | None) -> dict[str, Any] | None:
             else list(t._post_accumulate_grad_hooks.items())
         ),
     }
+
+
+def _accelerate_state(module: nn.Module) -> tuple[Any, Any, Any]:
+    """What accelerate's dispatch puts on a module: its ``_hf_hook``, the replaced instance
+    ``forward`` and the ``_old_forward`` it wraps (``None`` where absent)."""
+    state = vars(module)
+    return state.get("_hf_hook"), state.get("forward"), state.get("_old_forward")
+
+
+def _offloaded_weights(module: nn.Module) -> dict[str, Tensor]:
+    """The values of a module's own meta parameters and buffers, read where accelerate
+    keeps them offloaded (on the CPU or on disk: its ``AlignDevicesHook``'s
+    ``weights_map``), by name."""
+    weights = getattr(vars(module).get("_hf_hook"), "weights_map", None)
+    own = {**module._parameters, **module._buffers}
+    offloaded = [name for name, t in own.items() if t is not None and t.is_meta]
+    if weights is None or not offloaded:
+        return {}
+    return {name: torch.as_tensor(weights[name]).detach().clone() for name in offloaded}
 
 
 def _attention_settings(module: nn.Module) -> tuple[Any, Any]:
@@ -261,9 +286,11 @@ def snapshot(model: nn.Module, x: Tensor | None = None) -> dict[str, Any]:
 
     Global state (grad mode, inference mode, the ``nn.MultiheadAttention`` fast path, the
     global module hooks); per module: its hook dicts, train flag, identity, attention
-    settings (a Hugging Face config's ``_attn_implementation``, timm's ``fused_attn``); per
-    parameter and buffer, and for the input ``x`` if given: the tensor object, its values,
-    ``requires_grad``, ``.grad`` (object and values) and tensor hooks.
+    settings (a Hugging Face config's ``_attn_implementation``, timm's ``fused_attn``), and
+    for a model dispatched by accelerate its ``_hf_hook``, replaced ``forward`` and the
+    values of its offloaded weights; per parameter and buffer, and for the input ``x`` if
+    given: the tensor object, its values (device, shape and dtype for a meta tensor),
+    ``requires_grad``, ``is_inference()``, ``.grad`` (object and values) and tensor hooks.
     """
     return {
         "grad_enabled": torch.is_grad_enabled(),
@@ -278,6 +305,8 @@ def snapshot(model: nn.Module, x: Tensor | None = None) -> dict[str, Any]:
         "training": {name: m.training for name, m in model.named_modules()},
         "modules": {name: m for name, m in model.named_modules()},
         "attention_settings": {name: _attention_settings(m) for name, m in model.named_modules()},
+        "accelerate": {name: _accelerate_state(m) for name, m in model.named_modules()},
+        "offloaded": {name: _offloaded_weights(m) for name, m in model.named_modules()},
         "parameters": {name: _tensor_state(p) for name, p in model.named_parameters()},
         "buffers": {name: _tensor_state(b) for name, b in model.named_buffers()},
         "input": _tensor_state(x),
@@ -292,8 +321,17 @@ def _compare_tensor(
     problems = []
     if after["object"] is not before["object"]:
         problems.append(f"{where}: replaced by another tensor")
-    if not torch.equal(after["value"], before["value"]):
+    if isinstance(before["value"], tuple) or isinstance(after["value"], tuple):
+        if after["value"] != before["value"]:
+            problems.append(
+                f"{where}: (device, shape, dtype) {before['value']} -> {after['value']}"
+            )
+    elif not torch.equal(after["value"], before["value"]):
         problems.append(f"{where}: values changed")
+    if after["is_inference"] != before["is_inference"]:
+        problems.append(
+            f"{where}: is_inference {before['is_inference']} -> {after['is_inference']}"
+        )
     if after["requires_grad"] != before["requires_grad"]:
         problems.append(
             f"{where}: requires_grad {before['requires_grad']} -> {after['requires_grad']}"
@@ -332,6 +370,18 @@ def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         now = after["attention_settings"].get(name)
         if now != settings:
             problems.append(f"module {name or '<root>'}: attention settings {settings} -> {now}")
+    for name, state in before["accelerate"].items():
+        now = after["accelerate"].get(name)
+        if now is None or any(a is not b for a, b in zip(now, state)):
+            problems.append(
+                f"module {name or '<root>'}: accelerate hook or forward {state} -> {now}"
+            )
+    for name, weights in before["offloaded"].items():
+        now = after["offloaded"].get(name, {})
+        if list(now) != list(weights) or any(
+            not torch.equal(now[k], w) for k, w in weights.items()
+        ):
+            problems.append(f"module {name or '<root>'}: offloaded weights changed")
     for name, training in before["training"].items():
         if after["training"].get(name) != training:
             problems.append(f"module {name or '<root>'}: training {training} -> {not training}")

@@ -25,12 +25,16 @@ Builders:
 * :func:`hf_gpt2` -- Hugging Face GPT-2 language model.
 * :func:`eager_and_sdpa` -- the same Hugging Face weights with both attention kernels.
 * :func:`token_ids` -- random ids for the text models.
+* :func:`dispatched` -- a copy of any of them dispatched by accelerate (CPU or disk offload,
+  or split over devices by a device map).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import copy
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -317,4 +321,44 @@ def token_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     ``(batch, length)``, from their own generator."""
     return torch.randint(
         1, TEXT_VOCAB - 1, (batch, length), generator=torch.Generator().manual_seed(seed)
+    )
+
+
+def dispatched(
+    model: nn.Module,
+    how: Literal["cpu", "disk"] | Mapping[str, int | str],
+    *,
+    folder: Path | None = None,
+    **options: Any,
+) -> nn.Module:
+    """A copy of ``model`` (same weights) dispatched by accelerate, as ``device_map=`` loading
+    does: ``AlignDevicesHook`` s on its modules move inputs, and load offloaded weights,
+    inside each module's forward.
+
+    Args:
+        model: the model to copy (left as it is).
+        how: ``"cpu"``: every weight offloaded to the CPU and loaded for each forward
+            (``accelerate.cpu_offload``); ``"disk"``: offloaded to ``folder``
+            (``accelerate.disk_offload``); a device map ``{module name: device}``: each
+            module runs on its device (``accelerate.dispatch_model`` with the CPU as main
+            device, so modules mapped to ``"cpu"`` run there).
+        folder: where disk offload writes the weights (a test's ``tmp_path``).
+        **options: further keywords of the accelerate function (``offload_buffers``).
+
+    Returns:
+        The dispatched copy; its offloaded parameters are on the ``meta`` device and its
+        forward runs on the CPU (offload) or on the devices of the map.
+    """
+    import accelerate
+
+    copied = copy.deepcopy(model)
+    cpu = torch.device("cpu")
+    if how == "cpu":
+        return accelerate.cpu_offload(copied, execution_device=cpu, **options)
+    if how == "disk":
+        if folder is None:
+            raise ValueError("disk offload needs a folder")
+        return accelerate.disk_offload(copied, str(folder), execution_device=cpu, **options)
+    return accelerate.dispatch_model(
+        copied, device_map=dict(how), main_device="cpu", force_hooks=True, **options
     )

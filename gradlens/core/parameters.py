@@ -26,9 +26,12 @@ def parameters_without_grad(model: nn.Module) -> Iterator[None]:
     memory is written and held during the forward, and the gradients with respect to
     everything else are the same.
 
-    Only parameters that require grad on entry are switched, each once (tied parameters
-    are one parameter); frozen ones are left alone, and so are parameters created under
+    Only parameters that require grad on entry are switched (tied parameters are one
+    parameter); frozen ones are left alone, and so are parameters created under
     :func:`torch.inference_mode`, whose flag could not be switched back on outside it.
+    A model dispatched by ``accelerate`` with offloading swaps its parameters inside each
+    forward, and the new ones take the flag of those they replace: the flag is switched
+    back on for the parameter found in each switched parameter's place on exit as well.
 
     Args:
         model: the model whose parameters to switch.
@@ -36,11 +39,19 @@ def parameters_without_grad(model: nn.Module) -> Iterator[None]:
     Yields:
         Nothing; the flags are restored when the block ends.
     """
-    switched = [p for p in model.parameters() if p.requires_grad and not p.is_inference()]
+    switched = [
+        (module._parameters, name, parameter)
+        for module in model.modules()
+        for name, parameter in module._parameters.items()
+        if parameter is not None and parameter.requires_grad and not parameter.is_inference()
+    ]
     try:
-        for parameter in switched:
+        for _, _, parameter in switched:
             parameter.requires_grad_(False)
         yield
     finally:
-        for parameter in switched:
+        for slots, name, parameter in switched:
             parameter.requires_grad_(True)
+            now = slots.get(name)
+            if now is not None and now is not parameter and not now.is_inference():
+                now.requires_grad_(True)

@@ -117,6 +117,8 @@ def describe(value: Any) -> Any:
 def fingerprint(model: nn.Module) -> str:
     """A hash of the model's parameter and buffer names, shapes, dtypes and of 64 values
     sampled at fixed positions of each (cheap, exact and the same on every rank and device).
+    The ``meta`` placeholders of weights that accelerate keeps offloaded have no values
+    here: they count by name, shape and dtype only.
 
     Args:
         model: any module.
@@ -129,7 +131,7 @@ def fingerprint(model: nn.Module) -> str:
         for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
             digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
             flat = tensor.detach().reshape(-1)
-            if flat.numel():
+            if flat.numel() and not flat.is_meta:  # an offloaded weight's placeholder
                 index = torch.linspace(
                     0, flat.numel() - 1, min(flat.numel(), 64), device="cpu"
                 ).long()

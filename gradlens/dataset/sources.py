@@ -8,6 +8,7 @@ again; any other iterable is read from the start and its finished batches skippe
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -145,11 +146,12 @@ def source(loader: Iterable[Any], n_samples: int | None, one_process: bool) -> S
 
 
 def model_device(model: nn.Module) -> torch.device | None:
-    """The device of the model's first parameter or buffer (``None`` if it has neither)."""
-    for parameter in model.parameters():
-        return parameter.device
-    for buffer in model.buffers():
-        return buffer.device
+    """The device of the model's first parameter or buffer that holds values (``None`` if
+    it has none: then inputs stay where they are). ``meta`` placeholders are skipped: the
+    weights of a model offloaded by accelerate, whose hooks move the inputs themselves."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if not tensor.is_meta:
+            return tensor.device
     return None
 
 
