@@ -34,7 +34,7 @@ from ..core.chunks import check_batch_size, chunks, copies_per_chunk
 from ..core.extract import extract
 from ..core.inputs import Inputs, ModelInput
 from ..core.output_selection import OutputSpec
-from ..core.outputs import replace_outputs
+from ..core.outputs import Edit, replace_outputs
 from ..core.parameters import parameters_without_grad
 from ..core.selection import LayerSpec
 from ..errors import InterventionError
@@ -220,7 +220,7 @@ def _integrated(
     multi = False
     for part in chunks(len(cases), per_forward):
         chunk = cases[part]
-        scaled = {}
+        scaled: dict[LayerSpec | tuple[LayerSpec, ...], Edit] = {}
         for hook_point in dict.fromkeys(hp for hp, _ in chunk):
             factors = torch.cat(
                 [
@@ -234,7 +234,7 @@ def _integrated(
             model,
             inputs.tile(len(chunk)),
             repeat_target(target, batch, len(chunk)),
-            layers=list(scaled),
+            layers=[str(site) for site in scaled],
             output=output,
             hooks=[replace_outputs(model, scaled)],
         )
@@ -257,7 +257,7 @@ def _integrated(
     return attributions
 
 
-def _scale(factors: Tensor) -> Any:
+def _scale(factors: Tensor) -> Edit:
     """An edit multiplying row ``r`` of an output by ``factors[r]``."""
 
     def edit(name: str, module: nn.Module, value: Tensor) -> Tensor:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..core.checks import entry_point
 from ..core.output_selection import OutputSpec
-from ..core.outputs import replace_outputs
+from ..core.outputs import Edit, replace_outputs
 from ..core.selection import LayerSpec, attached_modules, named_modules, select_layers
 from ..errors import RecorderStateError, SAEError
 from .autoencoder import check_sae, input_width
@@ -79,6 +79,8 @@ class SAESite(nn.Module):
             or its last dimension is not the SAE's input width.
     """
 
+    sae: Any
+
     def __init__(self, hook_point: str, sae: Any) -> None:
         super().__init__()
         self.hook_point = hook_point
@@ -93,7 +95,8 @@ class SAESite(nn.Module):
         error = x - self.sae.decode(raw)  # from the latents before any edit
         latents = self.latents(raw)
         error = self.error(error)
-        return self.sae.decode(latents) + error
+        output: Tensor = self.sae.decode(latents) + error
+        return output
 
     def check_width(self, x: Any) -> None:
         """Raise :class:`~gradlens.errors.SAEError` unless ``x`` is a floating-point tensor
@@ -149,7 +152,9 @@ class Splice:
             nodes[error_site(hook_point)] = site.error
         with ExitStack() as stack:
             stack.enter_context(attached_modules(self.model, nodes))
-            edits = {hp: self._edit(site) for hp, site in self.sites.items()}
+            edits: dict[LayerSpec | tuple[LayerSpec, ...], Edit] = {
+                hp: self._edit(site) for hp, site in self.sites.items()
+            }
             stack.enter_context(replace_outputs(self.model, edits, select=self.select))
             self._stack = stack.pop_all()
         return self
@@ -160,7 +165,7 @@ class Splice:
             stack.close()
 
     @staticmethod
-    def _edit(site: SAESite) -> Any:
+    def _edit(site: SAESite) -> Edit:
         def edit(name: str, module: nn.Module, output: Any) -> Any:
             return site(output)
 
