@@ -25,6 +25,8 @@ Builders:
 * :func:`hf_gpt2` -- Hugging Face GPT-2 language model.
 * :func:`eager_and_sdpa` -- the same Hugging Face weights with both attention kernels.
 * :func:`token_ids` -- random ids for the text models.
+* :func:`sparse_autoencoder` -- a :class:`gradlens.sae.SparseAutoencoder` with non-zero
+  biases (for splicing into the models above).
 """
 
 from __future__ import annotations
@@ -318,3 +320,17 @@ def token_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(
         1, TEXT_VOCAB - 1, (batch, length), generator=torch.Generator().manual_seed(seed)
     )
+
+
+def sparse_autoencoder(d_in: int = 32, n_latents: int = 48, *, seed: int = 0) -> nn.Module:
+    """:class:`gradlens.sae.SparseAutoencoder` (``d_in`` -> ``n_latents``) with random,
+    non-zero biases, so that every term of ``encode`` and ``decode`` shows in the tests; the
+    default width is the GPT-2's. About half the latents fire on a random input."""
+    from gradlens.sae import SparseAutoencoder
+
+    _seed(seed)
+    sae = SparseAutoencoder(d_in, n_latents)
+    with torch.no_grad():
+        sae.b_enc.normal_(0.0, 0.02)
+        sae.b_dec.normal_(0.0, 0.02)
+    return sae

@@ -30,6 +30,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..core.buffers import preserve_buffers
 from ..core.checks import entry_point
 from ..core.output_selection import OutputSpec
 from ..core.outputs import Edit, replace_outputs
@@ -151,6 +152,7 @@ class Splice:
             nodes[latents_site(hook_point)] = site.latents
             nodes[error_site(hook_point)] = site.error
         with ExitStack() as stack:
+            stack.enter_context(preserve_buffers(self.model))
             stack.enter_context(attached_modules(self.model, nodes))
             edits: dict[LayerSpec | tuple[LayerSpec, ...], Edit] = {
                 hp: self._edit(site) for hp, site in self.sites.items()
@@ -201,8 +203,9 @@ def splice(
     entered inside the block. The SAE is called on the hook point's output as it is (same
     device and dtype): move and cast the SAE to match the model. Each forward costs one
     ``encode`` and two ``decode`` calls per hook point (the error's and the output's).
-    Leaving the block takes the hooks and the names off, also when it raises; the model
-    and the SAEs are never changed.
+    Leaving the block takes the hooks and the names off, also when it raises, and restores
+    the buffers that train-mode forwards inside it changed (as :func:`gradlens.patch`); the
+    model and the SAEs are never changed.
 
     Args:
         model: the model.
