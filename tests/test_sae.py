@@ -183,7 +183,7 @@ def test_the_model_and_the_sae_are_untouched(tiny_gpt2, sae, ids):
     sae_state = {k: v.clone() for k, v in sae.state_dict().items()}
     with splice(tiny_gpt2, {MLP: sae}):
         tiny_gpt2(ids).logits.sum().backward()
-    for name, parameter in [*tiny_gpt2.named_parameters(), *sae.named_parameters()]:
+    for parameter in [*tiny_gpt2.parameters(), *sae.parameters()]:
         parameter.grad = None  # the backward above was the user's own
     assert all(torch.equal(v, state[k]) for k, v in tiny_gpt2.state_dict().items())
     assert all(torch.equal(v, sae_state[k]) for k, v in sae.state_dict().items())
