@@ -32,9 +32,10 @@ def top_features_table(
     latent's largest activation there, and the window's tokens around that position: in
     HTML every token coloured by the latent's activation (the sequential colour map of
     :func:`gradlens.viz.text_html`, one scale for the whole table, the top value darkest)
-    with the peak token framed; in Markdown the peak token in bold between ``[[ ]]``. Token
-    strings are escaped (HTML) or have ``|``, ``*``, ``[``, ``]`` and line breaks escaped
-    (Markdown).
+    with the peak token framed; in Markdown the tokens separated by spaces and the peak
+    token in bold between ``[[ ]]``. Token strings are escaped (HTML) or have Markdown's
+    special characters (backslash, ``|``, ``*``, ``[``, ``]``, ``_``, backquote) and
+    line breaks escaped (Markdown).
 
     Args:
         top: the examples.
@@ -92,7 +93,7 @@ def _markdown(top: TopFeatures, rows: list[Row], title: str) -> str:
         "|---|---|---|---|---|",
     ]
     for rank, position, texts, _, peak in rows:
-        shown = "".join(f"**[[{_md(t)}]]**" if i == peak else _md(t) for i, t in enumerate(texts))
+        shown = " ".join(f"**[[{_md(t)}]]**" if i == peak else _md(t) for i, t in enumerate(texts))
         lines.append(
             f"| {rank + 1} | {int(top.windows[rank])} | {position} | "
             f"{float(top.values[rank]):.4g} | {shown} |"
