@@ -52,7 +52,7 @@ def train_sae(cache: datasets.Dataset, n_latents: int, steps: int) -> nn.Module:
     for _ in range(steps):
         batch = acts[torch.randint(len(acts), (512,))]
         latents = sae.encode(batch)
-        loss = (sae.decode(latents) - batch).pow(2).sum(-1).mean() + 3e-3 * latents.sum(-1).mean()
+        loss = (sae.decode(latents) - batch).pow(2).sum(-1).mean() + latents.sum(-1).mean()  # L1
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 
     # --8<-- [start:attribute]
     result = gradlens.sae.feature_attributions(
-        model, prompts, answer, saes={HOOK: sae}, method="integrated_gradients", steps=16
+        model, prompts, answer, saes={HOOK: sae}, method="integrated_gradients", steps=64
     )[HOOK]
     at_query = result.latents[:, -1]  # (B, n_latents): each latent's share at the query
     top = at_query.mean(0).topk(3)  # the latents that push the answer most
