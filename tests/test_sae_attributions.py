@@ -98,6 +98,19 @@ def test_integrated_gradients_in_chunks_equal_one_forward(tiny_gpt2, saes, ids):
         torch.testing.assert_close(chunked[hp].error, whole[hp].error)
 
 
+@pytest.mark.parametrize("method", ["input_x_gradient", "integrated_gradients"])
+def test_every_hook_point_is_attributed_in_one_forward_to_the_logits(tiny_gpt2, saes, ids, method):
+    heads = []
+    handle = tiny_gpt2.lm_head.register_forward_hook(lambda m, i, o: heads.append(len(o)))
+    try:
+        feature_attributions(tiny_gpt2, ids, NEXT, saes=saes, method=method, steps=4)
+    finally:
+        handle.remove()
+    # integrated gradients: both hook points x 4 steps x 2 samples stacked in one forward
+    # (its inference forward for the latents at the input stops after the last hook point)
+    assert heads == ([2] if method == "input_x_gradient" else [2 * 4 * 2])
+
+
 def test_attribution_patching_is_the_first_order_estimate_at_the_baseline(tiny_gpt2, saes, ids):
     baseline = zoo.token_ids(2, 6, seed=3)
     result = feature_attributions(
