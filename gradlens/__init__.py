@@ -10,7 +10,16 @@ import importlib
 import sys
 from types import ModuleType
 
-from . import attention, attribution, cam, errors, targets, text, version  # (fill the registry)
+from . import (
+    attention,
+    attribution,
+    cam,
+    errors,
+    sae,
+    targets,
+    text,
+    version,
+)  # (fill the registry)
 
 # The old module paths that share a name with a function of this namespace are loaded
 # first, so that the functions bound below are what ``gradlens.extract`` is afterwards.
@@ -63,6 +72,7 @@ from .errors import (
     NotRecordedError,
     OutputSelectionError,
     RecorderStateError,
+    SAEError,
     TargetError,
     TokenInputError,
 )
@@ -143,6 +153,7 @@ __all__ = [
     "OutputSelectionError",
     "Recorder",
     "RecorderStateError",
+    "SAEError",
     "TargetError",
     "TokenInputError",
     "InputTypeError",
@@ -151,6 +162,7 @@ __all__ = [
     "extract",
     "layers",
     "record",
+    "sae",
     "select_layers",
     "targets",
     "text",

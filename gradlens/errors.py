@@ -18,6 +18,7 @@ __all__ = [
     "AttentionRolloutError",
     "TokenInputError",
     "InputTypeError",
+    "SAEError",
 ]
 
 
@@ -110,3 +111,9 @@ class InputTypeError(GradlensError, TypeError):
     """A model or model input of a type gradlens cannot run: a model that is not an
     ``nn.Module``, or a NumPy array or list of numbers where a ``torch.Tensor`` is needed.
     A :class:`TypeError`, raised before any hook is registered."""
+
+
+class SAEError(GradlensError, ValueError):
+    """A sparse autoencoder does not fit where it is spliced: it lacks ``encode`` or
+    ``decode``, its input width is not the hook point's output width, or its hook point
+    selects several modules (one that selects none is a :class:`LayerNotFoundError`)."""

@@ -34,6 +34,7 @@ import gradlens
 import gradlens.attribution
 import gradlens.cam
 import gradlens.metrics
+import gradlens.sae
 import gradlens.text
 from gradlens.errors import AttentionCaptureError, LayerNotFoundError, TargetError
 from gradlens.registry import INFO, METHODS
@@ -180,6 +181,36 @@ def _randomization_test(c: Call) -> None:
 def _patch(c: Call) -> None:
     with gradlens.patch(c.model, {"block1": gradlens.edits.zero()}):
         c.model(c.x)
+
+
+def _contract_sae() -> gradlens.sae.SparseAutoencoder:
+    """An SAE for ContractNet's ``block1`` output ``(B, 4, 8, 8)``: width 8, the last dim;
+    built as a user builds one, outside the mode under test, with its own random draws."""
+    with torch.inference_mode(False), torch.random.fork_rng():
+        torch.manual_seed(0)
+        return gradlens.sae.SparseAutoencoder(SIZE, 5)
+
+
+def _splice(c: Call) -> None:
+    with gradlens.sae.splice(c.model, {"block1": _contract_sae()}):
+        features = gradlens.extract(c.model, c.x, ["block1.latents", "block1.error"])
+        c.model(c.x)
+    assert features["block1.latents"].shape == (BATCH, 4, SIZE, 5)
+
+
+def _feature_attributions(method: str) -> Callable[[Call], None]:
+    def run(c: Call) -> None:
+        options: dict[str, Any] = {"method": method}
+        if method == "integrated_gradients":
+            options["steps"] = 2
+        if method == "attribution_patching":
+            options["baseline"] = c.x.flip(0)
+        result = gradlens.sae.feature_attributions(
+            c.model, c.x, c.target, saes={"block1": _contract_sae()}, **options
+        )
+        assert result["block1"].error.shape == (BATCH, 4, SIZE)
+
+    return run
 
 
 def _first_logit(output: torch.Tensor) -> torch.Tensor:
@@ -354,6 +385,13 @@ ENTRY_POINTS: dict[str, Case] = {
         takes_target=False,
     ),
     "patch": Case(gradlens.patch, _patch, takes_target=False),
+    "splice": Case(gradlens.sae.splice, _splice, takes_target=False),
+    **{
+        f"feature_attributions-{method}": Case(
+            gradlens.sae.feature_attributions, _feature_attributions(method)
+        )
+        for method in gradlens.sae.attributions.METHODS
+    },
     "activation_patching": Case(
         gradlens.activation_patching,
         lambda c: gradlens.activation_patching(
@@ -442,6 +480,7 @@ EXEMPT: dict[str, str] = {
     "AttentionRolloutError": "an exception class",
     "TokenInputError": "an exception class",
     "InputTypeError": "an exception class",
+    "SAEError": "an exception class",
     # records and results: plain data
     "Call": "what a Recorder stores for one module call",
     "LayerInfo": "a row of gradlens.layers' table",
@@ -451,6 +490,11 @@ EXEMPT: dict[str, str] = {
     "CamOptions": "a TypedDict of keyword options",
     "NoiseMethodOptions": "a TypedDict of keyword options",
     "TokenMethodOptions": "a TypedDict of keyword options",
+    "FeatureAttribution": "a result of gradlens.sae.feature_attributions",
+    "TopFeatures": "a result of gradlens.sae.top_features",
+    "Splice": "the context manager gradlens.sae.splice returns (its case covers it)",
+    "SAESite": "the module a Splice runs in place of a hook point's output",
+    "SparseAutoencoder": "a module of the user's, like a model",
     # pure helpers: they never run a model
     "select_layers": "resolves names to modules; runs no forward",
     "load_features": "reads .npy files",
@@ -470,9 +514,19 @@ EXEMPT: dict[str, str] = {
     "TokenInput": "parses token ids or a mapping of model inputs",
     "baseline_ids": "builds token ids from a config and an attention mask",
     "config_token_id": "reads a model's config",
+    "latents_site": "builds a name",
+    "error_site": "builds a name",
+    "top_features": "encodes cached activations with an SAE; runs no model",
 }
 
-PUBLIC_MODULES = (gradlens, gradlens.cam, gradlens.attribution, gradlens.metrics, gradlens.text)
+PUBLIC_MODULES = (
+    gradlens,
+    gradlens.cam,
+    gradlens.attribution,
+    gradlens.metrics,
+    gradlens.text,
+    gradlens.sae,
+)
 
 
 def _public_callables() -> dict[str, Any]:

@@ -8,7 +8,8 @@ from torch import nn
 
 import gradlens
 from gradlens import LayerNotFoundError
-from gradlens.core.selection import select_layers
+from gradlens.core.outputs import replace_outputs
+from gradlens.core.selection import attached_modules, named_modules, select_layers
 
 from . import zoo
 from .models import SharedNet
@@ -64,6 +65,86 @@ def test_patterns_types_and_filters_that_select_nothing_raise(resnet18):
 def test_an_empty_selection_raises(resnet18):
     with pytest.raises(LayerNotFoundError, match="empty"):
         select_layers(resnet18, [])
+
+
+def _tiny() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(3, 4), nn.Sequential(nn.ReLU(), nn.Linear(4, 4)), nn.Linear(4, 2)
+    )
+
+
+def test_attached_modules_are_selected_by_name_after_their_parent_subtree():
+    model = _tiny()
+    probe, other = nn.Identity(), nn.Identity()
+    with attached_modules(model, {"1.probe": probe, "elsewhere": other}):
+        assert list(named_modules(model)) == [
+            "",
+            "0",
+            "1",
+            "1.0",
+            "1.1",
+            "1.probe",
+            "2",
+            "elsewhere",
+        ]
+        assert select_layers(model, ["2", "1.probe"]) == {"1.probe": probe, "2": model[2]}
+        assert list(select_layers(model, nn.Identity)) == ["1.probe", "elsewhere"]
+    assert list(named_modules(model)) == ["", "0", "1", "1.0", "1.1", "2"]
+
+
+def test_attaching_changes_nothing_on_the_model():
+    model = _tiny()
+    with attached_modules(model, {"1.probe": nn.Identity()}):
+        assert [n for n, _ in model.named_modules()] == ["", "0", "1", "1.0", "1.1", "2"]
+        assert not hasattr(model[1], "probe")
+
+
+def test_an_attached_module_is_recorded_when_an_edit_calls_it():
+    model, probe = _tiny(), nn.Identity()
+    x = torch.randn(2, 3)
+    with (
+        attached_modules(model, {"1.probe": probe}),
+        replace_outputs(model, {"1": lambda name, module, out: probe(out)}),
+        gradlens.record(model, ["1", "1.probe"]) as rec,
+    ):
+        model(x)
+    torch.testing.assert_close(rec["1.probe"], rec["1"])
+
+
+def test_attached_names_leave_with_the_block_also_when_it_raises():
+    model = _tiny()
+    with (
+        pytest.raises(RuntimeError, match="inside"),
+        attached_modules(model, {"probe": nn.Identity()}),
+    ):
+        raise RuntimeError("inside")
+    with pytest.raises(LayerNotFoundError, match="did you mean '0'|no layer named 'probe'"):
+        select_layers(model, "probe")
+
+
+def test_an_unknown_name_suggests_attached_names():
+    model = _tiny()
+    with attached_modules(model, {"1.probe": nn.Identity()}):
+        with pytest.raises(LayerNotFoundError, match="did you mean '1.probe'"):
+            select_layers(model, "1.prob")
+
+
+def test_attaching_refuses_taken_names_and_non_modules():
+    model = _tiny()
+    with pytest.raises(ValueError, match="already names a module of Sequential"):
+        with attached_modules(model, {"1.0": nn.Identity()}):
+            pass
+    with attached_modules(model, {"probe": nn.Identity()}):
+        with pytest.raises(ValueError, match="attached under it already"):
+            with attached_modules(model, {"probe": nn.Identity()}):
+                pass
+        assert "probe" in named_modules(model)  # the refused block removed nothing
+    with pytest.raises(ValueError, match="empty name"):
+        with attached_modules(model, {"": nn.Identity()}):
+            pass
+    with pytest.raises(TypeError, match="must be an nn.Module"):
+        with attached_modules(model, {"probe": lambda x: x}):  # type: ignore[dict-item]
+            pass
 
 
 def test_layers_lists_names_and_types_without_running_the_model(resnet18):

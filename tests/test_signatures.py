@@ -40,6 +40,7 @@ PACKAGES = (
     "gradlens.viz",
     "gradlens.targets",
     "gradlens.edits",
+    "gradlens.sae",
 )
 
 SECTIONS = re.compile(

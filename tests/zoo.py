@@ -27,6 +27,8 @@ Builders:
 * :func:`token_ids` -- random ids for the text models.
 * :func:`dispatched` -- a copy of any of them dispatched by accelerate (CPU or disk offload,
   or split over devices by a device map).
+* :func:`sparse_autoencoder` -- a :class:`gradlens.sae.SparseAutoencoder` with non-zero
+  biases (for splicing into the models above).
 """
 
 from __future__ import annotations
@@ -362,3 +364,17 @@ def dispatched(
     return accelerate.dispatch_model(
         copied, device_map=dict(how), main_device="cpu", force_hooks=True, **options
     )
+
+
+def sparse_autoencoder(d_in: int = 32, n_latents: int = 48, *, seed: int = 0) -> nn.Module:
+    """:class:`gradlens.sae.SparseAutoencoder` (``d_in`` -> ``n_latents``) with random,
+    non-zero biases, so that every term of ``encode`` and ``decode`` shows in the tests; the
+    default width is the GPT-2's. About half the latents fire on a random input."""
+    from gradlens.sae import SparseAutoencoder
+
+    _seed(seed)
+    sae = SparseAutoencoder(d_in, n_latents)
+    with torch.no_grad():
+        sae.b_enc.normal_(0.0, 0.02)
+        sae.b_dec.normal_(0.0, 0.02)
+    return sae

@@ -12,20 +12,34 @@ A *layer spec* is one of
 or a list mixing them. :func:`select_layers` resolves a spec to ``{name: module}`` in the
 model's registration order and raises :class:`~gradlens.errors.LayerNotFoundError`, naming
 the closest existing layers, for anything that selects nothing.
+
+Modules that are not submodules of a model can be made selectable by name for the length
+of a ``with`` block with :func:`attached_modules` (a method that computes new nodes inside a
+layer's output, as ``gradlens.sae.splice`` does, names them this way): every capture then
+finds them as it finds the model's own layers.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from fnmatch import fnmatchcase
 from typing import Union, cast
+from weakref import WeakKeyDictionary
 
 from torch import nn
 
 from ..errors import LayerNotFoundError
 
-__all__ = ["LayerSpec", "Layers", "select_layers", "close_names", "named_modules"]
+__all__ = [
+    "LayerSpec",
+    "Layers",
+    "attached_modules",
+    "select_layers",
+    "close_names",
+    "named_modules",
+]
 
 LayerSpec = Union[str, type[nn.Module], nn.Module, Callable[[str, nn.Module], bool]]
 Layers = Union[LayerSpec, Sequence[LayerSpec]]
@@ -33,11 +47,103 @@ Layers = Union[LayerSpec, Sequence[LayerSpec]]
 _GLOB_CHARS = set("*?[")
 
 
+# model -> {name: module} of the modules attached to it by active attached_modules blocks
+_ATTACHED: WeakKeyDictionary[nn.Module, dict[str, nn.Module]] = WeakKeyDictionary()
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    original = getattr(model, "_orig_mod", None)
+    return original if isinstance(original, nn.Module) else model
+
+
 def named_modules(model: nn.Module) -> dict[str, nn.Module]:
     """``{name: module}`` including the root (``""``); a ``torch.compile``d model is named as
-    the original model (``"layer4"``, not ``"_orig_mod.layer4"``)."""
-    original = getattr(model, "_orig_mod", None)
-    return dict((original if isinstance(original, nn.Module) else model).named_modules())
+    the original model (``"layer4"``, not ``"_orig_mod.layer4"``). Modules attached with
+    :func:`attached_modules` follow the subtree of their parent name (``"h.0.mlp.sites"``
+    right after ``"h.0.mlp"`` and its submodules), or come last when no parent exists."""
+    base = _unwrapped(model)
+    named = dict(base.named_modules())
+    attached = _ATTACHED.get(base)
+    if not attached:
+        return named
+    order = list(named)
+    for name in attached:
+        order.insert(_insertion_point(order, name), name)
+    modules = {**named, **attached}
+    return {name: modules[name] for name in order}
+
+
+def _insertion_point(order: list[str], name: str) -> int:
+    """The index after the subtree of ``name``'s closest existing ancestor in ``order``."""
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:cut])
+        if parent in order:
+            start = order.index(parent)
+            end = start + 1
+            while end < len(order) and order[end].startswith(parent + "."):
+                end += 1
+            return end
+    return len(order)
+
+
+@contextmanager
+def attached_modules(model: nn.Module, modules: Mapping[str, nn.Module]) -> Iterator[None]:
+    """Make modules that are not submodules of ``model`` selectable by name in the block.
+
+    The model is not changed (no attribute is set, ``model.named_modules()`` is as before):
+    the names are kept beside it, in a registry that :func:`named_modules` -- and so
+    :func:`select_layers`, the :class:`~gradlens.core.recorder.Recorder`, ``extract``,
+    ``replace_outputs`` and every method built on them -- reads. A forward hook on an
+    attached module fires when something calls the module during the model's forward
+    (e.g. an edit of one of the model's layers). Only the given names are attached, not
+    the attached modules' own submodules.
+
+    Example::
+
+        probe = nn.Identity()
+        with attached_modules(model, {"layer4.probe": probe}):
+            with replace_outputs(model, {"layer4": lambda n, m, out: probe(out)}):
+                features = extract(model, x, "layer4.probe")["layer4.probe"]
+
+    Args:
+        model: the model.
+        modules: ``{dotted name: module}``; the names must be new to the model.
+
+    Yields:
+        Nothing; on exit (also when the block raises) the names are removed.
+
+    Raises:
+        ValueError: a name is empty, is already the name of one of the model's modules, or
+            is attached already by an active block.
+        TypeError: a value is not an ``nn.Module``.
+    """
+    base = _unwrapped(model)
+    own = dict(base.named_modules())
+    attached = _ATTACHED.get(base, {})
+    new = dict(modules)
+    for name, module in new.items():
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"an attached module must be an nn.Module; {name!r} is {type(module).__name__}"
+            )
+        if not name:
+            raise ValueError("cannot attach a module under the empty name (the model's own)")
+        if name in own:
+            raise ValueError(
+                f"cannot attach {name!r}: it already names a module of {type(model).__name__}"
+            )
+        if name in attached:
+            raise ValueError(f"cannot attach {name!r}: a module is attached under it already")
+    attached = _ATTACHED.setdefault(base, {})
+    attached.update(new)
+    try:
+        yield
+    finally:
+        for name in new:
+            attached.pop(name, None)
+        if not attached:
+            _ATTACHED.pop(base, None)
 
 
 def select_layers(model: nn.Module, layers: Layers) -> dict[str, nn.Module]:

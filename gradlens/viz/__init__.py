@@ -8,6 +8,8 @@ One file per kind of picture:
   or HTML for notebooks (:func:`text_html`);
 * :mod:`~gradlens.viz.patching` -- layer x position heat maps of patching results
   (:func:`patching_heatmap`);
+* :mod:`~gradlens.viz.features` -- the max-activating examples of an SAE latent as an
+  HTML or Markdown table (:func:`top_features_table`);
 * :mod:`~gradlens.viz.files` -- :func:`save` writes any figure;
 * :mod:`~gradlens.viz.colours` -- the colour maps they share (:data:`DIVERGING_CMAP`,
   :data:`SEQUENTIAL_CMAP`).
@@ -20,6 +22,7 @@ shows up in a notebook when it is the cell's value, and :func:`save` writes it t
 from __future__ import annotations
 
 from .colours import DIVERGING_CMAP, SEQUENTIAL_CMAP
+from .features import top_features_table
 from .files import save
 from .images import overlay, show
 from .patching import patching_heatmap
@@ -34,4 +37,5 @@ __all__ = [
     "show",
     "text",
     "text_html",
+    "top_features_table",
 ]
