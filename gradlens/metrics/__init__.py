@@ -37,11 +37,34 @@ in place of images (see :mod:`gradlens.metrics.text`).
 
 from __future__ import annotations
 
+from ._common import MetricResult
+from .complexity import complexity, effective_complexity, sparseness
 from .confidence import average_drop, increase_in_confidence
 from .curves import CurveResult, deletion, gaussian_blur, insertion
+from .localisation import (
+    attribution_localisation,
+    auc,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
 from .logits import logit_difference, normalized
 from .pointing import pointing_game
-from .sanity import RandomizationResult, randomization_test, spearman
+from .randomisation import (
+    ParameterRandomisationResult,
+    RandomizationResult,
+    model_parameter_randomisation,
+    random_logit,
+    randomization_test,
+)
+from .robustness import (
+    avg_sensitivity,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    relative_input_stability,
+    relative_output_stability,
+)
+from .sanity import spearman
 from .text import ERASER_FRACTIONS, comprehensiveness, sufficiency, token_localization
 
 __all__ = [
@@ -61,4 +84,21 @@ __all__ = [
     "comprehensiveness",
     "sufficiency",
     "ERASER_FRACTIONS",
+    "MetricResult",
+    "max_sensitivity",
+    "avg_sensitivity",
+    "local_lipschitz_estimate",
+    "relative_input_stability",
+    "relative_output_stability",
+    "sparseness",
+    "complexity",
+    "effective_complexity",
+    "attribution_localisation",
+    "top_k_intersection",
+    "relevance_rank_accuracy",
+    "relevance_mass_accuracy",
+    "auc",
+    "ParameterRandomisationResult",
+    "model_parameter_randomisation",
+    "random_logit",
 ]
