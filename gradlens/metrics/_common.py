@@ -123,7 +123,8 @@ def _maps_like(inputs: Tensor, attributions: Tensor) -> Tensor:
             "attributions must be shaped like the input (B, C, H, W) or be maps (B, H, W), "
             f"got {tuple(attributions.shape)}"
         )
-    maps = _reduce_maps(attributions, tuple(inputs.shape[-2:])).double()
+    # float64 throughout: a float32 round trip would merge near-equal values (rank ties)
+    maps = resize(to_2d(attributions.detach()).double(), tuple(inputs.shape[-2:]))
     _check_images(inputs, maps)
     return maps
 

@@ -142,7 +142,8 @@ def _outputs(
 
 
 def _norm(x: Tensor) -> Tensor:
-    return x.flatten(1).norm(dim=1)
+    norms: Tensor = torch.linalg.vector_norm(x.flatten(1), dim=1)
+    return norms
 
 
 def _nanmax(values: Tensor) -> Tensor:
@@ -404,7 +405,7 @@ def relative_input_stability(
     generator: torch.Generator | None = None,
     batch_size: int = 64,
     normalise: bool = False,
-    skip_changed: bool = False,
+    skip_changed: bool = True,
     output: OutputSpec = None,
 ) -> MetricResult:
     """Relative input stability (Agarwal et al., "Rethinking stability for attribution-based
@@ -415,9 +416,9 @@ def relative_input_stability(
         RIS(x) = max_j ||(e_x - e_x') / e_x||_2 / max(||(x - x') / x||_2, eps_min)
 
     with ``x' = x + delta_j``, ``delta_j ~ U[-r, r]``, divisions element-wise and zeros of
-    ``e_x`` and ``x`` in the divisor replaced by ``eps_min``. The paper keeps only the
-    ``x'`` that the model classifies like ``x``: pass ``skip_changed=True`` for that.
-    *Lower* is more stable.
+    ``e_x`` and ``x`` in the divisor replaced by ``eps_min``. As in the paper, only the
+    ``x'`` that the model classifies like ``x`` count (``skip_changed=True``, the default
+    here). *Lower* is more stable.
 
     Args:
         model, inputs, attributions, target: as for :func:`max_sensitivity`.
@@ -486,7 +487,7 @@ def relative_output_stability(
     generator: torch.Generator | None = None,
     batch_size: int = 64,
     normalise: bool = False,
-    skip_changed: bool = False,
+    skip_changed: bool = True,
     output: OutputSpec = None,
 ) -> MetricResult:
     """Relative output stability (Agarwal et al., "Rethinking stability for attribution-based
@@ -497,7 +498,9 @@ def relative_output_stability(
 
         ROS(x) = max_j ||(e_x - e_x') / e_x||_2 / max(||h(x) - h(x')||_2, eps_min)
 
-    with ``x' = x + delta_j``, ``delta_j ~ U[-r, r]``. *Lower* is more stable.
+    with ``x' = x + delta_j``, ``delta_j ~ U[-r, r]``; as in the paper, only the ``x'`` that
+    the model classifies like ``x`` count (``skip_changed=True``, the default here). *Lower*
+    is more stable.
 
     Args:
         model, inputs, attributions, target: as for :func:`max_sensitivity`.
