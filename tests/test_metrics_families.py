@@ -254,10 +254,12 @@ def test_draws_that_change_the_prediction_are_left_out():
     flip[1] = 0.05 * model.weight[1].view(1, 4, 4).sign()  # raises class 1, moves more
     clean = int(model(x).argmax())
     kept = flip[clean].view(1, 1, 1, 4, 4)
-    maps = torch.ones(1, 4, 4)
-    both = max_sensitivity(model, x, maps, method=identity, perturbations=flip, skip_changed=True)
-    alone = max_sensitivity(model, x, maps, method=identity, perturbations=kept)
-    kept_all = max_sensitivity(model, x, maps, method=identity, perturbations=flip)
+    maps = torch.zeros(1, 4, 4)  # the identity's map of x; absolute change: |delta|
+    both = max_sensitivity(
+        model, x, maps, method=identity, perturbations=flip, skip_changed=True, relative=False
+    )
+    alone = max_sensitivity(model, x, maps, method=identity, perturbations=kept, relative=False)
+    kept_all = max_sensitivity(model, x, maps, method=identity, perturbations=flip, relative=False)
     assert both.scores.tolist() == alone.scores.tolist() != kept_all.scores.tolist()
 
 
