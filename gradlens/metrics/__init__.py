@@ -13,7 +13,7 @@ One module per part; every public name is importable from ``gradlens.metrics``:
 * ``randomisation``: :func:`model_parameter_randomisation`
   (:class:`ParameterRandomisationResult`), :func:`random_logit` and
   :func:`randomization_test` (:class:`RandomizationResult`); ``sanity``: :func:`spearman`;
-* ``complexity``: :func:`sparseness`, :func:`complexity`, :func:`effective_complexity`;
+* ``complexity_metrics``: :func:`sparseness`, :func:`complexity`, :func:`effective_complexity`;
 * ``localisation``: :func:`attribution_localisation`, :func:`top_k_intersection`,
   :func:`relevance_rank_accuracy`, :func:`relevance_mass_accuracy`, :func:`auc` (with
   ground-truth ``masks``);
@@ -54,7 +54,7 @@ in place of images (see :mod:`gradlens.metrics.text`).
 from __future__ import annotations
 
 from ._common import MetricResult
-from .complexity import complexity, effective_complexity, sparseness
+from .complexity_metrics import complexity, effective_complexity, sparseness
 from .confidence import average_drop, increase_in_confidence
 from .curves import CurveResult, deletion, gaussian_blur, insertion
 from .localisation import (
