@@ -178,6 +178,12 @@ def test_maps_of_the_wrong_shape_are_refused():
         sparseness(MODEL, X, torch.ones(2, 4, 4))
 
 
+def test_token_ids_are_refused():
+    ids = torch.ones(2, 7, dtype=torch.long)
+    with pytest.raises(ValueError, match="does not apply to token ids"):
+        complexity(MODEL, ids, torch.ones(2, 7))
+
+
 def test_k_beyond_the_pixels_is_refused():
     with pytest.raises(ValueError, match="k must be between 1 and H"):
         top_k_intersection(MODEL, X, localisation_map(), masks=MASK, k=17)

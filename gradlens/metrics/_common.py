@@ -115,7 +115,10 @@ def _maps_like(inputs: Tensor, attributions: Tensor) -> Tensor:
             batch differs from the inputs'.
     """
     if inputs.ndim != 4:
-        raise ValueError(f"inputs must have shape (B, C, H, W), got {tuple(inputs.shape)}")
+        raise ValueError(
+            f"inputs must be images of shape (B, C, H, W), got {tuple(inputs.shape)}; this "
+            "metric does not apply to token ids (B, T)"
+        )
     if not isinstance(attributions, Tensor):
         attributions = torch.as_tensor(attributions)
     if attributions.ndim not in (3, 4):

@@ -407,7 +407,9 @@ def model_parameter_randomisation(
     inputs = inputs.detach()
     with torch.inference_mode(False):  # ordinary parameters, which autograd can save
         working = copy.deepcopy(model)
-    trained = {k: v.clone() for k, v in working.state_dict().items()}
+    trained = {}
+    if mode == "independent":
+        trained = {k: v.clone() for k, v in working.state_dict().items()}
     working_modules = dict(working.named_modules())
     with _untouched(working):
         classes = _classes(working, inputs, target, output, batch_size)
@@ -543,7 +545,8 @@ def random_logit(
     if num_classes < 2:
         raise TargetError("the random-logit test needs a model with at least two classes")
     if off_target is None:
-        drawn = torch.randint(num_classes - 1, (batch,), generator=private_generator(generator))
+        rng = private_generator(generator)
+        drawn = torch.randint(num_classes - 1, (batch,), generator=rng, device=rng.device)
         drawn = drawn.to(classes.device)
         others = drawn + (drawn >= classes).long()
     else:
