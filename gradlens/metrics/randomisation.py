@@ -128,8 +128,10 @@ def randomization_test(
     maps", NeurIPS 2018).
 
     A method whose maps barely change when the weights are destroyed explains the input,
-    not the model. The test works on a deep copy (the model itself -- parameters,
-    buffers, gradients, mode, hooks -- is untouched):
+    not the model. :func:`model_parameter_randomisation` is the general form (independent
+    mode, smooth and efficient variants, a ``(B, L)`` table against given attributions).
+    The test works on a deep copy (the model itself -- parameters, buffers, gradients,
+    mode, hooks -- is untouched):
 
     1. the original maps are ``method(copy, images, target=classes)``;
     2. for each entry of ``layers`` in turn, that module is re-initialised (on top of the
