@@ -178,6 +178,22 @@ def _randomization_test(c: Call) -> None:
     )
 
 
+def _masks() -> torch.Tensor:
+    masks = torch.zeros(BATCH, SIZE, SIZE, dtype=torch.bool)
+    masks[:, :4, :4] = True
+    return masks
+
+
+def _map_metric(metric: Callable[..., Any], **options: Any) -> Callable[[Call], None]:
+    """A metric of the maps alone (complexity, localisation): the model is not run."""
+    return lambda c: metric(c.model, c.x, _maps(), c.target, **options)
+
+
+def _explaining_metric(metric: Callable[..., Any], **options: Any) -> Callable[[Call], None]:
+    """A metric that explains the inputs again with saliency (robustness, randomisation)."""
+    return lambda c: metric(c.model, c.x, _maps(), c.target, method="saliency", **options)
+
+
 def _patch(c: Call) -> None:
     with gradlens.patch(c.model, {"block1": gradlens.edits.zero()}):
         c.model(c.x)
@@ -373,6 +389,58 @@ ENTRY_POINTS: dict[str, Case] = {
         gradlens.metrics.pointing_game, _pointing_game, takes_target=False, runs_model=False
     ),
     "randomization_test": Case(gradlens.metrics.randomization_test, _randomization_test),
+    **{
+        name: Case(
+            getattr(gradlens.metrics, name),
+            _explaining_metric(getattr(gradlens.metrics, name), nr_samples=2),
+        )
+        for name in (
+            "max_sensitivity",
+            "avg_sensitivity",
+            "local_lipschitz_estimate",
+            "relative_input_stability",
+            "relative_output_stability",
+        )
+    },
+    "model_parameter_randomisation": Case(
+        gradlens.metrics.model_parameter_randomisation,
+        _explaining_metric(
+            gradlens.metrics.model_parameter_randomisation, layers=["head.3", "block2.0"]
+        ),
+    ),
+    "random_logit": Case(
+        gradlens.metrics.random_logit,
+        _explaining_metric(gradlens.metrics.random_logit, win_size=3),
+    ),
+    **{
+        name: Case(
+            getattr(gradlens.metrics, name),
+            _map_metric(getattr(gradlens.metrics, name)),
+            takes_target=False,
+            runs_model=False,
+        )
+        for name in ("sparseness", "complexity", "effective_complexity")
+    },
+    **{
+        name: Case(
+            getattr(gradlens.metrics, name),
+            _map_metric(getattr(gradlens.metrics, name), masks=_masks()),
+            takes_target=False,
+            runs_model=False,
+        )
+        for name in (
+            "attribution_localisation",
+            "relevance_rank_accuracy",
+            "relevance_mass_accuracy",
+            "auc",
+        )
+    },
+    "top_k_intersection": Case(
+        gradlens.metrics.top_k_intersection,
+        _map_metric(gradlens.metrics.top_k_intersection, masks=_masks(), k=5),
+        takes_target=False,
+        runs_model=False,
+    ),
     "comprehensiveness": Case(
         gradlens.metrics.comprehensiveness, _text_metric(gradlens.metrics.comprehensiveness)
     ),
@@ -487,6 +555,8 @@ EXEMPT: dict[str, str] = {
     "Manifest": "the description of a dataset output folder",
     "CurveResult": "a metric result",
     "RandomizationResult": "a metric result",
+    "MetricResult": "a metric result",
+    "ParameterRandomisationResult": "a metric result",
     "CamOptions": "a TypedDict of keyword options",
     "NoiseMethodOptions": "a TypedDict of keyword options",
     "TokenMethodOptions": "a TypedDict of keyword options",

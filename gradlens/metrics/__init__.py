@@ -7,7 +7,16 @@ One module per part; every public name is importable from ``gradlens.metrics``:
   :func:`gaussian_blur`;
 * ``pointing``: :func:`pointing_game`;
 * ``confidence``: :func:`average_drop`, :func:`increase_in_confidence`;
-* ``sanity``: :func:`randomization_test` (:class:`RandomizationResult`) and :func:`spearman`;
+* ``robustness``: :func:`max_sensitivity`, :func:`avg_sensitivity`,
+  :func:`local_lipschitz_estimate`, :func:`relative_input_stability`,
+  :func:`relative_output_stability` (the method explains perturbed inputs again);
+* ``randomisation``: :func:`model_parameter_randomisation`
+  (:class:`ParameterRandomisationResult`), :func:`random_logit` and
+  :func:`randomization_test` (:class:`RandomizationResult`); ``sanity``: :func:`spearman`;
+* ``complexity_metrics``: :func:`sparseness`, :func:`complexity`, :func:`effective_complexity`;
+* ``localisation``: :func:`attribution_localisation`, :func:`top_k_intersection`,
+  :func:`relevance_rank_accuracy`, :func:`relevance_mass_accuracy`, :func:`auc` (with
+  ground-truth ``masks``);
 * ``logits``: :func:`logit_difference` and :func:`normalized`, for activation patching;
 * ``text``: :func:`token_localization`, :func:`comprehensiveness` and :func:`sufficiency`,
   for per-token attributions ``(B, T)`` of a text classifier.
@@ -31,17 +40,47 @@ Conventions shared by the image metrics:
   first). A model left in training mode triggers a warning, and its buffers (BatchNorm
   running statistics) are restored afterwards.
 
+The robustness, randomisation, complexity and localisation metrics share one signature,
+``metric(model, inputs, attributions, target=None, *, ...)``, and return a result whose
+``.scores`` is ``(B,)`` float64 (:class:`MetricResult`): maps are reduced and resized as
+above but kept in float64, normalised per sample where a metric normalises, randomness
+comes only from ``generator=`` (or explicit draws), and the explanation method, where one is
+needed, is ``method=`` -- a registered name or a callable ``method(model, x, target=...)``.
+
 The text metrics follow the same rules with token ids ``(B, T)`` and an ``attention_mask``
 in place of images (see :mod:`gradlens.metrics.text`).
 """
 
 from __future__ import annotations
 
+from ._common import MetricResult
+from .complexity_metrics import complexity, effective_complexity, sparseness
 from .confidence import average_drop, increase_in_confidence
 from .curves import CurveResult, deletion, gaussian_blur, insertion
+from .localisation import (
+    attribution_localisation,
+    auc,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
 from .logits import logit_difference, normalized
 from .pointing import pointing_game
-from .sanity import RandomizationResult, randomization_test, spearman
+from .randomisation import (
+    ParameterRandomisationResult,
+    RandomizationResult,
+    model_parameter_randomisation,
+    random_logit,
+    randomization_test,
+)
+from .robustness import (
+    avg_sensitivity,
+    local_lipschitz_estimate,
+    max_sensitivity,
+    relative_input_stability,
+    relative_output_stability,
+)
+from .sanity import spearman
 from .text import ERASER_FRACTIONS, comprehensiveness, sufficiency, token_localization
 
 __all__ = [
@@ -61,4 +100,21 @@ __all__ = [
     "comprehensiveness",
     "sufficiency",
     "ERASER_FRACTIONS",
+    "MetricResult",
+    "max_sensitivity",
+    "avg_sensitivity",
+    "local_lipschitz_estimate",
+    "relative_input_stability",
+    "relative_output_stability",
+    "sparseness",
+    "complexity",
+    "effective_complexity",
+    "attribution_localisation",
+    "top_k_intersection",
+    "relevance_rank_accuracy",
+    "relevance_mass_accuracy",
+    "auc",
+    "ParameterRandomisationResult",
+    "model_parameter_randomisation",
+    "random_logit",
 ]

@@ -4,6 +4,7 @@ scores of a forward, and the guard that leaves the model as it was."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -21,6 +22,18 @@ from ..targets.parse import target_rows
 from ..targets.scoring import Target
 
 Method = Callable[..., Tensor]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MetricResult:
+    """The outcome of a metric that gives one number per sample.
+
+    Attributes:
+        scores: ``(B,)`` float64, one value per sample (``nan`` where the metric is not
+            defined for that sample, e.g. an empty mask).
+    """
+
+    scores: Tensor
 
 
 def _reduce_maps(maps: Tensor, size: Sequence[int] | None = None) -> Tensor:
@@ -91,3 +104,51 @@ def _score(logits: Tensor, classes: Tensor, score: str) -> Tensor:
     logits = logits.double()  # float64 keeps small probabilities (average drop divides by them)
     values = torch.softmax(logits, dim=1) if score == "probability" else logits
     return values.gather(1, classes[:, None].to(values.device))[:, 0]
+
+
+def _maps_like(inputs: Tensor, attributions: Tensor) -> Tensor:
+    """``(B, H, W)`` float64 maps for ``inputs (B, C, H, W)``: ``attributions`` shaped like the
+    input or ``(B, h, w)``, reduced (:func:`gradlens.maps.to_2d`) and resized to the input.
+
+    Raises:
+        ValueError: ``inputs`` is not 4-D, the attributions are neither 3-D nor 4-D, or their
+            batch differs from the inputs'.
+    """
+    if inputs.ndim != 4:
+        raise ValueError(
+            f"inputs must be images of shape (B, C, H, W), got {tuple(inputs.shape)}; this "
+            "metric does not apply to token ids (B, T)"
+        )
+    if not isinstance(attributions, Tensor):
+        attributions = torch.as_tensor(attributions)
+    if attributions.ndim not in (3, 4):
+        raise ValueError(
+            "attributions must be shaped like the input (B, C, H, W) or be maps (B, H, W), "
+            f"got {tuple(attributions.shape)}"
+        )
+    # float64 throughout: a float32 round trip would merge near-equal values (rank ties)
+    maps = resize(to_2d(attributions.detach()).double(), tuple(inputs.shape[-2:]))
+    _check_images(inputs, maps)
+    return maps
+
+
+def _normalise(maps: Tensor) -> Tensor:
+    """Each map divided by its own largest absolute value (a zero map stays zero)."""
+    peak = maps.flatten(1).abs().amax(dim=1).view(-1, *([1] * (maps.ndim - 1)))
+    return maps / torch.where(peak == 0, torch.ones_like(peak), peak)
+
+
+def _check_masks(masks: Tensor, maps: Tensor) -> Tensor:
+    """``masks`` as bool ``(B, H, W)`` on the maps' device, checked against the maps."""
+    if not isinstance(masks, Tensor):
+        masks = torch.as_tensor(masks)
+    if masks.shape != maps.shape:
+        raise ValueError(
+            f"masks must have shape (B, H, W) = {tuple(maps.shape)}, got {tuple(masks.shape)}"
+        )
+    return masks.to(maps.device).bool()
+
+
+def _result(scores: Tensor) -> MetricResult:
+    """A :class:`MetricResult` holding an ordinary float64 CPU copy of ``scores``."""
+    return MetricResult(scores=scores.detach().double().cpu().clone())
