@@ -67,6 +67,8 @@ The package, one file per part:
 from __future__ import annotations
 
 from .api import attribute_dataset, extract_dataset
+from .cache import cache_activations
+from .cache_reader import ActivationCache, load_activations
 from .directory import load_features
 from .distributed import merge_shards
 from .manifest import Manifest
@@ -74,10 +76,13 @@ from .options import MethodOptions
 from .rows import shard_range
 
 __all__ = [
+    "ActivationCache",
     "Manifest",
     "MethodOptions",
     "extract_dataset",
     "attribute_dataset",
+    "cache_activations",
+    "load_activations",
     "load_features",
     "merge_shards",
     "shard_range",
