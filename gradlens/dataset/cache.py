@@ -337,14 +337,14 @@ def _shards(windows: Iterator[np.ndarray], shard_size: int) -> Iterator[np.ndarr
 
 
 def _source(tokens: Any, tokenizer: Any, text_column: str) -> dict[str, Any]:
-    """What identifies the token source before it is read (the windows of each written shard
-    are checked by their token digest as well)."""
-    described: dict[str, Any] = {"kind": f"{type(tokens).__module__}.{type(tokens).__qualname__}"}
+    """What identifies the token source before it is read: a Hugging Face dataset's
+    fingerprint, the tokenizer and the text column. Any other source is checked by the
+    token digest of every written shard as the run passes it (a generator made again for
+    the resumed run is the same source when it gives the same tokens)."""
+    described: dict[str, Any] = {}
     fingerprint_ = getattr(tokens, "_fingerprint", None)
     if isinstance(fingerprint_, str):
-        described["fingerprint"] = fingerprint_
-    if hasattr(tokens, "__len__") and not isinstance(tokens, Iterator):
-        described["documents"] = len(tokens)
+        described["dataset"] = fingerprint_
     if tokenizer is not None:
         described["text_column"] = text_column
         described["tokenizer"] = _tokenizer(tokenizer)

@@ -51,10 +51,10 @@ class ActivationCache:
         return result
 
     def _tensor(self, values: np.ndarray) -> torch.Tensor:
-        values = np.ascontiguousarray(values)
-        if self.dtype == torch.bfloat16:
-            return torch.from_numpy(values.view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(values)
+        if self.dtype == torch.bfloat16:  # the numpy format widens the uint16 bits
+            bits = np.ascontiguousarray(values, dtype=np.uint16).view(np.int16)
+            return torch.from_numpy(bits).view(torch.bfloat16)
+        return torch.from_numpy(np.ascontiguousarray(values))
 
     def __repr__(self) -> str:
         return (
