@@ -239,7 +239,9 @@ def test_bfloat16_storage_is_uint16_bits_that_load_activations_reads_as_bfloat16
     bf16 = gradlens.load_activations(tmp_path / "bf16")
     rows = bf16[0:5]
     assert rows[BLOCKS[1]].dtype == torch.bfloat16
-    torch.testing.assert_close(rows[BLOCKS[1]], full[0:5][BLOCKS[1]].to(torch.bfloat16), rtol=0, atol=0)
+    torch.testing.assert_close(
+        rows[BLOCKS[1]], full[0:5][BLOCKS[1]].to(torch.bfloat16), rtol=0, atol=0
+    )
     torch.testing.assert_close(rows["token_ids"], full[0:5]["token_ids"])
 
 

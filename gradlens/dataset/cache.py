@@ -39,7 +39,6 @@ from .identity import describe, describe_options, fingerprint
 from .manifest import Manifest, PathLike, gradlens_version
 from .packing import bos_id, documents, windows
 from .run import progress_bar
-from .sources import model_device
 from .shards import (
     STORAGE,
     TOKEN_COLUMN,
@@ -51,6 +50,7 @@ from .shards import (
     to_storage,
     token_digest,
 )
+from .sources import model_device
 
 __all__ = ["cache_activations"]
 
@@ -366,4 +366,3 @@ def _check_sizes(context_size: int, batch_size: int, shard_size: int) -> None:
     ]:
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
-
