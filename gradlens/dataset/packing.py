@@ -78,7 +78,7 @@ def documents(
         tokenizer: a ``tokenizers.Tokenizer`` or a Hugging Face tokenizer, for text; special
             tokens are not added (BOS comes from the packing).
         text_column: the text column's name.
-        chunk: texts tokenized together.
+        chunk: rows read (and texts tokenized) together.
 
     Raises:
         TokenInputError: a dataset with neither column, text without a tokenizer, or a
@@ -90,8 +90,9 @@ def documents(
             yield _ids(doc)
         return
     if "input_ids" in columns:
-        for row in tokens.select_columns(["input_ids"]):
-            yield _ids(row["input_ids"])
+        for batch in tokens.select_columns(["input_ids"]).iter(batch_size=chunk):
+            for ids in batch["input_ids"]:
+                yield _ids(ids)
         return
     if text_column not in columns:
         raise TokenInputError(
@@ -103,14 +104,8 @@ def documents(
             f"the dataset holds text ({text_column!r}): pass tokenizer= (a tokenizers.Tokenizer "
             "or a Hugging Face tokenizer) to turn it into token ids"
         )
-    texts: list[str] = []
-    for row in tokens.select_columns([text_column]):
-        texts.append(row[text_column])
-        if len(texts) == chunk:
-            yield from _encode(tokenizer, texts)
-            texts = []
-    if texts:
-        yield from _encode(tokenizer, texts)
+    for batch in tokens.select_columns([text_column]).iter(batch_size=chunk):
+        yield from _encode(tokenizer, list(batch[text_column]))
 
 
 def bos_id(bos_token_id: int | None, tokenizer: Any, model: nn.Module) -> int:
