@@ -57,7 +57,15 @@ from .cam import (
 from .core.extract import Extractor, extract
 from .core.recorder import Call, Recorder, record
 from .core.selection import select_layers
-from .dataset import Manifest, attribute_dataset, extract_dataset, load_features, merge_shards
+from .dataset import (
+    Manifest,
+    attribute_dataset,
+    cache_activations,
+    extract_dataset,
+    load_activations,
+    load_features,
+    merge_shards,
+)
 from .errors import (
     AttentionCaptureError,
     AttentionRolloutError,
@@ -114,6 +122,7 @@ __all__ = [
     "AttentionRolloutError",
     "attribute_dataset",
     "attribution",
+    "cache_activations",
     "cam",
     "edits",
     "eigencam",
@@ -130,6 +139,7 @@ __all__ = [
     "layer_gradient_x_activation",
     "layer_integrated_gradients",
     "layercam",
+    "load_activations",
     "load_features",
     "merge_shards",
     "occlusion",

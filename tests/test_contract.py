@@ -289,6 +289,42 @@ def _text_metric(metric: Callable[..., Any]) -> Callable[[Call], None]:
     return run
 
 
+class _TokensToSequence(torch.nn.Module):
+    """Token ids ``(N, T)`` in, ``(N, T, 3)`` out: ContractNet's logits for the first contract
+    image scaled by each sequence's mean token id, repeated over the tokens by ``sequence``
+    (an identity), so that cache_activations' hook point runs after all of ContractNet
+    (whose state the contract checks), its error module included."""
+
+    def __init__(self, model: torch.nn.Module, image: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.image = image
+        self.sequence = torch.nn.Identity()
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        scale = 1 + input_ids.float().mean(1) / 10
+        logits = self.model(self.image * scale[:, None, None, None])
+        out: torch.Tensor = self.sequence(logits[:, None].expand(-1, input_ids.shape[1], -1))
+        return out
+
+
+def _cache_activations(c: Call) -> None:
+    model = _TokensToSequence(c.model, c.x[:1].detach())
+    docs = [[1, 2, 3, 4, 5, 6, 7], [3, 4, 5, 6, 7, 8, 9, 2]]
+    ds = gradlens.cache_activations(
+        model,
+        docs,
+        "sequence",
+        c.tmp_path / "cache",
+        context_size=4,
+        batch_size=BATCH,
+        bos_token_id=0,
+        overwrite=True,
+        progress=False,
+    )
+    assert ds.features["sequence"].shape == (4, NUM_CLASSES)
+
+
 def _refuses_without_embeddings(method: Callable[..., Any]) -> Callable[[Call], None]:
     """The per-token methods on ContractNet, which has no embedding layer: they must refuse
     it before running it, and leave no trace (tests/test_token_attributions.py and
@@ -445,6 +481,7 @@ ENTRY_POINTS: dict[str, Case] = {
         gradlens.metrics.comprehensiveness, _text_metric(gradlens.metrics.comprehensiveness)
     ),
     "sufficiency": Case(gradlens.metrics.sufficiency, _text_metric(gradlens.metrics.sufficiency)),
+    "cache_activations": Case(gradlens.cache_activations, _cache_activations, takes_target=False),
     "extract_dataset": Case(
         gradlens.extract_dataset,
         lambda c: gradlens.extract_dataset(
@@ -568,6 +605,7 @@ EXEMPT: dict[str, str] = {
     # pure helpers: they never run a model
     "select_layers": "resolves names to modules; runs no forward",
     "load_features": "reads .npy files",
+    "load_activations": "reads a finished activation cache",
     "merge_shards": "copies .npy files",
     "first_component": "tensor maths on activations",
     "normalize_maps": "tensor maths on maps",

@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from hypothesis import given
 from hypothesis import strategies as st
 
+import gradlens
 from gradlens.dataset import (
     attribute_dataset,
     extract_dataset,
@@ -178,3 +179,62 @@ def test_a_shard_must_be_one_of_count_parts(tmp_path):
 
 
 assert BATCH == 4  # the rank ranges above assume batches of 4 from the shared test data
+
+
+# -- the activation cache -------------------------------------------------------------------
+
+
+def _cache_worker(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of a cache_activations run; reports how many forwards it ran."""
+    from . import zoo
+    from .test_cache import BLOCKS, corpus
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    try:
+        model = zoo.hf_gpt2()
+        calls: list[int] = []
+        handle = model.register_forward_pre_hook(lambda m, a: calls.append(1))
+        gradlens.cache_activations(
+            model,
+            corpus(),
+            BLOCKS,
+            Path(out) / "cache",
+            context_size=8,
+            batch_size=3,
+            shard_size=4,
+            progress=False,
+        )
+        handle.remove()
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps({"forwards": len(calls)}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_cache_the_same_dataset_as_one(tmp_path):
+    import datasets
+
+    from . import zoo
+    from .test_cache import BLOCKS, corpus
+
+    one = gradlens.cache_activations(
+        zoo.hf_gpt2(),
+        corpus(),
+        BLOCKS,
+        tmp_path / "one",
+        context_size=8,
+        batch_size=3,
+        shard_size=4,
+        progress=False,
+    )
+    mp.spawn(_cache_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    two = datasets.load_from_disk(str(tmp_path / "cache"))
+    assert len(two) == len(one) == 75  # 19 shards of 4 windows (the last holds 3)
+    expected, got = one.with_format("numpy")[:], two.with_format("numpy")[:]
+    for name in [*BLOCKS, "token_ids"]:
+        np.testing.assert_array_equal(got[name], expected[name])
+    forwards = [json.loads((tmp_path / f"rank{r}.json").read_text())["forwards"] for r in range(2)]
+    assert forwards == [19, 18]  # shards 0, 2, ..., 18 and 1, 3, ..., 17: 2 batches of 3 each
+    # (the last shard's 3 windows: one batch)

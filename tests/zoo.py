@@ -29,6 +29,8 @@ Builders:
   or split over devices by a device map).
 * :func:`sparse_autoencoder` -- a :class:`gradlens.sae.SparseAutoencoder` with non-zero
   biases (for splicing into the models above).
+* :func:`word_tokenizer` -- a word-level tokenizer for :func:`hf_gpt2`, built offline.
+* :func:`transformer_bridge` -- a TransformerLens ``TransformerBridge`` booted natively.
 """
 
 from __future__ import annotations
@@ -378,3 +380,54 @@ def sparse_autoencoder(d_in: int = 32, n_latents: int = 48, *, seed: int = 0) ->
         sae.b_enc.normal_(0.0, 0.02)
         sae.b_dec.normal_(0.0, 0.02)
     return sae
+
+
+def word_tokenizer(*, hf: bool = False) -> Any:
+    """A word-level tokenizer for :func:`hf_gpt2`'s vocabulary, built offline: ``"w1"`` ...
+    ``"w62"`` are ids 1 ... 62, ``[UNK]`` is 0, ``<|endoftext|>`` is ``TEXT_VOCAB - 1`` (GPT-2's
+    begin/end token); words are split on whitespace.
+
+    Args:
+        hf: wrap it as a Hugging Face ``PreTrainedTokenizerFast`` (whose ``bos_token_id`` is
+            the end-of-text id); default: the ``tokenizers.Tokenizer`` itself (no BOS id).
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"[UNK]": 0, **{f"w{i}": i for i in range(1, TEXT_VOCAB - 1)}}
+    vocab["<|endoftext|>"] = TEXT_VOCAB - 1
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    if not hf:
+        return core
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", bos_token="<|endoftext|>"
+    )
+
+
+def transformer_bridge(*, seed: int = 0) -> nn.Module:
+    """TransformerLens 4's ``TransformerBridge`` booted from a config (no download): 2 layers,
+    width 32, 4 heads of 8, MLP 64, 40 token ids, 16 positions, LayerNorm, GELU.
+
+    Returns:
+        The bridge in eval mode: ``(B, T)`` ids -> ``(B, T, 40)`` logits; its hook points
+        (``blocks.0.hook_in``, ``blocks.1.hook_out``, ...) are modules.
+    """
+    import transformer_lens as lens
+    from transformer_lens.model_bridge import TransformerBridge
+
+    config = lens.TransformerBridgeConfig(
+        n_layers=2,
+        d_model=32,
+        n_ctx=16,
+        d_head=8,
+        n_heads=4,
+        d_mlp=64,
+        d_vocab=40,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=seed,
+    )
+    _seed(seed)
+    return TransformerBridge.boot_native(config).eval()

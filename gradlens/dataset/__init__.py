@@ -1,4 +1,5 @@
-"""Dataset-scale extraction and attribution, streamed to ``.npy`` files, resumable, distributed.
+"""Dataset-scale extraction and attribution, streamed to ``.npy`` files, resumable, distributed;
+and the activation cache of language models for SAEs and probes (:func:`cache_activations`).
 
 :func:`extract_dataset` runs a model over a whole dataset and writes the outputs of the
 selected layers to one ``.npy`` file per layer; :func:`attribute_dataset` does the same for
@@ -62,11 +63,22 @@ The package, one file per part:
   ``rows``: row ranges and :func:`shard_range`;
 * ``sources``: ordered DataLoaders, iterables of batches, image folders;
 * ``distributed``: the ``torch.distributed`` group and :func:`merge_shards`.
+
+The activation cache (:func:`cache_activations`, a Hugging Face dataset written in shards):
+
+* ``cache``: :func:`cache_activations`, the run (windows in shards, shards to ranks,
+  batches through ``extract``);
+* ``packing``: token sources and SAELens' packing into windows;
+* ``shards``: shards written with ``save_to_disk`` by a background thread, storage dtypes;
+* ``cache_directory``: the directory checked, resumed, assembled;
+* ``cache_reader``: :func:`load_activations` (bfloat16 included).
 """
 
 from __future__ import annotations
 
 from .api import attribute_dataset, extract_dataset
+from .cache import cache_activations
+from .cache_reader import ActivationCache, load_activations
 from .directory import load_features
 from .distributed import merge_shards
 from .manifest import Manifest
@@ -74,10 +86,13 @@ from .options import MethodOptions
 from .rows import shard_range
 
 __all__ = [
+    "ActivationCache",
     "Manifest",
     "MethodOptions",
     "extract_dataset",
     "attribute_dataset",
+    "cache_activations",
+    "load_activations",
     "load_features",
     "merge_shards",
     "shard_range",

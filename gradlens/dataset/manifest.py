@@ -24,8 +24,10 @@ class Manifest:
     """What an output directory holds; stored as ``out/manifest.json``.
 
     Attributes:
-        kind: ``"features"`` (:func:`extract_dataset`) or ``"attributions"``
-            (:func:`attribute_dataset`).
+        kind: ``"features"`` (:func:`extract_dataset`), ``"attributions"``
+            (:func:`attribute_dataset`) or ``"activations"`` (:func:`cache_activations`,
+            whose ``n_samples`` and ``shapes`` are the window count and the column shapes,
+            known and recorded on completion).
         layers: the array names in order: the resolved layer names, or the method name.
         files: ``{name: file name in out}``.
         shapes: ``{name: [n_samples, *feature shape]}``.

@@ -185,15 +185,24 @@ def show_progress(progress: bool) -> bool:
 
 def _progress_bar(kind: str, rows: Interval, done: int, progress: bool, world: int) -> Any:
     """A tqdm bar over this rank's ``rows`` (samples/s) on stderr, or ``None``."""
+    desc = "extracting" if kind == "features" else "attributing"
+    return progress_bar(desc, rows[1] - rows[0], done, progress, world)
+
+
+def progress_bar(
+    desc: str, total: int | None, done: int, progress: bool, world: int, unit: str = "samples"
+) -> Any:
+    """A tqdm bar on stderr (rate in ``unit``/s; ``total=None`` for a stream of unknown
+    length), or ``None`` when :func:`show_progress` says no."""
     if not show_progress(progress):
         return None
     from tqdm.auto import tqdm
 
-    desc = "extracting" if kind == "features" else "attributing"
     return tqdm(
-        total=rows[1] - rows[0],
+        total=total,
         initial=done,
-        unit="samples",
+        unit=unit,
+        unit_scale=unit != "samples",
         desc=desc if world == 1 else f"{desc} (rank 0 of {world})",
         dynamic_ncols=True,
         smoothing=0.1,
