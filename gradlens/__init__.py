@@ -23,6 +23,9 @@ from .attention import (
     gradient_attention_rollout,
 )
 from .attribution import (
+    deeplift,
+    deeplift_shap,
+    gradient_shap,
     guided_backprop,
     guided_gradcam,
     input_x_gradient,
@@ -110,6 +113,9 @@ __all__ = [
     "eigengradcam",
     "extract_dataset",
     "generation_attributions",
+    "deeplift",
+    "deeplift_shap",
+    "gradient_shap",
     "gradcam",
     "gradcampp",
     "guided_backprop",
