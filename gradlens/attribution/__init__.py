@@ -32,7 +32,7 @@ from .integrated import RULES, integrated_gradients, layer_integrated_gradients,
 from .layer import layer_gradient_x_activation
 from .noise import NoiseMethodOptions, noise_scale, smoothgrad, vargrad
 from .occlusion import occlusion, window_positions
-from .shap import Distribution, baseline_distribution, gradient_shap
+from .shap import Distribution, gradient_shap
 
 __all__ = [
     "Attribution",
@@ -41,7 +41,6 @@ __all__ = [
     "NONLINEARITIES",
     "NoiseMethodOptions",
     "RULES",
-    "baseline_distribution",
     "deeplift",
     "deeplift_shap",
     "gradient_shap",

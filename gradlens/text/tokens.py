@@ -41,12 +41,18 @@ class TokenMethodOptions(TypedDict, total=False):
         rule: ``"integrated_gradients"``: the quadrature rule (default
             ``"gausslegendre"``).
         batch_size: ``"integrated_gradients"``, ``"smoothgrad"``, ``"vargrad"``,
-            ``"occlusion"``: the number of stacked inputs per forward.
+            ``"occlusion"``, ``"deeplift_shap"``, ``"gradient_shap"``: the number of stacked
+            inputs per forward.
         n: ``"smoothgrad"``, ``"vargrad"``: the number of noise samples (default 50).
         sigma: ``"smoothgrad"``, ``"vargrad"``: the noise level as a fraction of each
             sample's embedding range (default 0.15).
-        seed: ``"smoothgrad"``, ``"vargrad"``: seeds a new generator for the noise.
-        generator: ``"smoothgrad"``, ``"vargrad"``: the generator for the noise.
+        seed: ``"smoothgrad"``, ``"vargrad"``, ``"gradient_shap"``: seeds a new generator
+            for the random draws.
+        generator: ``"smoothgrad"``, ``"vargrad"``, ``"gradient_shap"``: the generator for
+            the random draws.
+        n_samples: ``"gradient_shap"``: the number of draws (default 5).
+        stdevs: ``"gradient_shap"``: the standard deviation of the noise added to the
+            embeddings (default 0).
         window: ``"occlusion"``: the occluded window over ``(T, H)`` (default one whole
             token, ``(1, H)``).
         stride: ``"occlusion"``: the window's stride (default: the window).
@@ -60,6 +66,8 @@ class TokenMethodOptions(TypedDict, total=False):
     sigma: float
     seed: int | None
     generator: torch.Generator | None
+    n_samples: int
+    stdevs: float | tuple[float, ...]
     window: Size | list[Size]
     stride: Size | list[Size]
 
