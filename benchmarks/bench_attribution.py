@@ -226,9 +226,7 @@ def bench_deeplift_shap(model, size: int, count: int, sweep: list[int], repeats:
         return captum.attribute(x, background, target=target)
 
     def ours(batch_size: int):
-        return lambda: deeplift_shap(
-            model, x, target, baselines=background, batch_size=batch_size
-        )
+        return lambda: deeplift_shap(model, x, target, baselines=background, batch_size=batch_size)
 
     same = 2 * count
     check = max_difference(ours(same)(), theirs())
@@ -255,7 +253,7 @@ def bench_gradient_shap(model, size: int, count: int, samples: int, sweep: list[
             x,
             target,
             baselines=background,
-            n_samples=samples,
+            n=samples,
             stdevs=0.1,
             batch_size=batch_size,
             seed=0,
@@ -320,8 +318,7 @@ def main() -> None:
     occlusion_size = args.occlusion_size or (64 if args.quick else 224)
     repeats = args.repeats or (1 if args.quick else 3)
     only = set(
-        args.only
-        or ["ig", "smoothgrad", "occlusion", "deeplift", "deeplift_shap", "gradient_shap"]
+        args.only or ["ig", "smoothgrad", "occlusion", "deeplift", "deeplift_shap", "gradient_shap"]
     )
     if args.threads:
         torch.set_num_threads(args.threads)

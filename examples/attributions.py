@@ -93,7 +93,7 @@ def shapley_methods(model: nn.Module, images: Tensor, background: Tensor) -> dic
         model, images, baselines=background, return_delta=True
     )
     expected, mc_delta = gradient_shap(
-        model, images, baselines=background, n_samples=16, stdevs=0.1, seed=0, return_delta=True
+        model, images, baselines=background, n=16, stdevs=0.1, seed=0, return_delta=True
     )
     # --8<-- [end:deeplift]
     with torch.inference_mode():

@@ -272,7 +272,7 @@ def captum_deeplift() -> dict[str, float]:
         ),
         "GradientShap (linear model, one baseline)": (
             GradientShap(linear).attribute(rows, baselines=start, target=3, n_samples=5),
-            gradient_shap(linear, rows, target=3, baselines=start, n_samples=5, seed=0),
+            gradient_shap(linear, rows, target=3, baselines=start, n=5, seed=0),
         ),
     }
     # --8<-- [end:captum-deeplift]

@@ -378,7 +378,7 @@ def test_gradient_shap_on_a_linear_model_with_one_baseline():
     x = torch.randn(3, 10, generator=torch.Generator().manual_seed(10))
     start = torch.randn(1, 10, generator=torch.Generator().manual_seed(11))
     theirs = captum_attr.GradientShap(model).attribute(x, start, target=2, n_samples=7)
-    close(gradient_shap(model, x, 2, baselines=start, n_samples=7), theirs)
+    close(gradient_shap(model, x, 2, baselines=start, n=7), theirs)
 
 
 def test_gradient_shap_equals_captums_in_expectation(mlp, rows):
@@ -391,12 +391,14 @@ def test_gradient_shap_equals_captums_in_expectation(mlp, rows):
     many = rows.repeat(m, 1)
     distribution = torch.randn(8, 10, generator=torch.Generator().manual_seed(12))
     ours = gradient_shap(
-        mlp, many, 3, baselines=distribution, n_samples=1, stdevs=0.5, batch_size=None, seed=0
+        mlp, many, 3, baselines=distribution, n=1, stdevs=0.5, batch_size=None, seed=0
     ).view(m, 2, 10)
     torch.manual_seed(0)
     np.random.seed(0)
-    theirs = captum_attr.GradientShap(mlp).attribute(
-        many, distribution, target=3, n_samples=1, stdevs=0.5
-    ).view(m, 2, 10)
+    theirs = (
+        captum_attr.GradientShap(mlp)
+        .attribute(many, distribution, target=3, n_samples=1, stdevs=0.5)
+        .view(m, 2, 10)
+    )
     error = ((ours.var(0) + theirs.var(0)) / m).sqrt()
     assert ((ours.mean(0) - theirs.mean(0)).abs() <= 5 * error + 1e-7).all()

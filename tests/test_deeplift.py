@@ -200,7 +200,7 @@ def test_gradient_shap_on_a_linear_model_is_the_difference_times_the_weights():
     torch.manual_seed(0)
     model = nn.Linear(6, 3).eval()
     start = DISTRIBUTION[:1]
-    result = gradient_shap(model, ROWS, 2, baselines=start, n_samples=3)
+    result = gradient_shap(model, ROWS, 2, baselines=start, n=3)
     torch.testing.assert_close(result, (ROWS - start) * model.weight[2].detach())
 
 
@@ -208,7 +208,7 @@ def test_gradient_shap_on_a_linear_model_converges_to_the_expected_baseline():
     torch.manual_seed(0)
     model = nn.Linear(6, 3).eval()
     result = gradient_shap(
-        model, ROWS, 2, baselines=DISTRIBUTION, n_samples=4000, stdevs=0.5, batch_size=None, seed=0
+        model, ROWS, 2, baselines=DISTRIBUTION, n=4000, stdevs=0.5, batch_size=None, seed=0
     )
     expected = (ROWS - DISTRIBUTION.mean(0)) * model.weight[2].detach()
     # each term has a standard deviation of at most |w| * (std of the baselines + 0.5) < 2;
@@ -218,7 +218,7 @@ def test_gradient_shap_on_a_linear_model_converges_to_the_expected_baseline():
 
 def test_gradient_shap_is_reproducible_with_a_seed_or_a_generator():
     model = _mlp(nn.Tanh)
-    options = dict(baselines=DISTRIBUTION, n_samples=6, stdevs=0.3)
+    options = dict(baselines=DISTRIBUTION, n=6, stdevs=0.3)
     first = gradient_shap(model, ROWS, 0, seed=7, **options)
     torch.testing.assert_close(gradient_shap(model, ROWS, 0, seed=7, **options), first)
     generator = torch.Generator().manual_seed(7)
@@ -230,7 +230,7 @@ def test_gradient_shap_delta_is_measured_against_the_mean_baseline_score():
     torch.manual_seed(0)
     model = nn.Linear(6, 3).eval()
     result, delta = gradient_shap(
-        model, ROWS, 1, baselines=DISTRIBUTION, n_samples=5, seed=0, return_delta=True
+        model, ROWS, 1, baselines=DISTRIBUTION, n=5, seed=0, return_delta=True
     )
     with torch.no_grad():
         expected = result.sum(1) - (model(ROWS)[:, 1] - model(DISTRIBUTION)[:, 1].mean())
@@ -265,7 +265,7 @@ class _Counting(nn.Module):
             ValueError,
             "N >= 1",
         ),
-        (lambda m: gradient_shap(m, ROWS, n_samples=0), ValueError, "n_samples must be"),
+        (lambda m: gradient_shap(m, ROWS, n=0), ValueError, "n must be"),
         (lambda m: gradient_shap(m, ROWS, stdevs=-0.1), ValueError, "non-negative"),
         (lambda m: gradient_shap(m, ROWS, stdevs=(0.1, 0.2)), ValueError, "stdevs has 2"),
         (lambda m: gradient_shap(m, ROWS, baselines="zeros"), TypeError, "must be a tensor"),

@@ -395,11 +395,11 @@ def _max_pool_rule(
             f"{type(module).__name__}; got shape {tuple(x.shape)}"
         )
     options = dict(
-        kernel_size=module.kernel_size,  # type: ignore[attr-defined]
-        stride=module.stride,  # type: ignore[attr-defined]
-        padding=module.padding,  # type: ignore[attr-defined]
-        dilation=module.dilation,  # type: ignore[attr-defined]
-        ceil_mode=module.ceil_mode,  # type: ignore[attr-defined]
+        kernel_size=module.kernel_size,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        ceil_mode=module.ceil_mode,
     )
     _, winners = pool(x, return_indices=True, **options)
     _, start_winners = pool(x0, return_indices=True, **options)

@@ -60,7 +60,6 @@ class NoiseMethodOptions(TypedDict, total=False):
         rule: :func:`~gradlens.attribution.integrated_gradients`: the quadrature rule.
         return_delta: :func:`~gradlens.attribution.integrated_gradients` and the DeepLIFT
             and SHAP methods: only ``False`` is allowed here (a ``ValueError`` for ``True``).
-        n_samples: :func:`~gradlens.attribution.gradient_shap`: the number of draws.
         stdevs: :func:`~gradlens.attribution.gradient_shap`: the input noise.
         window: :func:`~gradlens.attribution.occlusion`: the occluded window.
         stride: :func:`~gradlens.attribution.occlusion`: the window's stride.
@@ -76,7 +75,6 @@ class NoiseMethodOptions(TypedDict, total=False):
     steps: int
     rule: str
     return_delta: bool
-    n_samples: int
     stdevs: float | tuple[float, ...]
     window: Size | list[Size]
     stride: Size | list[Size]
@@ -139,7 +137,7 @@ def smoothgrad(
         forward_kwargs: keyword inputs for the model; tensors whose dim 0 is the batch are
             repeated for the noisy copies.
         **method_options: passed to ``method`` (:class:`NoiseMethodOptions`: ``abs``,
-            ``baselines``, ``steps``, ``rule``, ``return_delta``, ``n_samples``, ``stdevs``,
+            ``baselines``, ``steps``, ``rule``, ``return_delta``, ``stdevs``,
             ``window``, ``stride``, ``baseline``, ``layer``, ``interpolation``,
             ``reshape``), e.g. ``abs=False`` or ``steps=16``; only those ``method`` takes.
 
@@ -213,7 +211,7 @@ def vargrad(
         output: picks the logits out of a structured model output.
         forward_kwargs: keyword inputs for the model.
         **method_options: passed to ``method`` (:class:`NoiseMethodOptions`: ``abs``,
-            ``baselines``, ``steps``, ``rule``, ``return_delta``, ``n_samples``, ``stdevs``,
+            ``baselines``, ``steps``, ``rule``, ``return_delta``, ``stdevs``,
             ``window``, ``stride``, ``baseline``, ``layer``, ``interpolation``,
             ``reshape``); only those ``method`` takes.
 

@@ -127,7 +127,7 @@ def _distribution(spec: Baseline, like: Tensor, position: int) -> Tensor:
     "attribution",
     needs_layer=False,
     multi_target=True,
-    quick_options={"n_samples": 4, "seed": 0},
+    quick_options={"n": 4, "seed": 0},
 )
 @entry_point
 def gradient_shap(
@@ -136,7 +136,7 @@ def gradient_shap(
     target: Target = None,
     *,
     baselines: Distribution = None,
-    n_samples: int = 5,
+    n: int = 5,
     stdevs: float | tuple[float, ...] = 0.0,
     batch_size: int | None = 32,
     seed: int | None = None,
@@ -162,7 +162,8 @@ def gradient_shap(
             input (a tuple of them for tuple inputs), one baseline (a tensor shaped like
             one sample, or a number), or ``None`` (one all-zero baseline); see
             :func:`baseline_distribution`.
-        n_samples: the number of draws ``S`` per sample.
+        n: the number of draws ``S`` per sample (Captum's ``n_samples``; ``n`` as for
+            :func:`~gradlens.attribution.smoothgrad`).
         stdevs: the standard deviation of the input noise, one for all floating-point
             inputs or a tuple with one per floating-point input (``0``: no noise).
         batch_size: model inputs per forward (``batch_size // B`` draws at a time, at
@@ -182,7 +183,7 @@ def gradient_shap(
         of ``x`` and every baseline (a Monte-Carlo error, zero only in expectation).
 
     Raises:
-        ValueError: ``n_samples < 1``, a negative standard deviation, baselines that are
+        ValueError: ``n < 1``, a negative standard deviation, baselines that are
             not a distribution for the input, a bad ``batch_size``.
         TargetError: a target that does not fit the output.
         TypeError: no floating-point input.
@@ -191,8 +192,8 @@ def gradient_shap(
     positions = require_float_inputs(inputs.args, "gradient_shap")
     batch = inputs.batch_size
     target = check_target(target, batch)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
-        raise ValueError(f"n_samples must be an int of at least 1, got {n_samples!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int of at least 1 (the number of draws), got {n!r}")
     check_batch_size(batch_size, optional=True)
     noise = _stdevs(stdevs, positions)
     distribution = baseline_distribution(baselines, inputs.args, positions)
@@ -215,7 +216,7 @@ def gradient_shap(
         generator = torch.Generator(device=device).manual_seed(seed)
 
     sums: dict[int, Tensor] = {}
-    for part in chunks(n_samples, copies_per_chunk(batch_size, batch, n_samples)):
+    for part in chunks(n, copies_per_chunk(batch_size, batch, n)):
         k = part.stop - part.start
         rows = k * batch
         tiled = inputs.tile(k)
@@ -246,7 +247,7 @@ def gradient_shap(
             difference = differences[i].unsqueeze(1) if multi else differences[i]
             total = (difference * gradient).reshape(k, batch, *gradient.shape[1:]).sum(0)
             sums[i] = total + sums[i] if i in sums else total
-    attributions = {i: s / n_samples for i, s in sums.items()}
+    attributions = {i: s / n for i, s in sums.items()}
     result_value = as_result(inputs, attributions)
     if not return_delta:
         return result_value

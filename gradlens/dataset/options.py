@@ -55,9 +55,9 @@ class MethodOptions(CamOptions, total=False):
         rule: ``integrated_gradients``: the quadrature rule.
         return_delta: ``integrated_gradients``, ``deeplift``, ``deeplift_shap``,
             ``gradient_shap``: also return the convergence delta.
-        n_samples: ``gradient_shap``: the number of draws.
         stdevs: ``gradient_shap``: the standard deviation of the input noise.
-        n: ``smoothgrad``, ``vargrad``: the number of noise samples.
+        n: ``smoothgrad``, ``vargrad``: the number of noise samples; ``gradient_shap``:
+            the number of draws.
         sigma: ``smoothgrad``, ``vargrad``: the noise level.
         seed: ``smoothgrad``, ``vargrad``, ``gradient_shap``: seeds a new generator for
             the random draws.
@@ -88,7 +88,6 @@ class MethodOptions(CamOptions, total=False):
     steps: int
     rule: str
     return_delta: bool
-    n_samples: int
     stdevs: float | tuple[float, ...]
     n: int
     sigma: float

@@ -50,7 +50,6 @@ class TokenMethodOptions(TypedDict, total=False):
             for the random draws.
         generator: ``"smoothgrad"``, ``"vargrad"``, ``"gradient_shap"``: the generator for
             the random draws.
-        n_samples: ``"gradient_shap"``: the number of draws (default 5).
         stdevs: ``"gradient_shap"``: the standard deviation of the noise added to the
             embeddings (default 0).
         window: ``"occlusion"``: the occluded window over ``(T, H)`` (default one whole
@@ -66,7 +65,6 @@ class TokenMethodOptions(TypedDict, total=False):
     sigma: float
     seed: int | None
     generator: torch.Generator | None
-    n_samples: int
     stdevs: float | tuple[float, ...]
     window: Size | list[Size]
     stride: Size | list[Size]
