@@ -298,3 +298,29 @@ def test_an_input_with_one_baseline_is_paired_with_each_baseline_of_the_others()
     each = [deeplift(model, (ROWS, ROWS), 0, baselines=(s, torch.zeros(6))) for s in DISTRIBUTION]
     for i in range(2):
         torch.testing.assert_close(ours[i], torch.stack([e[i] for e in each]).mean(0))
+
+
+class _ConstantCall(nn.Module):
+    """Calls its ReLU once on a buffer (nothing to differentiate) before the input's call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = nn.Linear(6, 8), nn.Linear(8, 3)
+        self.relu = nn.ReLU()
+        self.register_buffer("offset", torch.linspace(-1, 1, 32).view(4, 8))
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = self.relu(self.offset)  # call 0, on both passes
+        return self.second(self.relu(self.first(x)) + bias)
+
+
+def test_calls_without_a_gradient_still_count_when_calls_are_paired():
+    torch.manual_seed(0)
+    model = _ConstantCall().eval()
+    result, delta = deeplift(model, ROWS, 0, baselines=STARTS, return_delta=True)
+    torch.testing.assert_close(delta, torch.zeros(4), rtol=0, atol=1e-5)
+    hidden, start = model.first(ROWS).detach(), model.first(STARTS).detach()
+    # the ReLU's multiplier on first(x): the secant slope (relu(h) - relu(h')) / (h - h')
+    slope = (hidden.relu() - start.relu()) / (hidden - start)
+    expected = (ROWS - STARTS) * ((model.second.weight[0].detach() * slope) @ model.first.weight)
+    torch.testing.assert_close(result, expected.detach())

@@ -57,6 +57,7 @@ from ..core.checks import entry_point
 from ..core.chunks import check_batch_size, chunks, copies_per_chunk
 from ..core.hooks import HookSet
 from ..core.inputs import Inputs, ModelInput
+from ..core.lifecycle import Capture
 from ..core.output_selection import OutputSpec
 from ..core.selection import named_modules
 from ..passes import differentiate
@@ -283,9 +284,11 @@ def _deeplift(
     with torch.inference_mode(False):
         reference = inputs.with_args({i: start_points[i].clone() for i in positions})
         records, reference_output = _reference_pass(model, reference, covered)
-    rules = _Pairing(covered, records)
-    override = override_backward(model, {name: PerCall(rules.rule) for name in covered})
-    result = differentiate(model, inputs, target, wrt_inputs=True, output=output, hooks=[override])
+    pairing = _Pairing(covered, records)
+    override = override_backward(model, {name: PerCall(pairing.rule) for name in covered})
+    result = differentiate(
+        model, inputs, target, wrt_inputs=True, output=output, hooks=[pairing, override]
+    )
     multi = result.scores.ndim == 2
     attributions = {}
     for i in positions:
@@ -304,9 +307,9 @@ def _deeplift(
 
 def _reference_pass(
     model: nn.Module, reference: ModelInput, covered: Mapping[str, nn.Module]
-) -> tuple[dict[str, list[_Record]], Any]:
+) -> tuple[dict[str, list[_Record | None]], Any]:
     """Run the baseline, recording ``(input, output)`` of every call of the covered modules."""
-    records: dict[str, list[_Record]] = {name: [] for name in covered}
+    records: dict[str, list[_Record | None]] = {name: [] for name in covered}
     pending: dict[str, list[Tensor]] = {name: [] for name in covered}
 
     def before(name: str) -> Callable[[nn.Module, Any], None]:
@@ -320,8 +323,7 @@ def _reference_pass(
     def after(name: str) -> Callable[[nn.Module, Any, Any], None]:
         def hook(module: nn.Module, args: Any, out: Any) -> None:
             value = pending[name].pop()
-            if isinstance(out, Tensor):
-                records[name].append((value, out.detach()))
+            records[name].append((value, out.detach()) if isinstance(out, Tensor) else None)
 
         return hook
 
@@ -336,26 +338,51 @@ def _reference_pass(
     return records, out
 
 
-class _Pairing:
+class _Pairing(Capture[None]):
     """Pairs each call of a covered module on the input with the same call on the
-    baseline, and makes that call's rule."""
+    baseline, and makes that call's rule.
 
-    def __init__(self, covered: Mapping[str, nn.Module], records: dict[str, list[_Record]]):
+    While active it counts *every* call of the covered modules (also those the rule skips:
+    calls under ``no_grad`` or on inputs that do not depend on ``x``), so that the n-th
+    call on the input meets the n-th call of the baseline pass.
+    """
+
+    def __init__(
+        self, covered: Mapping[str, nn.Module], records: dict[str, list[_Record | None]]
+    ) -> None:
+        super().__init__()
+        self.covered = dict(covered)
         self.names = {module: name for name, module in covered.items()}
         self.records = records
         self.calls = dict.fromkeys(covered, 0)
+        self._hooks = HookSet()
+
+    def _open(self) -> None:
+        for module in self.covered.values():
+            self._hooks.forward_pre(module, self._count)
+
+    def _close(self) -> None:
+        self._hooks.remove()
+
+    def _count(self, module: nn.Module, args: Any) -> None:
+        self.calls[self.names[module]] += 1
 
     def rule(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> Any:
         name = self.names[module]
-        index = self.calls[name]
-        self.calls[name] += 1
+        index = self.calls[name] - 1  # this call, counted by the pre-hook
         if index >= len(self.records[name]):
             raise RuntimeError(
                 f"DeepLIFT: module {name!r} ({type(module).__name__}) ran {index + 1} times on "
                 f"the input but {len(self.records[name])} times on the baseline; DeepLIFT "
                 "needs the same calls in both passes (no data-dependent control flow)"
             )
-        start_in, start_out = self.records[name][index]
+        record = self.records[name][index]
+        if record is None:
+            raise RuntimeError(
+                f"DeepLIFT: call {index} of module {name!r} ({type(module).__name__}) returned "
+                "a tensor on the input but not on the baseline"
+            )
+        start_in, start_out = record
         x = inputs[0]
         if start_in.shape != x.shape or start_out.shape != output.shape:
             raise RuntimeError(
