@@ -324,3 +324,17 @@ def test_calls_without_a_gradient_still_count_when_calls_are_paired():
     slope = (hidden.relu() - start.relu()) / (hidden - start)
     expected = (ROWS - STARTS) * ((model.second.weight[0].detach() * slope) @ model.first.weight)
     torch.testing.assert_close(result, expected.detach())
+
+
+def test_a_distribution_per_sample_pairs_each_sample_with_its_own_baselines():
+    model = _mlp(nn.Tanh)
+    own = torch.randn(4, 3, 6, generator=torch.Generator().manual_seed(6))  # (B, N, D)
+    result = deeplift_shap(model, ROWS, 0, baselines=own)
+    for b in range(4):
+        expected = deeplift_shap(model, ROWS[b : b + 1], 0, baselines=own[b])
+        torch.testing.assert_close(result[b : b + 1], expected)
+    draws = gradient_shap(model, ROWS, 0, baselines=own[:, :1], n=2, seed=0)
+    single = torch.stack(
+        [gradient_shap(model, ROWS, 0, baselines=own[b, 0], n=2, seed=0)[b] for b in range(4)]
+    )
+    torch.testing.assert_close(draws, single)

@@ -72,7 +72,7 @@ from ._common import (
     targets_first_to_dim1,
 )
 from .integrated import Baselines, _baselines
-from .shap import Distribution, baseline_distribution
+from .shap import Distribution, baseline_distribution, copy_major
 
 __all__ = ["NONLINEARITIES", "MAX_POOLS", "deeplift", "deeplift_shap"]
 
@@ -211,7 +211,8 @@ def deeplift_shap(
         x: its input, or a tuple of positional inputs.
         target: see :mod:`gradlens.targets`; ``None`` is each sample's top class on ``x``.
         baselines: the distribution: ``(N, *sample_shape)`` for each floating-point input
-            (a tuple of them, ``None`` for the others, for tuple inputs), a tensor shaped
+            (a tuple of them, ``None`` for the others, for tuple inputs),
+            ``(B, N, *sample_shape)`` for ``N`` baselines of each sample, a tensor shaped
             like one sample or a number (one baseline), or ``None`` (one all-zero baseline).
         batch_size: input-baseline pairs per pass (``batch_size // B`` baselines at a
             time, at least one); ``None``: all ``N`` at once.
@@ -239,14 +240,14 @@ def deeplift_shap(
     target = check_target(target, batch)
     check_batch_size(batch_size, optional=True)
     distribution = baseline_distribution(baselines, inputs.args, positions)
-    count = len(next(iter(distribution.values())))
+    count = distribution[positions[0]].shape[1]
 
     sums: dict[int, Tensor] = {}
     delta_sum: Tensor | None = None
     for part in chunks(count, copies_per_chunk(batch_size, batch, count)):
         k = part.stop - part.start
         tiled = inputs.tile(k)
-        starts = {i: distribution[i][part].repeat_interleave(batch, 0) for i in positions}
+        starts = {i: copy_major(distribution[i][:, part]) for i in positions}
         attributions, delta = _deeplift(
             model, tiled, positions, starts, repeat_target(target, batch, k), output
         )

@@ -57,23 +57,28 @@ __all__ = ["Distribution", "baseline_distribution", "gradient_shap"]
 
 Baseline = Union[None, float, Tensor]
 Distribution = Union[Baseline, tuple[Baseline, ...]]
-"""A baseline distribution: ``(N, *sample_shape)`` per floating-point input (see
+"""A baseline distribution: ``(N, *sample_shape)`` (shared by the samples) or
+``(B, N, *sample_shape)`` (one per sample) per floating-point input (see
 :func:`baseline_distribution`)."""
 
 
 def baseline_distribution(
     baselines: Distribution, args: Sequence[Any], positions: Sequence[int]
 ) -> dict[int, Tensor]:
-    """``{input position: (N, *sample_shape)}``, the same ``N`` for every input.
+    """``{input position: (B, N, *sample_shape)}``: ``N`` baselines for each sample, the
+    same ``N`` for every input (expanded views where the samples share them).
 
-    Each floating-point input's entry is a tensor ``(N, *sample_shape)`` (``N`` baselines),
-    a tensor shaped like one sample or a number (one baseline), or ``None`` (one all-zero
-    baseline); an input with one baseline is paired with every baseline of the others.
+    Each floating-point input's entry is a tensor ``(N, *sample_shape)`` (``N`` baselines
+    shared by all samples), a tensor ``(B, N, *sample_shape)`` (``N`` baselines of each
+    sample), a tensor shaped like one sample or a number (one baseline), or ``None`` (one
+    all-zero baseline); an input with one baseline is paired with every baseline of the
+    others.
     For a tuple input ``baselines`` is one such value for all floating-point inputs or a
     tuple with one entry per positional input (those of other inputs are ignored).
 
     Raises:
-        ValueError: a tensor that is not ``(N, *sample_shape)``, ``N = 0``, inputs with
+        ValueError: a tensor that is not ``(N, *sample_shape)`` or
+            ``(B, N, *sample_shape)``, ``N = 0``, inputs with
             different ``N``, a tuple of the wrong length.
         TypeError: an entry that is not a tensor, number or ``None``.
     """
@@ -88,24 +93,25 @@ def baseline_distribution(
     else:
         specs = dict.fromkeys(positions, baselines)
     found = {i: _distribution(specs[i], args[i], i) for i in positions}
-    sizes = {len(d) for d in found.values()} - {1}
+    sizes = {d.shape[1] for d in found.values()} - {1}
     if len(sizes) > 1:
-        counts = ", ".join(f"input {i}: {len(d)}" for i, d in found.items())
+        counts = ", ".join(f"input {i}: {d.shape[1]}" for i, d in found.items())
         raise ValueError(
             f"the baseline distributions of the inputs have different sizes ({counts}); "
             "give every input the same number N of baselines (or one)"
         )
     count = sizes.pop() if sizes else 1
-    return {i: d.expand(count, *d.shape[1:]) for i, d in found.items()}
+    return {i: d.expand(d.shape[0], count, *d.shape[2:]) for i, d in found.items()}
 
 
 def _distribution(spec: Baseline, like: Tensor, position: int) -> Tensor:
-    sample = like.shape[1:]
+    """``(B, N, *sample_shape)`` for one input."""
+    batch, sample = like.shape[0], like.shape[1:]
     name = f"the baseline distribution of input {position}"
     if spec is None:
-        return like.new_zeros((1, *sample))
+        return like.new_zeros((1, *sample)).expand(batch, 1, *sample)
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return like.new_full((1, *sample), float(spec))
+        return like.new_full((1, *sample), float(spec)).expand(batch, 1, *sample)
     if not isinstance(spec, Tensor):
         raise TypeError(
             f"{name} must be a tensor (N, *sample_shape), a number or None; "
@@ -114,12 +120,17 @@ def _distribution(spec: Baseline, like: Tensor, position: int) -> Tensor:
     tensor = spec.detach().to(device=like.device, dtype=like.dtype)
     if tensor.shape == sample:
         tensor = tensor.unsqueeze(0)
-    if tensor.ndim != like.ndim or tensor.shape[1:] != sample or len(tensor) == 0:
-        raise ValueError(
-            f"{name} has shape {tuple(spec.shape)}, which is not a set of N >= 1 baselines "
-            f"(N, {', '.join(map(str, sample))}) for the input of shape {tuple(like.shape)}"
-        )
-    return tensor
+    if tensor.ndim == like.ndim and tensor.shape[1:] == sample and len(tensor) > 0:
+        return tensor.unsqueeze(0).expand(batch, *tensor.shape)
+    if tensor.ndim == like.ndim + 1 and tensor.shape[0] == batch and tensor.shape[2:] == sample:
+        if tensor.shape[1] > 0:
+            return tensor
+    shape = ", ".join(map(str, sample))
+    raise ValueError(
+        f"{name} has shape {tuple(spec.shape)}, which is not a set of N >= 1 baselines "
+        f"(N, {shape}) nor N per sample ({batch}, N, {shape}) for the input of shape "
+        f"{tuple(like.shape)}"
+    )
 
 
 @register(
@@ -159,8 +170,9 @@ def gradient_shap(
         target: see :mod:`gradlens.targets`; ``None`` is fixed to each sample's top class
             on the clean input (one inference forward) for every draw.
         baselines: the distribution ``D``: ``(N, *sample_shape)`` for each floating-point
-            input (a tuple of them for tuple inputs), one baseline (a tensor shaped like
-            one sample, or a number), or ``None`` (one all-zero baseline); see
+            input (a tuple of them for tuple inputs), ``(B, N, *sample_shape)`` for ``N``
+            baselines of each sample, one baseline (a tensor shaped like one sample, or a
+            number), or ``None`` (one all-zero baseline); see
             :func:`baseline_distribution`.
         n: the number of draws ``S`` per sample (Captum's ``n_samples``; ``n`` as for
             :func:`~gradlens.attribution.smoothgrad`).
@@ -197,13 +209,13 @@ def gradient_shap(
     check_batch_size(batch_size, optional=True)
     noise = _stdevs(stdevs, positions)
     distribution = baseline_distribution(baselines, inputs.args, positions)
-    count = len(distribution[positions[0]])
+    count = distribution[positions[0]].shape[1]
 
     endpoint_scores = None
     if return_delta:
         stacked = inputs.tile(count + 1).with_args(
             {
-                i: torch.cat([inputs.args[i], distribution[i].repeat_interleave(batch, 0)])
+                i: torch.cat([inputs.args[i], copy_major(distribution[i])])
                 for i in positions
             }
         )
@@ -221,6 +233,7 @@ def gradient_shap(
         rows = k * batch
         tiled = inputs.tile(k)
         which = torch.randint(count, (rows,), generator=generator, device=device)
+        sample_of_row = torch.arange(rows, device=device) % batch
         alpha = torch.rand(rows, generator=generator, device=device, dtype=torch.float64)
         differences, points = {}, {}
         for i in positions:
@@ -229,7 +242,7 @@ def gradient_shap(
                 value = value + noise[i] * torch.randn(
                     value.shape, generator=generator, device=device, dtype=value.dtype
                 )
-            start = distribution[i][which.to(value.device)]
+            start = distribution[i][sample_of_row.to(value.device), which.to(value.device)]
             differences[i] = value - start
             scale = alpha.to(value.device, value.dtype).view(-1, *([1] * (value.ndim - 1)))
             points[i] = start + scale * differences[i]
@@ -257,6 +270,12 @@ def gradient_shap(
     total_sum = sum(a.flatten(keep).sum(-1) for a in attributions.values())
     start_mean = endpoint_scores[batch:].reshape(count, batch, *endpoint_scores.shape[1:]).mean(0)
     return result_value, total_sum - (endpoint_scores[:batch] - start_mean)
+
+
+def copy_major(distribution: Tensor) -> Tensor:
+    """``(B, N, *sample)`` as ``(N * B, *sample)``: row ``n * B + b`` is baseline ``n`` of
+    sample ``b``."""
+    return distribution.transpose(0, 1).reshape(-1, *distribution.shape[2:])
 
 
 def _stdevs(stdevs: float | tuple[float, ...], positions: Sequence[int]) -> dict[int, float]:
