@@ -214,10 +214,7 @@ def gradient_shap(
     endpoint_scores = None
     if return_delta:
         stacked = inputs.tile(count + 1).with_args(
-            {
-                i: torch.cat([inputs.args[i], copy_major(distribution[i])])
-                for i in positions
-            }
+            {i: torch.cat([inputs.args[i], copy_major(distribution[i])]) for i in positions}
         )
         clean = clean_pass(model, stacked, target, output=output, copies=count + 1)
         endpoint_scores, target = clean.scores, clean.target
