@@ -25,7 +25,7 @@ layer-shaped results and are not registered.
 from __future__ import annotations
 
 from ._common import Attribution
-from .deeplift import MAX_POOLS, NONLINEARITIES, deeplift, deeplift_shap
+from .deep_lift import MAX_POOLS, NONLINEARITIES, deeplift, deeplift_shap
 from .gradient import input_x_gradient, saliency
 from .guided import guided_backprop, guided_gradcam
 from .integrated import RULES, integrated_gradients, layer_integrated_gradients, quadrature

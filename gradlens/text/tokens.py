@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from typing_extensions import Unpack
 
 from .. import registry
-from ..attribution.deeplift import deeplift_shap
+from ..attribution.deep_lift import deeplift_shap
 from ..attribution.occlusion import Size
 from ..attribution.shap import gradient_shap
 from ..core.checks import entry_point
