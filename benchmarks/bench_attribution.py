@@ -1,4 +1,5 @@
-"""Attribution speed against Captum: Integrated Gradients, SmoothGrad and Occlusion on ResNet-18.
+"""Attribution speed against Captum: Integrated Gradients, SmoothGrad, Occlusion, DeepLIFT,
+DeepLiftShap and GradientSHAP on ResNet-18.
 
 One run on a random-init torchvision ResNet-18 (CPU, eval mode) prints the median time of
 each method and its ratio to Captum's time measured in the same run, first with the same
@@ -8,7 +9,17 @@ internal batch size as Captum, then at the best of a few gradlens batch sizes:
 * SmoothGrad: batch 2, 16 noise samples over saliency (``NoiseTunnel(Saliency)``,
   ``nt_samples_batch_size``; gradlens ``batch_size = nt_samples_batch_size * B``);
 * Occlusion: batch 1, window 16, stride 8 (``sliding_window_shapes=(3, 16, 16)``,
-  ``strides=(3, 8, 8)``, ``perturbations_per_eval``; gradlens ``batch_size = P * B``).
+  ``strides=(3, 8, 8)``, ``perturbations_per_eval``; gradlens ``batch_size = P * B``);
+* DeepLIFT: batch 2, zero baseline; DeepLiftShap: batch 2, 8 baselines (Captum runs all
+  ``B * N`` pairs at once; gradlens ``batch_size = B * N`` for the same batch);
+* GradientSHAP: batch 2, 8 baselines, 16 samples, ``stdevs=0.1`` (Captum runs all
+  ``B * n_samples`` draws at once). Captum and gradlens draw differently, so the
+  ``max |diff|`` column of this row is a Monte-Carlo difference, not an equivalence check.
+
+Captum's ``DeepLift`` refuses torchvision's ResNet-18 (each block calls one ``nn.ReLU``
+twice), so DeepLIFT and DeepLiftShap run on a copy whose blocks call two ReLU modules, one
+each, and whose stem has no max pooling (Captum's results differ where a ReLU feeds a max
+pooling directly); the same work otherwise.
 
 Variants are timed in interleaved rounds (every variant once per round, after one warm-up
 call each) so that background load affects them alike. Both the wall time and the
@@ -19,7 +30,8 @@ Target: gradlens <= 1.05x Captum.
 Usage::
 
     python benchmarks/bench_attribution.py [--quick] [--repeats N] [--threads T]
-        [--size S] [--occlusion-size S] [--only ig|smoothgrad|occlusion ...]
+        [--size S] [--occlusion-size S]
+        [--only ig|smoothgrad|occlusion|deeplift|deeplift_shap|gradient_shap ...]
 """
 
 from __future__ import annotations
@@ -30,10 +42,20 @@ import time
 import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torchvision
+from torch import nn
 
-from gradlens.attribution import integrated_gradients, noise_scale, occlusion, smoothgrad
+from gradlens.attribution import (
+    deeplift,
+    deeplift_shap,
+    gradient_shap,
+    integrated_gradients,
+    noise_scale,
+    occlusion,
+    smoothgrad,
+)
 
 Times = dict[str, tuple[float, float]]  # variant -> (median wall s, median CPU s)
 
@@ -147,6 +169,103 @@ def bench_occlusion(model, size: int, perturbations: int, sweep: list[int], repe
     )
 
 
+class _UnsharedBlock(nn.Module):
+    """A torchvision BasicBlock (same modules and weights) calling two ReLU modules."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+        self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.block
+        identity = x if b.downsample is None else b.downsample(x)
+        out = b.bn2(b.conv2(self.relu1(b.bn1(b.conv1(x)))))
+        return self.relu2(out + identity)
+
+
+def captum_deeplift_resnet(model: nn.Module) -> nn.Module:
+    """ResNet-18's weights with unshared ReLUs and no max pooling (see the docstring)."""
+    copy = torchvision.models.resnet18()
+    copy.load_state_dict(model.state_dict())
+    copy.maxpool = nn.Identity()
+    copy.relu = nn.ReLU()
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        stage = getattr(copy, name)
+        setattr(copy, name, nn.Sequential(*(_UnsharedBlock(block) for block in stage)))
+    return copy.eval()
+
+
+def bench_deeplift(model, size: int, repeats: int):
+    from captum.attr import DeepLift
+
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    target = [1, 2]
+    captum = DeepLift(model)
+
+    def theirs():
+        return captum.attribute(x, target=target)
+
+    def ours():
+        return deeplift(model, x, target)
+
+    check = max_difference(ours(), theirs())
+    variants = {"captum": theirs, "gradlens@2": ours}
+    return f"DeepLift (B=2, {size}px)", 2, measure(variants, repeats), check
+
+
+def bench_deeplift_shap(model, size: int, count: int, sweep: list[int], repeats: int):
+    from captum.attr import DeepLiftShap
+
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    background = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(1))
+    target = [1, 2]
+    captum = DeepLiftShap(model)
+
+    def theirs():
+        return captum.attribute(x, background, target=target)
+
+    def ours(batch_size: int):
+        return lambda: deeplift_shap(model, x, target, baselines=background, batch_size=batch_size)
+
+    same = 2 * count
+    check = max_difference(ours(same)(), theirs())
+    variants = {"captum": theirs, **{f"gradlens@{b}": ours(b) for b in sorted({same, *sweep})}}
+    return f"DeepLiftShap (B=2, N={count}, {size}px)", same, measure(variants, repeats), check
+
+
+def bench_gradient_shap(model, size: int, count: int, samples: int, sweep: list[int], repeats):
+    from captum.attr import GradientShap
+
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    background = torch.randn(count, 3, size, size, generator=torch.Generator().manual_seed(1))
+    target = [1, 2]
+    captum = GradientShap(model)
+
+    def theirs():
+        torch.manual_seed(0)
+        np.random.seed(0)
+        return captum.attribute(x, background, target=target, n_samples=samples, stdevs=0.1)
+
+    def ours(batch_size: int):
+        return lambda: gradient_shap(
+            model,
+            x,
+            target,
+            baselines=background,
+            n=samples,
+            stdevs=0.1,
+            batch_size=batch_size,
+            seed=0,
+        )
+
+    same = 2 * samples
+    check = max_difference(ours(same)(), theirs())
+    variants = {"captum": theirs, **{f"gradlens@{b}": ours(b) for b in sorted({same, *sweep})}}
+    label = f"GradientShap (B=2, N={count}, {samples} smp, {size}px)"
+    return label, same, measure(variants, repeats), check
+
+
 def report(rows, clock: int, title: str) -> None:
     """One table for the wall (``clock=0``) or CPU (``clock=1``) medians."""
     print(f"\n{title}")
@@ -189,13 +308,18 @@ def main() -> None:
         "--occlusion-size", type=int, default=None, help="image size for occlusion (default 224)"
     )
     parser.add_argument(
-        "--only", choices=["ig", "smoothgrad", "occlusion"], action="append", help="run only these"
+        "--only",
+        choices=["ig", "smoothgrad", "occlusion", "deeplift", "deeplift_shap", "gradient_shap"],
+        action="append",
+        help="run only these",
     )
     args = parser.parse_args()
     size = args.size or (64 if args.quick else 224)
     occlusion_size = args.occlusion_size or (64 if args.quick else 224)
     repeats = args.repeats or (1 if args.quick else 3)
-    only = set(args.only or ["ig", "smoothgrad", "occlusion"])
+    only = set(
+        args.only or ["ig", "smoothgrad", "occlusion", "deeplift", "deeplift_shap", "gradient_shap"]
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")  # Captum warns about hooks and batch sizes
@@ -214,6 +338,14 @@ def main() -> None:
         rows.append(bench_smoothgrad(model, size, 16, 4, [16, 32], repeats))
     if "occlusion" in only:
         rows.append(bench_occlusion(model, occlusion_size, 16, [32, 64, 128], repeats))
+    if only & {"deeplift", "deeplift_shap"}:
+        unshared = captum_deeplift_resnet(model)
+        if "deeplift" in only:
+            rows.append(bench_deeplift(unshared, size, repeats))
+        if "deeplift_shap" in only:
+            rows.append(bench_deeplift_shap(unshared, size, 8, [4, 32], repeats))
+    if "gradient_shap" in only:
+        rows.append(bench_gradient_shap(model, size, 8, 16, [8, 16], repeats))
     report(rows, 0, "wall time")
     report(rows, 1, "process CPU time")
 

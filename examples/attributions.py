@@ -4,7 +4,7 @@ Trains the tiny CNN of ``gradlens.demos.training`` (``--quick``: one short epoch
 saliency, Input x Gradient, SmoothGrad, VarGrad, Integrated Gradients, Guided Backprop, Guided
 Grad-CAM and Occlusion on held-out images, and writes ``attributions.png`` (images x methods)
 and ``attributions.txt`` (Integrated Gradients' completeness error for each rule and number
-of steps).
+of steps, and DeepLIFT's, DeepLiftShap's and GradientSHAP's summation-to-delta errors).
 
 Run: ``python examples/attributions.py [--quick] [--out DIR]``
 """
@@ -20,6 +20,9 @@ from torch import Tensor, nn
 import gradlens.viz
 from gradlens.attribution import (
     RULES,
+    deeplift,
+    deeplift_shap,
+    gradient_shap,
     guided_backprop,
     guided_gradcam,
     input_x_gradient,
@@ -81,6 +84,31 @@ def baselines(model: nn.Module, images: Tensor, steps: int) -> dict[str, float]:
     }
 
 
+def shapley_methods(model: nn.Module, images: Tensor, background: Tensor) -> dict[str, float]:
+    """The largest |delta| / |f(x) - f(x')| of DeepLIFT, DeepLiftShap and GradientSHAP."""
+    # --8<-- [start:deeplift]
+    single, delta = deeplift(model, images, baselines=0.0, return_delta=True)  # (B, 3, H, W)
+    # delta = attributions.sum() - (f(x) - f(baseline)): zero up to rounding
+    averaged, shap_delta = deeplift_shap(  # over a distribution of N baselines (N, 3, H, W)
+        model, images, baselines=background, return_delta=True
+    )
+    expected, mc_delta = gradient_shap(
+        model, images, baselines=background, n=16, stdevs=0.1, seed=0, return_delta=True
+    )
+    # --8<-- [end:deeplift]
+    with torch.inference_mode():
+        logits = model(images)
+        classes = logits.argmax(1)
+        score = logits.gather(1, classes[:, None])[:, 0]
+        at_zero = model(torch.zeros_like(images))[:, classes].diagonal()
+        at_background = model(background)[:, classes].mean(0)
+    return {
+        "deeplift": float((delta.abs() / (score - at_zero).abs()).max()),
+        "deeplift_shap": float((shap_delta.abs() / (score - at_background).abs()).max()),
+        "gradient_shap (16 draws)": float((mc_delta.abs() / (score - at_background).abs()).max()),
+    }
+
+
 def completeness(model: nn.Module, images: Tensor, steps_list: list[int]) -> list[str]:
     """|delta| / |f(x) - f(x')| for each rule and number of steps (mean over images)."""
     with torch.inference_mode():
@@ -135,6 +163,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
     lines += completeness(
         model, test.images[: 2 if args.quick else 16], [4, 8] if args.quick else [4, 16, 64]
     )
+    background = test.images[-8:]
+    lines += [
+        "DeepLIFT and SHAP, largest |delta| / |f(x) - f(x')|: "
+        + str(shapley_methods(model, shown.images[:2], background))
+    ]
     report = args.out / "attributions.txt"
     report.write_text("\n".join(lines) + "\n")
     print(report.read_text())

@@ -19,6 +19,9 @@ from torch import Tensor, nn
 import gradlens
 import gradlens.viz
 from gradlens.attribution import (
+    deeplift,
+    deeplift_shap,
+    gradient_shap,
     guided_backprop,
     integrated_gradients,
     layer_integrated_gradients,
@@ -243,6 +246,39 @@ def captum_text() -> float:
     return largest(theirs.detach(), ours)
 
 
+def captum_deeplift() -> dict[str, float]:
+    """DeepLift and DeepLiftShap on a CNN whose ReLUs each run once (Captum refuses the
+    ResNet above: its blocks call one ReLU twice), and GradientShap on a linear model."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 10),
+    ).eval()  # fmt: skip
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    background = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    linear = nn.Linear(3 * 16 * 16, 10).eval()
+    rows, start = x.flatten(1), background[:1].flatten(1)
+    # --8<-- [start:captum-deeplift]
+    from captum.attr import DeepLift, DeepLiftShap, GradientShap
+
+    pairs = {
+        "DeepLift": (
+            DeepLift(model).attribute(x, baselines=torch.zeros_like(x), target=3),
+            deeplift(model, x, target=3),  # baseline: zeros
+        ),
+        "DeepLiftShap": (
+            DeepLiftShap(model).attribute(x, baselines=background, target=3),
+            deeplift_shap(model, x, target=3, baselines=background),  # (N, 3, H, W)
+        ),
+        "GradientShap (linear model, one baseline)": (
+            GradientShap(linear).attribute(rows, baselines=start, target=3, n_samples=5),
+            gradient_shap(linear, rows, target=3, baselines=start, n=5, seed=0),
+        ),
+    }
+    # --8<-- [end:captum-deeplift]
+    return {name: largest(a.detach(), b) for name, (a, b) in pairs.items()}
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(__doc__.splitlines()[0], argv)
     torch.manual_seed(0)
@@ -266,6 +302,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     lines += ["Captum vs gradlens, max |difference|:"]
     lines += [f"  {k}: {v:.1e}" for k, v in captum_pairs(model, x).items()]
     lines += [f"  LayerIntegratedGradients: {captum_text():.1e}"]
+    lines += [f"  {k}: {v:.1e}" for k, v in captum_deeplift().items()]
     assert all(p.grad is None for p in model.parameters())
     report = args.out / "migrating.txt"
     report.write_text("\n".join(lines) + "\n")

@@ -32,6 +32,9 @@ from .attention import (
     gradient_attention_rollout,
 )
 from .attribution import (
+    deeplift,
+    deeplift_shap,
+    gradient_shap,
     guided_backprop,
     guided_gradcam,
     input_x_gradient,
@@ -129,6 +132,9 @@ __all__ = [
     "eigengradcam",
     "extract_dataset",
     "generation_attributions",
+    "deeplift",
+    "deeplift_shap",
+    "gradient_shap",
     "gradcam",
     "gradcampp",
     "guided_backprop",

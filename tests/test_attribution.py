@@ -154,6 +154,9 @@ def test_every_attribution_method_is_registered():
         "guided_backprop",
         "guided_gradcam",
         "occlusion",
+        "deeplift",
+        "deeplift_shap",
+        "gradient_shap",
     }
     assert all(METHODS[name] is f for name, f in ATTRIBUTION_METHODS.items())
 

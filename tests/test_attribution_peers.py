@@ -1,7 +1,8 @@
 """gradlens attributions against Captum on the same models and inputs (atol 1e-5).
 
 Models: a random-init torchvision resnet18 (in-place, reused ReLUs) on 64x64 images,
-a small MLP on tabular rows, and a text model whose embedding layer is attributed to.
+a small MLP on tabular rows, a text model whose embedding layer is attributed to, and for
+DeepLIFT :func:`zoo.feedforward_cnn` (nonlinearity modules that each run once).
 """
 
 from __future__ import annotations
@@ -9,12 +10,16 @@ from __future__ import annotations
 import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from gradlens.attribution import (
     RULES,
+    deeplift,
+    deeplift_shap,
+    gradient_shap,
     guided_backprop,
     guided_gradcam,
     input_x_gradient,
@@ -27,6 +32,8 @@ from gradlens.attribution import (
     smoothgrad,
     vargrad,
 )
+
+from . import zoo
 
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -307,3 +314,91 @@ def test_noise_tunnel_over_integrated_gradients_on_tabular_data(mlp):
         ),
         theirs,
     )
+
+
+# -- DeepLIFT and SHAP -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def feedforward_cnn() -> nn.Module:
+    return zoo.feedforward_cnn()
+
+
+SMALL_IMAGES = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(6))
+SMALL_STARTS = 0.3 * torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(7))
+
+
+@pytest.mark.parametrize("target", [2, [0, 4, 1]])
+def test_deeplift_on_a_cnn(feedforward_cnn, target):
+    ours, delta = deeplift(
+        feedforward_cnn, SMALL_IMAGES, target, baselines=SMALL_STARTS, return_delta=True
+    )
+    theirs, their_delta = captum_attr.DeepLift(feedforward_cnn).attribute(
+        SMALL_IMAGES, SMALL_STARTS, target=target, return_convergence_delta=True
+    )
+    close(ours, theirs)
+    close(delta, their_delta)
+
+
+def test_deeplift_on_tabular_data_with_k_targets(mlp, rows):
+    targets = torch.tensor([[0, 3], [2, 1]])
+    ours = deeplift(mlp, rows, targets, baselines=rows.mean(0))
+    for k in range(2):
+        theirs = captum_attr.DeepLift(mlp).attribute(
+            rows, rows.mean(0, keepdim=True), target=targets[:, k]
+        )
+        close(ours[:, k], theirs)
+
+
+def test_deeplift_shap(feedforward_cnn, mlp, rows):
+    distribution = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(8))
+    ours = deeplift_shap(feedforward_cnn, SMALL_IMAGES, [1, 3, 0], baselines=distribution)
+    theirs = captum_attr.DeepLiftShap(feedforward_cnn).attribute(
+        SMALL_IMAGES, distribution, target=[1, 3, 0]
+    )
+    close(ours, theirs)
+    table = torch.randn(6, 10, generator=torch.Generator().manual_seed(9))
+    close(
+        deeplift_shap(mlp, rows, 2, baselines=table, batch_size=4),
+        captum_attr.DeepLiftShap(mlp).attribute(rows, table, target=2),
+    )
+
+
+def test_captum_deeplift_refuses_a_reused_relu_where_ours_sums_to_delta(resnet18, image_batch):
+    # torchvision's BasicBlock calls one nn.ReLU twice; Captum keeps one input per module
+    with pytest.raises(RuntimeError, match="used more than once"):
+        captum_attr.DeepLift(resnet18).attribute(image_batch, target=TARGETS)
+    _, delta = deeplift(resnet18, image_batch, TARGETS, return_delta=True)
+    assert delta.abs().max() < 1e-5
+
+
+def test_gradient_shap_on_a_linear_model_with_one_baseline():
+    torch.manual_seed(0)
+    model = nn.Linear(10, 4).eval()
+    x = torch.randn(3, 10, generator=torch.Generator().manual_seed(10))
+    start = torch.randn(1, 10, generator=torch.Generator().manual_seed(11))
+    theirs = captum_attr.GradientShap(model).attribute(x, start, target=2, n_samples=7)
+    close(gradient_shap(model, x, 2, baselines=start, n=7), theirs)
+
+
+def test_gradient_shap_equals_captums_in_expectation(mlp, rows):
+    # Captum draws from numpy's and torch's global generators, so the two are compared as
+    # means of M independent single-draw estimates: each row of ``many`` is one copy of a
+    # sample (one draw each). Per element, the difference of the two means has standard
+    # error sqrt(var_ours / M + var_theirs / M), estimated from the draws; 5 standard
+    # errors bound it (a false failure has probability below 1e-6 per element).
+    m = 4000
+    many = rows.repeat(m, 1)
+    distribution = torch.randn(8, 10, generator=torch.Generator().manual_seed(12))
+    ours = gradient_shap(
+        mlp, many, 3, baselines=distribution, n=1, stdevs=0.5, batch_size=None, seed=0
+    ).view(m, 2, 10)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    theirs = (
+        captum_attr.GradientShap(mlp)
+        .attribute(many, distribution, target=3, n_samples=1, stdevs=0.5)
+        .view(m, 2, 10)
+    )
+    error = ((ours.var(0) + theirs.var(0)) / m).sqrt()
+    assert ((ours.mean(0) - theirs.mean(0)).abs() <= 5 * error + 1e-7).all()

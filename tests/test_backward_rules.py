@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from gradlens.core.backward import override_backward, override_functions
+from gradlens.core.backward import PerCall, override_backward, override_functions
 from gradlens.errors import LayerNotFoundError
 
 
@@ -149,3 +149,43 @@ def test_function_rules_come_off_on_exit() -> None:
         raise KeyError
     torch.testing.assert_close(model(x), model.block.inner(x) + x + 1)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_a_rule_on_an_in_place_module_reads_the_input_before_the_module_ran() -> None:
+    model = _mlp()  # its ReLU works in place
+    x = torch.randn(5, 4, requires_grad=True)
+    seen: dict[str, Tensor] = {}
+
+    def identity_rule(module: nn.Module, inputs: Any, output: Tensor, grad: Tensor) -> Any:
+        seen.update(input=inputs[0], output=output)
+        return (grad,)
+
+    with override_backward(model, {"1": identity_rule}):
+        out = model(x)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+    hidden = model[0](x).detach()
+    torch.testing.assert_close(seen["input"], hidden)
+    torch.testing.assert_close(seen["output"], hidden.relu())
+    # the ReLU's own backward (which would zero the negative part) did not run
+    torch.testing.assert_close(grad, (torch.ones(5, 2) @ model[2].weight) @ model[0].weight)
+
+
+def test_a_per_call_rule_is_made_at_each_call_of_a_reused_module() -> None:
+    torch.manual_seed(0)
+    relu = nn.ReLU()
+    model = nn.Sequential(nn.Linear(3, 3), relu, nn.Linear(3, 3), relu)
+    x = torch.randn(2, 3, requires_grad=True)
+    made: list[Tensor] = []
+
+    def factory(module: nn.Module, inputs: Any, output: Tensor) -> Any:
+        made.append(inputs[0])
+        scale = float(len(made))
+        return lambda module, inputs, output, grad: (grad * scale,)
+
+    with override_backward(model, {"1": PerCall(factory)}):
+        out = model(x)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+    assert len(made) == 2
+    torch.testing.assert_close(made[1], model[2](model[0](x).relu()).detach())
+    expected = 2 * torch.ones(2, 3) @ model[2].weight @ model[0].weight
+    torch.testing.assert_close(grad, expected)

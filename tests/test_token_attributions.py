@@ -109,6 +109,9 @@ def test_norm_is_the_l2_norm_over_the_hidden_size(tiny_bert: nn.Module) -> None:
         ("smoothgrad", {"n": 4, "seed": 0}),
         ("vargrad", {"n": 4, "seed": 0}),
         ("occlusion", {}),
+        ("deeplift", {}),
+        ("deeplift_shap", {}),
+        ("gradient_shap", {"n": 4, "seed": 0}),
     ],
 )
 def test_every_layer_capable_method_gives_one_score_per_token_and_zero_on_padding(
@@ -119,6 +122,20 @@ def test_every_layer_capable_method_gives_one_score_per_token_and_zero_on_paddin
     assert scores.shape == (2, 8)
     assert torch.equal(scores[1, 5:], torch.zeros(3))
     assert scores[0].abs().sum() > 0 and scores[1, :5].abs().sum() > 0
+
+
+def test_distribution_methods_pair_each_sequence_with_its_own_baseline(
+    tiny_bert: nn.Module,
+) -> None:
+    # with one baseline per sequence (here a different token for each), DeepLiftShap is
+    # DeepLIFT: no sequence is paired with the other's baseline
+    inputs = _masked_batch()
+    starts = torch.tensor([[4] * 8, [5] * 8])
+    shap = gradlens.token_attributions(
+        tiny_bert, inputs, 1, method="deeplift_shap", baseline=starts
+    )
+    single = gradlens.token_attributions(tiny_bert, inputs, 1, method="deeplift", baseline=starts)
+    torch.testing.assert_close(shap, single)
 
 
 def test_occlusion_scores_a_token_by_replacing_it_with_the_baselines_embedding(

@@ -31,6 +31,8 @@ Builders:
   biases (for splicing into the models above).
 * :func:`word_tokenizer` -- a word-level tokenizer for :func:`hf_gpt2`, built offline.
 * :func:`transformer_bridge` -- a TransformerLens ``TransformerBridge`` booted natively.
+* :func:`feedforward_cnn` -- a plain CNN whose nonlinearity modules each run once, with a
+  linear layer between any two of them (the models Captum's ``DeepLift`` handles).
 """
 
 from __future__ import annotations
@@ -431,3 +433,39 @@ def transformer_bridge(*, seed: int = 0) -> nn.Module:
     )
     _seed(seed)
     return TransformerBridge.boot_native(config).eval()
+
+
+def feedforward_cnn(*, num_classes: int = 5, seed: int = 0) -> nn.Module:
+    """Conv-BN-ReLU, conv, MaxPool2d(2), conv-Tanh, linear-Sigmoid, linear-Softplus, linear.
+
+    Every nonlinearity module runs once per forward and none feeds another directly (a
+    convolution or linear layer sits between any two), with random BatchNorm statistics.
+
+    Args:
+        num_classes: the outputs.
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: ``(B, 3, 12, 12)`` images -> ``(B, num_classes)`` logits.
+    """
+    _seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 16),
+        nn.Sigmoid(),
+        nn.Linear(16, 16),
+        nn.Softplus(),
+        nn.Linear(16, num_classes),
+    )
+    batchnorm = model[1]
+    assert isinstance(batchnorm, nn.BatchNorm2d)
+    batchnorm.running_mean.uniform_(-0.5, 0.5)
+    batchnorm.running_var.uniform_(0.5, 1.5)
+    return model.eval()

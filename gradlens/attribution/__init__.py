@@ -16,7 +16,8 @@ dropout and, through batch normalisation, on the rest of the stacked batch.
 
 Registered in :data:`gradlens.METHODS` (kind ``"attribution"``): ``saliency``,
 ``input_x_gradient``, ``smoothgrad``, ``vargrad``, ``integrated_gradients``,
-``guided_backprop``, ``guided_gradcam``, ``occlusion``. The layer variants
+``guided_backprop``, ``guided_gradcam``, ``occlusion``, ``deeplift``, ``deeplift_shap``,
+``gradient_shap``. The layer variants
 (:func:`layer_integrated_gradients`, :func:`layer_gradient_x_activation`) return
 layer-shaped results and are not registered.
 """
@@ -24,17 +25,25 @@ layer-shaped results and are not registered.
 from __future__ import annotations
 
 from ._common import Attribution
+from .deep_lift import MAX_POOLS, NONLINEARITIES, deeplift, deeplift_shap
 from .gradient import input_x_gradient, saliency
 from .guided import guided_backprop, guided_gradcam
 from .integrated import RULES, integrated_gradients, layer_integrated_gradients, quadrature
 from .layer import layer_gradient_x_activation
 from .noise import NoiseMethodOptions, noise_scale, smoothgrad, vargrad
 from .occlusion import occlusion, window_positions
+from .shap import Distribution, gradient_shap
 
 __all__ = [
     "Attribution",
+    "Distribution",
+    "MAX_POOLS",
+    "NONLINEARITIES",
     "NoiseMethodOptions",
     "RULES",
+    "deeplift",
+    "deeplift_shap",
+    "gradient_shap",
     "guided_backprop",
     "guided_gradcam",
     "input_x_gradient",

@@ -52,11 +52,15 @@ class NoiseMethodOptions(TypedDict, total=False):
 
     Attributes:
         abs: :func:`~gradlens.attribution.saliency`: absolute gradients (default ``True``).
-        baselines: :func:`~gradlens.attribution.integrated_gradients`: the baselines.
+        baselines: :func:`~gradlens.attribution.integrated_gradients`,
+            :func:`~gradlens.attribution.deeplift`: the baselines;
+            :func:`~gradlens.attribution.deeplift_shap`,
+            :func:`~gradlens.attribution.gradient_shap`: the baseline distribution.
         steps: :func:`~gradlens.attribution.integrated_gradients`: the integration points.
         rule: :func:`~gradlens.attribution.integrated_gradients`: the quadrature rule.
-        return_delta: :func:`~gradlens.attribution.integrated_gradients`: only ``False``
-            is allowed here (a ``ValueError`` for ``True``).
+        return_delta: :func:`~gradlens.attribution.integrated_gradients` and the DeepLIFT
+            and SHAP methods: only ``False`` is allowed here (a ``ValueError`` for ``True``).
+        stdevs: :func:`~gradlens.attribution.gradient_shap`: the input noise.
         window: :func:`~gradlens.attribution.occlusion`: the occluded window.
         stride: :func:`~gradlens.attribution.occlusion`: the window's stride.
         baseline: :func:`~gradlens.attribution.occlusion`: the value put in the window.
@@ -71,6 +75,7 @@ class NoiseMethodOptions(TypedDict, total=False):
     steps: int
     rule: str
     return_delta: bool
+    stdevs: float | tuple[float, ...]
     window: Size | list[Size]
     stride: Size | list[Size]
     baseline: float | Tensor
@@ -132,9 +137,9 @@ def smoothgrad(
         forward_kwargs: keyword inputs for the model; tensors whose dim 0 is the batch are
             repeated for the noisy copies.
         **method_options: passed to ``method`` (:class:`NoiseMethodOptions`: ``abs``,
-            ``baselines``, ``steps``, ``rule``, ``return_delta``, ``window``, ``stride``,
-            ``baseline``, ``layer``, ``interpolation``, ``reshape``), e.g. ``abs=False``
-            or ``steps=16``; only those ``method`` takes.
+            ``baselines``, ``steps``, ``rule``, ``return_delta``, ``stdevs``,
+            ``window``, ``stride``, ``baseline``, ``layer``, ``interpolation``,
+            ``reshape``), e.g. ``abs=False`` or ``steps=16``; only those ``method`` takes.
 
     Returns:
         Shaped as ``method``'s result for ``x``: like the input, ``(B, K, ...)`` for ``K``
@@ -206,9 +211,9 @@ def vargrad(
         output: picks the logits out of a structured model output.
         forward_kwargs: keyword inputs for the model.
         **method_options: passed to ``method`` (:class:`NoiseMethodOptions`: ``abs``,
-            ``baselines``, ``steps``, ``rule``, ``return_delta``, ``window``, ``stride``,
-            ``baseline``, ``layer``, ``interpolation``, ``reshape``); only those ``method``
-            takes.
+            ``baselines``, ``steps``, ``rule``, ``return_delta``, ``stdevs``,
+            ``window``, ``stride``, ``baseline``, ``layer``, ``interpolation``,
+            ``reshape``); only those ``method`` takes.
 
     Returns:
         Shaped as ``method``'s result for ``x`` (see :func:`smoothgrad`).

@@ -33,6 +33,11 @@ instead of each listed torch function; a handler returns the result, or ``NotImp
 to let the function run as usual. Inside a handler the mode is off, so the handler calls
 torch functions normally. Residual additions, the products and softmax inside attention,
 and functional activations get their rules this way.
+
+**Per-call rules.** A rule that needs to know about each call when it happens (DeepLIFT
+pairs every call of a nonlinearity with the same call in a reference pass) is given as
+:class:`PerCall`: ``PerCall(factory)`` calls ``factory(module, inputs, output)`` (detached
+tensors) at each forward call and uses the rule it returns for that call's backward.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ __all__ = [
     "FunctionHandler",
     "FunctionOverride",
     "ModuleRule",
+    "PerCall",
     "override_backward",
     "override_functions",
 ]
@@ -61,6 +67,26 @@ ModuleRule = Callable[
     [nn.Module, tuple[Tensor, ...], Tensor, Tensor], Sequence[Union[Tensor, None]]
 ]
 """``(module, inputs, output, grad_output) -> one gradient (or None) per input tensor``."""
+
+RuleFactory = Callable[[nn.Module, tuple[Tensor, ...], Tensor], ModuleRule]
+"""``(module, inputs, output) -> the rule for this call's backward`` (see :class:`PerCall`)."""
+
+
+class PerCall:
+    """A backward rule chosen per call: ``factory(module, inputs, output)`` runs at each
+    forward call of the module (detached tensors) and returns the :data:`ModuleRule` for
+    that call's backward.
+
+    Args:
+        factory: ``(module, inputs, output) -> rule``.
+    """
+
+    def __init__(self, factory: RuleFactory) -> None:
+        self.factory = factory
+
+    def __repr__(self) -> str:
+        return f"PerCall({self.factory!r})"
+
 
 FunctionHandler = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
 """``(func, args, kwargs) -> result``, or ``NotImplemented`` to run ``func`` unchanged."""
@@ -104,29 +130,50 @@ class BackwardOverride(Capture[None]):
     """
 
     def __init__(
-        self, model: nn.Module, modules: Mapping[str, nn.Module], rules: Mapping[str, ModuleRule]
+        self,
+        model: nn.Module,
+        modules: Mapping[str, nn.Module],
+        rules: Mapping[str, ModuleRule | PerCall],
     ) -> None:
         super().__init__()
         self.model = model
         self.rules = {name: rules[name] for name in modules}
         self._modules = dict(modules)
         self._hooks = HookSet()
+        self._pending: dict[nn.Module, list[tuple[Tensor, ...] | None]] = {}
 
     def _open(self) -> None:
         for name, rule in self.rules.items():
-            self._hooks.forward(self._modules[name], self._hook(rule))
+            module = self._modules[name]
+            self._hooks.forward_pre(module, self._copy_inputs)
+            self._hooks.forward(module, self._hook(rule), always_call=True)
 
     def _close(self) -> None:
         self._hooks.remove()
+        self._pending.clear()
 
-    def _hook(self, rule: ModuleRule) -> Callable[[nn.Module, Any, Any], Any]:
+    def _copy_inputs(self, module: nn.Module, args: Any) -> Any:
+        """Keep the call's tensor inputs and run the module on copies of them, so that a
+        module working in place (``nn.ReLU(inplace=True)``) cannot overwrite the values
+        the rule reads, nor the tensors the rule's gradients are for."""
+        inputs = tuple(a for a in args if isinstance(a, Tensor))
+        if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
+            self._pending.setdefault(module, []).append(None)
+            return None
+        self._pending.setdefault(module, []).append(inputs)
+        return tuple(a.clone() if isinstance(a, Tensor) and a.requires_grad else a for a in args)
+
+    def _hook(self, rule: ModuleRule | PerCall) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if not isinstance(output, Tensor) or not torch.is_grad_enabled():
+            stack = self._pending.get(module)
+            inputs = stack.pop() if stack else None
+            if inputs is None or not isinstance(output, Tensor):
                 return None
-            inputs = tuple(a for a in args if isinstance(a, Tensor))
-            if not any(t.requires_grad for t in inputs):
-                return None
-            return _RuleBackward.apply(rule, module, output, *inputs)
+            call_rule = rule
+            if isinstance(rule, PerCall):
+                detached = tuple(t.detach() for t in inputs)
+                call_rule = rule.factory(module, detached, output.detach())
+            return _RuleBackward.apply(call_rule, module, output, *inputs)
 
         return hook
 
@@ -135,18 +182,24 @@ class BackwardOverride(Capture[None]):
         return f"BackwardOverride({type(self.model).__name__}, layers={list(self.rules)}, {state})"
 
 
-def override_backward(model: nn.Module, rules: Mapping[LayerSpec, ModuleRule]) -> BackwardOverride:
+def override_backward(
+    model: nn.Module, rules: Mapping[LayerSpec, ModuleRule | PerCall]
+) -> BackwardOverride:
     """Give the selected modules another backward rule while the returned context is active.
 
     Every call of a selected module (a module reused by several blocks too) is overridden
     when grad mode is on and one of its positional tensor inputs requires grad; other
     calls run unchanged. A module whose output is not a tensor keeps its backward.
+    Overridden calls run the module on copies of its inputs (so that in-place modules
+    cannot overwrite what the rule reads); a model that relies on a module changing its
+    input in place, rather than on its return value, is not supported.
 
     Args:
         model: the model.
         rules: ``{layer spec: rule}``, each key a layer spec of :mod:`gradlens.core.selection`
             (a name, glob, module type, module or filter) and each rule a function
-            ``(module, inputs, output, grad_output) -> grads`` (see the module docstring).
+            ``(module, inputs, output, grad_output) -> grads`` (see the module docstring),
+            or a :class:`PerCall` that makes one such rule per call.
 
     Returns:
         A context manager (:class:`BackwardOverride`); entering it registers the hooks,
@@ -157,11 +210,11 @@ def override_backward(model: nn.Module, rules: Mapping[LayerSpec, ModuleRule]) -
         ValueError: two specs select the same module.
         TypeError: a rule is not callable.
     """
-    chosen: dict[str, ModuleRule] = {}
+    chosen: dict[str, ModuleRule | PerCall] = {}
     spec_of: dict[str, Any] = {}
     modules: dict[str, nn.Module] = {}
     for spec, rule in rules.items():
-        if not callable(rule):
+        if not callable(rule) and not isinstance(rule, PerCall):
             raise TypeError(
                 f"the backward rule for {spec!r} must be a function "
                 f"(module, inputs, output, grad_output) -> grads; got {type(rule).__name__}"

@@ -34,7 +34,8 @@ class MethodOptions(CamOptions, total=False):
         select: the CAMs: picks one tensor of a layer's structured output.
         per_layer: the CAMs: one map per layer instead of their mean.
         batch_size: ``ablationcam``, ``scorecam``, ``integrated_gradients``,
-            ``smoothgrad``, ``vargrad``, ``occlusion``: model inputs per forward.
+            ``smoothgrad``, ``vargrad``, ``occlusion``, ``deeplift_shap``,
+            ``gradient_shap``: model inputs per forward.
         ablation_value: ``ablationcam``: the value an ablated channel is set to.
         skip_unchanged: ``ablationcam``: skip channels whose ablation changes nothing.
         reuse_upstream: ``ablationcam``: run the part before the layer once.
@@ -48,14 +49,20 @@ class MethodOptions(CamOptions, total=False):
         row: the attention methods: the token whose attention is read.
         abs: ``saliency`` (and the noise methods averaging it): absolute gradients.
         interpolation: ``guided_gradcam``: how the Grad-CAM map is upsampled.
-        baselines: ``integrated_gradients``: the baselines.
+        baselines: ``integrated_gradients``, ``deeplift``: the baselines;
+            ``deeplift_shap``, ``gradient_shap``: the baseline distribution.
         steps: ``integrated_gradients``: the number of integration points.
         rule: ``integrated_gradients``: the quadrature rule.
-        return_delta: ``integrated_gradients``: also return the convergence delta.
-        n: ``smoothgrad``, ``vargrad``: the number of noise samples.
+        return_delta: ``integrated_gradients``, ``deeplift``, ``deeplift_shap``,
+            ``gradient_shap``: also return the convergence delta.
+        stdevs: ``gradient_shap``: the standard deviation of the input noise.
+        n: ``smoothgrad``, ``vargrad``: the number of noise samples; ``gradient_shap``:
+            the number of draws.
         sigma: ``smoothgrad``, ``vargrad``: the noise level.
-        seed: ``smoothgrad``, ``vargrad``: seeds a new generator for the noise.
-        generator: ``smoothgrad``, ``vargrad``: the generator for the noise.
+        seed: ``smoothgrad``, ``vargrad``, ``gradient_shap``: seeds a new generator for
+            the random draws.
+        generator: ``smoothgrad``, ``vargrad``, ``gradient_shap``: the generator for the
+            random draws.
         window: ``occlusion``: the occluded window.
         stride: ``occlusion``: the window's stride.
         baseline: ``occlusion``: the value put in the window.
@@ -81,6 +88,7 @@ class MethodOptions(CamOptions, total=False):
     steps: int
     rule: str
     return_delta: bool
+    stdevs: float | tuple[float, ...]
     n: int
     sigma: float
     seed: int | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypedDict
@@ -11,7 +12,9 @@ from torch import Tensor, nn
 from typing_extensions import Unpack
 
 from .. import registry
+from ..attribution.deep_lift import deeplift_shap
 from ..attribution.occlusion import Size
+from ..attribution.shap import gradient_shap
 from ..core.checks import entry_point
 from ..core.extract import extract
 from ..core.output_selection import OutputSpec
@@ -41,12 +44,17 @@ class TokenMethodOptions(TypedDict, total=False):
         rule: ``"integrated_gradients"``: the quadrature rule (default
             ``"gausslegendre"``).
         batch_size: ``"integrated_gradients"``, ``"smoothgrad"``, ``"vargrad"``,
-            ``"occlusion"``: the number of stacked inputs per forward.
+            ``"occlusion"``, ``"deeplift_shap"``, ``"gradient_shap"``: the number of stacked
+            inputs per forward.
         n: ``"smoothgrad"``, ``"vargrad"``: the number of noise samples (default 50).
         sigma: ``"smoothgrad"``, ``"vargrad"``: the noise level as a fraction of each
             sample's embedding range (default 0.15).
-        seed: ``"smoothgrad"``, ``"vargrad"``: seeds a new generator for the noise.
-        generator: ``"smoothgrad"``, ``"vargrad"``: the generator for the noise.
+        seed: ``"smoothgrad"``, ``"vargrad"``, ``"gradient_shap"``: seeds a new generator
+            for the random draws.
+        generator: ``"smoothgrad"``, ``"vargrad"``, ``"gradient_shap"``: the generator for
+            the random draws.
+        stdevs: ``"gradient_shap"``: the standard deviation of the noise added to the
+            embeddings (default 0).
         window: ``"occlusion"``: the occluded window over ``(T, H)`` (default one whole
             token, ``(1, H)``).
         stride: ``"occlusion"``: the window's stride (default: the window).
@@ -60,6 +68,7 @@ class TokenMethodOptions(TypedDict, total=False):
     sigma: float
     seed: int | None
     generator: torch.Generator | None
+    stdevs: float | tuple[float, ...]
     window: Size | list[Size]
     stride: Size | list[Size]
 
@@ -94,9 +103,11 @@ def token_attributions(
     (Sundararajan et al. 2017), ``"smoothgrad"`` / ``"vargrad"`` (Smilkov et al. 2017;
     the noise scale is a fraction of each sample's embedding range), ``"occlusion"`` (each
     token in turn is replaced by the baseline's embedding; its score is the drop of the
-    target score, or its absolute value for ``reduce="norm"``), ``"guided_backprop"`` -- or a
-    function with their signature. Methods that take ``baselines=`` (Integrated Gradients)
-    or ``baseline=`` (Occlusion) get the baseline's embeddings.
+    target score, or its absolute value for ``reduce="norm"``), ``"guided_backprop"``,
+    ``"deeplift"``, ``"deeplift_shap"``, ``"gradient_shap"`` -- or a function with their
+    signature. Methods that take ``baselines=`` (Integrated Gradients, DeepLIFT) or
+    ``baseline=`` (Occlusion) get the baseline's embeddings; DeepLiftShap and GradientSHAP
+    get each sequence's own as a one-baseline distribution ``(B, 1, T, H)``.
 
     Args:
         model: the text model.
@@ -178,6 +189,8 @@ def _token_attributions(
     start_ids = None if baseline_option is None else baseline_ids(model, tokens, baseline)
     embeddings, start = _embed(model, name, tokens, start_ids)
     if baseline_option == "baselines":  # one per positional input of FromEmbeddings
+        if _takes_a_distribution(attribute):  # each sequence's own baseline: (B, 1, T, H)
+            start = start.unsqueeze(1)
         options["baselines"] = (start, *(None,) * len(tokens.args))
     elif baseline_option == "baseline":
         options["baseline"] = start
@@ -255,3 +268,11 @@ def _method(method: str | Callable[..., Any]) -> Callable[..., Any]:
             + ", ".join(sorted(registry.names("attribution", needs_layer=False)))
         )
     return function
+
+
+def _takes_a_distribution(attribute: Callable[..., Any]) -> bool:
+    """Whether ``baselines=`` of ``attribute`` is a distribution of baselines
+    (:func:`~gradlens.attribution.deeplift_shap`, :func:`~gradlens.attribution.gradient_shap`)."""
+    while isinstance(attribute, functools.partial):
+        attribute = attribute.func
+    return attribute in (deeplift_shap, gradient_shap)
