@@ -4,6 +4,7 @@ scores of a forward, and the guard that leaves the model as it was."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -21,6 +22,21 @@ from ..targets.parse import target_rows
 from ..targets.scoring import Target
 
 Method = Callable[..., Tensor]
+
+
+@dataclasses.dataclass(eq=False)
+class MetricResult:
+    """A metric with one number per sample.
+
+    Attributes:
+        scores: ``(B,)`` float64 on the CPU, one score per sample (the data-set score is
+            usually their mean; NaN where a sample's score is undefined, e.g. a
+            correlation with a constant side).
+        classes: ``(B,)`` the class explained for each sample.
+    """
+
+    scores: Tensor
+    classes: Tensor
 
 
 def _reduce_maps(maps: Tensor, size: Sequence[int] | None = None) -> Tensor:

@@ -19,18 +19,20 @@ from ._common import _check_images, _classes, _logits, _reduce_maps, _score, _un
 
 __all__ = ["CurveResult", "deletion", "insertion", "gaussian_blur"]
 
-Fill = Literal["zero", "blur", "mean"] | Tensor
+Fill = Literal["zero", "min", "blur", "mean"] | Tensor
 
 
 @dataclasses.dataclass(eq=False)
 class CurveResult:
-    """A deletion or insertion curve.
+    """A perturbation curve: deletion, insertion, pixel flipping, region perturbation,
+    selectivity, IROF, ROAD.
 
     Attributes:
-        fractions: ``(S + 1,)`` fraction of pixels removed (deletion) or inserted
-            (insertion), ``0, 1/S, ..., 1``.
+        fractions: ``(S + 1,)`` fraction of the features removed (deletion) or inserted
+            (insertion), ``0, 1/S, ..., 1`` (regions, segments: the fraction of them).
         curve: ``(B, S + 1)`` the target's score after each step.
-        auc: ``(B,)`` trapezoidal area under ``curve`` over ``fractions``.
+        auc: ``(B,)`` trapezoidal area under ``curve`` over ``fractions`` (also as
+            ``scores``; IROF's is the area *over* its curve, see :func:`irof`).
         classes: ``(B,)`` the class explained for each sample.
 
     ``fractions``, ``curve`` and ``auc`` are float64 (scores are computed from the logits
@@ -41,6 +43,12 @@ class CurveResult:
     curve: Tensor
     auc: Tensor
     classes: Tensor
+
+    @property
+    def scores(self) -> Tensor:
+        """``(B,)`` one number per sample, the same as :attr:`auc` (the name every metric
+        result shares)."""
+        return self.auc
 
 
 def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
@@ -61,7 +69,7 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
-def _fill_images(images: Tensor, fill: Fill, blur_sigma: float | None) -> Tensor:
+def fill_images(images: Tensor, fill: Fill, blur_sigma: float | None) -> Tensor:
     if isinstance(fill, Tensor):
         try:
             return fill.to(images.device, images.dtype).expand_as(images)
@@ -72,12 +80,14 @@ def _fill_images(images: Tensor, fill: Fill, blur_sigma: float | None) -> Tensor
             ) from exc
     if fill == "zero":
         return torch.zeros_like(images)
+    if fill == "min":  # Quantus' "black": the sample's smallest value, in every channel
+        return images.flatten(1).amin(1).view(-1, 1, 1, 1).expand_as(images)
     if fill == "mean":
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
     if fill == "blur":
         sigma = 0.1 * max(images.shape[-2:]) if blur_sigma is None else blur_sigma
         return gaussian_blur(images, sigma)
-    raise ValueError(f'fill must be "zero", "blur", "mean" or a tensor, got {fill!r}')
+    raise ValueError(f'fill must be "zero", "min", "blur", "mean" or a tensor, got {fill!r}')
 
 
 def _curve(
@@ -107,7 +117,7 @@ def _curve(
     images = images.detach()
     with _untouched(model):
         classes = _classes(model, images, target, output, batch_size)
-        baseline = _fill_images(images, fill, blur_sigma)
+        baseline = fill_images(images, fill, blur_sigma)
         # rank[b, p] = position of pixel p in the most-important-first order of sample b.
         order = torch.argsort(
             maps.flatten(1).to(images.device), dim=1, descending=True, stable=True
@@ -164,9 +174,10 @@ def deletion(
         maps: ``(B, H, W)`` or ``(B, C', H', W')`` (reduced and resized, module docstring).
         target: the class explained (module docstring); ``None`` is the top class.
         steps: ``S``, the curve has ``S + 1`` points from fraction 0 to 1.
-        fill: ``"zero"``, ``"blur"`` (:func:`gaussian_blur` of the image, std
-            ``blur_sigma``, by default a tenth of the image side), ``"mean"`` (each
-            image's per-channel mean) or a tensor broadcastable to ``(B, C, H, W)``.
+        fill: ``"zero"``, ``"min"`` (each image's smallest value, Quantus' ``"black"``),
+            ``"blur"`` (:func:`gaussian_blur` of the image, std ``blur_sigma``, by default
+            a tenth of the image side), ``"mean"`` (each image's per-channel mean) or a
+            tensor broadcastable to ``(B, C, H, W)``.
         score: ``"probability"`` (softmax) or ``"logit"``.
         batch_size: perturbed images per forward; all ``B * (S + 1)`` are evaluated.
         blur_sigma: see ``fill``.
@@ -212,7 +223,7 @@ def insertion(
         model, images, maps, target: as for :func:`deletion`.
         steps: ``S``, the curve has ``S + 1`` points from fraction 0 to 1.
         fill: the image the pixels are inserted into: ``"blur"`` (the default), ``"zero"``,
-            ``"mean"`` or a tensor, as for :func:`deletion`.
+            ``"min"``, ``"mean"`` or a tensor, as for :func:`deletion`.
         score: ``"probability"`` (softmax) or ``"logit"``.
         batch_size: perturbed images per forward; all ``B * (S + 1)`` are evaluated.
         blur_sigma: the blur's std in pixels (by default a tenth of the image side).
