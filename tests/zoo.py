@@ -24,6 +24,7 @@ Builders:
 * :func:`hf_bert` -- Hugging Face BERT sequence classifier.
 * :func:`hf_gpt2` -- Hugging Face GPT-2 language model.
 * :func:`eager_and_sdpa` -- the same Hugging Face weights with both attention kernels.
+* :func:`shapes_cnn` -- the shapes demo's ``TinyCNN`` (random weights, any image size).
 * :func:`token_ids` -- random ids for the text models.
 """
 
@@ -310,6 +311,23 @@ def eager_and_sdpa(build: Callable[..., nn.Module], **options: Any) -> tuple[nn.
     sdpa = build(attn_implementation="sdpa", **options)
     sdpa.load_state_dict(eager.state_dict())
     return eager, sdpa
+
+
+def shapes_cnn(*, in_channels: int = 3, num_classes: int = 9, seed: int = 0) -> nn.Module:
+    """The shapes task's CNN (:class:`gradlens.demos.training.TinyCNN`), random weights.
+
+    Args:
+        in_channels: the image channels (1 for the one-channel cases of Quantus' ROAD).
+        num_classes: the classifier's outputs.
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: ``(B, in_channels, H, W)`` -> ``(B, num_classes)``.
+    """
+    from gradlens.demos.training import TinyCNN
+
+    _seed(seed)
+    return TinyCNN(num_classes=num_classes, in_channels=in_channels).eval()
 
 
 def token_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
