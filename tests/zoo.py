@@ -25,6 +25,8 @@ Builders:
 * :func:`hf_gpt2` -- Hugging Face GPT-2 language model.
 * :func:`eager_and_sdpa` -- the same Hugging Face weights with both attention kernels.
 * :func:`shapes_cnn` -- the shapes demo's ``TinyCNN`` (random weights, any image size).
+* :func:`linear_classifier` -- ``logits = W x`` on flattened images, with a given ``W``
+  (metrics whose value the maths gives exactly).
 * :func:`token_ids` -- random ids for the text models.
 """
 
@@ -328,6 +330,22 @@ def shapes_cnn(*, in_channels: int = 3, num_classes: int = 9, seed: int = 0) -> 
 
     _seed(seed)
     return TinyCNN(num_classes=num_classes, in_channels=in_channels).eval()
+
+
+def linear_classifier(weight: torch.Tensor) -> nn.Module:
+    """``logits = x.flatten(1) @ weight.T``: a linear classifier without bias whose weights
+    are given, so that every score and gradient x input is known exactly.
+
+    Args:
+        weight: ``(num_classes, C * H * W)``; it is copied into the model (float64).
+
+    Returns:
+        The model in eval mode: ``(B, C, H, W)`` float64 images -> ``(B, num_classes)``.
+    """
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    return nn.Sequential(nn.Flatten(), linear).eval()
 
 
 def token_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
