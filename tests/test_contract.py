@@ -256,6 +256,31 @@ def _refuses_without_embeddings(method: Callable[..., Any]) -> Callable[[Call], 
     return run
 
 
+FAITHFULNESS_OPTIONS: dict[str, dict[str, Any]] = {
+    "pixel_flipping": {"steps": 2},
+    "region_perturbation": {"patch_size": 4},
+    "selectivity": {"patch_size": 4},
+    "faithfulness_correlation": {"subset_size": 4, "runs": 3},
+    "faithfulness_estimate": {"steps": 2},
+    "monotonicity": {"steps": 2},
+    "monotonicity_correlation": {"steps": 2, "samples": 1},
+    "irof": {"patch_size": 4},
+    "road": {"steps": 2},
+    "infidelity": {"samples": 2},
+    "sensitivity_n": {"n": 4, "runs": 3},
+}
+"""Small settings for the faithfulness metrics' contract cases."""
+
+
+def _faithfulness_metric(name: str, options: dict[str, Any]) -> Callable[[Call], None]:
+    def run(c: Call) -> None:
+        metric = getattr(gradlens.metrics, name)
+        generator = torch.Generator().manual_seed(0)
+        metric(c.model, c.x, _maps(), c.target, generator=generator, **options)
+
+    return run
+
+
 ATTENTION = ["attn0", "attn1"]
 
 
@@ -346,6 +371,23 @@ ENTRY_POINTS: dict[str, Case] = {
         gradlens.metrics.comprehensiveness, _text_metric(gradlens.metrics.comprehensiveness)
     ),
     "sufficiency": Case(gradlens.metrics.sufficiency, _text_metric(gradlens.metrics.sufficiency)),
+    **{
+        name: Case(getattr(gradlens.metrics, name), _faithfulness_metric(name, options))
+        for name, options in FAITHFULNESS_OPTIONS.items()
+    },
+    **{
+        name: Case(
+            getattr(gradlens.metrics, name),
+            _refuses_without_embeddings(
+                lambda model, ids, target, metric=getattr(gradlens.metrics, name): metric(
+                    model, ids, ids.float(), target
+                )
+            ),
+            takes_target=False,
+            runs_model=False,
+        )
+        for name in ("soft_comprehensiveness", "soft_sufficiency")
+    },
     "extract_dataset": Case(
         gradlens.extract_dataset,
         lambda c: gradlens.extract_dataset(
@@ -448,6 +490,8 @@ EXEMPT: dict[str, str] = {
     "Manifest": "the description of a dataset output folder",
     "CurveResult": "a metric result",
     "RandomizationResult": "a metric result",
+    "MetricResult": "a metric result",
+    "noisy_linear_imputation": "fills pixels of given images, never runs a model",
     "CamOptions": "a TypedDict of keyword options",
     "NoiseMethodOptions": "a TypedDict of keyword options",
     "TokenMethodOptions": "a TypedDict of keyword options",
