@@ -58,6 +58,7 @@ from .perturbation import (
     features,
     is_tokens,
     not_for_tokens,
+    ordered_curve,
     pearson,
     per_job_draws,
     random_subsets,
@@ -97,22 +98,6 @@ def _curve_result(feats: Features, curve: Tensor, fractions: Tensor) -> CurveRes
 
 def _result(feats: Features, scores: Tensor) -> MetricResult:
     return MetricResult(scores=scores.double().cpu().clone(), classes=feats.classes.cpu().clone())
-
-
-def _ordered_curve(feats: Features, steps: int, score: str, *, insert: bool) -> Tensor:
-    """``(B, steps + 1)``: scores after removing (or, from the all-removed input,
-    inserting) the features in groups of the ranking: step ``k`` has ``round(k n / S)``
-    features removed, most important first, or inserted, least important first."""
-    rank = feats.rank(descending=not insert)
-    counts = feats.step_counts(steps)
-    per = steps + 1
-
-    def jobs(part: Tensor) -> tuple[Tensor, Tensor]:
-        sample, step = part // per, part % per
-        chosen = rank[sample] < counts[sample, step][:, None]
-        return sample, (~chosen if insert else chosen)
-
-    return feats.scores(feats.batch * per, jobs, score).view(feats.batch, per)
 
 
 def _group_jobs(feats: Features, steps: int, descending: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -179,7 +164,7 @@ def pixel_flipping(
     with _untouched(model):
         feats = features(model, inputs, attributions, target, fill=fill,
                          batch_size=batch_size, output=output, generator=generator)  # fmt: skip
-        curve = _ordered_curve(feats, steps, score, insert=False)
+        curve = ordered_curve(feats, steps, score, descending=True, insert=False)
     fractions = torch.arange(steps + 1, dtype=torch.float64) / steps
     return _curve_result(feats, curve, fractions)
 
@@ -601,7 +586,7 @@ def monotonicity(
     with _untouched(model):
         feats = features(model, inputs, attributions, target, fill=fill,
                          batch_size=batch_size, output=output, generator=generator)  # fmt: skip
-        curve = _ordered_curve(feats, steps, score, insert=True)
+        curve = ordered_curve(feats, steps, score, descending=False, insert=True)
     return _result(feats, (curve.diff(dim=1) >= 0).all(dim=1).double())
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.checks import check_inputs
@@ -25,15 +26,26 @@ from ..core.chunks import check_batch_size, chunks
 from ..core.inputs import ModelInput
 from ..core.output_selection import OutputSpec, select_output
 from ..errors import TargetError, TokenInputError
-from ..passes import clean_pass
 from ..targets.language import config_token_id
-from ..targets.parse import target_rows
 from ..targets.scoring import Target
 from ..text.inputs import TokenInput, TokenInputs
-from ._common import _reduce_maps, _score
-from .curves import fill_images
+from ._common import _classes_of, _reduce_maps, _score
 
-__all__ = ["Features", "ImageFill", "TokenFill", "features", "pearson", "spearman_rows"]
+__all__ = [
+    "Features",
+    "Fill",
+    "ImageFill",
+    "TokenFill",
+    "features",
+    "fill_images",
+    "gaussian_blur",
+    "ordered_curve",
+    "pearson",
+    "spearman_rows",
+]
+
+Fill = Literal["zero", "min", "blur", "mean"] | Tensor
+"""The fills of :func:`gradlens.metrics.deletion` and :func:`gradlens.metrics.insertion`."""
 
 ImageFill = Literal["zero", "min", "mean", "blur", "uniform"] | Tensor
 """How a removed pixel is filled: ``"zero"``, ``"min"`` (the sample's minimum over all its
@@ -200,6 +212,46 @@ def _score_of(logits: Tensor, classes: Tensor, score: str) -> Tensor:
     return _score(logits, classes, score)
 
 
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Blur ``(B, C, H, W)`` images with a separable Gaussian of std ``sigma`` pixels.
+
+    The kernel spans ``+-3 sigma``; borders are padded by repeating the edge pixels, so
+    the output has the input's shape. ``sigma <= 0`` returns the images unchanged.
+    """
+    if sigma <= 0:
+        return images
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = images.shape[1]
+    x = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def fill_images(images: Tensor, fill: Fill, blur_sigma: float | None) -> Tensor:
+    """The image a removed pixel takes its values from, ``(B, C, H, W)``."""
+    if isinstance(fill, Tensor):
+        try:
+            return fill.to(images.device, images.dtype).expand_as(images)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"a fill tensor must broadcast to the images' shape {tuple(images.shape)}, "
+                f"got {tuple(fill.shape)}"
+            ) from exc
+    if fill == "zero":
+        return torch.zeros_like(images)
+    if fill == "min":  # Quantus' "black": the sample's smallest value, in every channel
+        return images.flatten(1).amin(1).view(-1, 1, 1, 1).expand_as(images)
+    if fill == "mean":
+        return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
+    if fill == "blur":
+        sigma = 0.1 * max(images.shape[-2:]) if blur_sigma is None else blur_sigma
+        return gaussian_blur(images, sigma)
+    raise ValueError(f'fill must be "zero", "min", "blur", "mean" or a tensor, got {fill!r}')
+
+
 def is_tokens(inputs: Any) -> bool:
     """Whether ``inputs`` are token ids ``(B, T)`` (an integer tensor) or a mapping."""
     if isinstance(inputs, Mapping):
@@ -223,6 +275,7 @@ def features(
     batch_size: int,
     output: OutputSpec,
     generator: torch.Generator | None = None,
+    blur_sigma: float | None = None,
 ) -> Features:
     """Parse the inputs, the attributions and the target once (call inside
     :func:`~gradlens.metrics._common._untouched`).
@@ -238,10 +291,10 @@ def features(
         attributions = torch.as_tensor(attributions)
     if is_tokens(inputs):
         return _token_features(model, inputs, attributions, target, fill, batch_size, output)
+    check_inputs({"images": inputs})
     if not isinstance(inputs, Tensor) or inputs.ndim != 4:
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(f"images must have shape (B, C, H, W), got {shape}")
-    check_inputs({"images": inputs})
     images = inputs.detach()
     if attributions.ndim not in (3, 4):
         raise ValueError(
@@ -253,8 +306,9 @@ def features(
         raise ValueError(f"{maps.shape[0]} attribution maps for {images.shape[0]} images")
     batch, _, height, width = images.shape
     fill = "min" if fill is None else fill
-    baseline = None if isinstance(fill, str) and fill == "uniform" else _image_fill(images, fill)
-    classes = _classes(model, ModelInput.parse(images), target, output, batch_size)
+    uniform = isinstance(fill, str) and fill == "uniform"
+    baseline = None if uniform else _image_fill(images, fill, blur_sigma)
+    classes = _classes_of(model, ModelInput.parse(images), target, output, batch_size)
     values = maps.double()
     return Features(
         model=model,
@@ -274,10 +328,10 @@ def features(
     )
 
 
-def _image_fill(images: Tensor, fill: Any) -> Tensor:
+def _image_fill(images: Tensor, fill: Any, blur_sigma: float | None) -> Tensor:
     if isinstance(fill, str) and fill in ("pad", "mask", "unk") or isinstance(fill, int):
         raise ValueError(f"fill={fill!r} is a token replacement; images take an image fill")
-    return fill_images(images, fill, None)
+    return fill_images(images, fill, blur_sigma)
 
 
 def _token_features(
@@ -304,7 +358,7 @@ def _token_features(
     else:
         raise ValueError(f'token inputs take fill="pad", "mask", "unk" or a token id, got {fill!r}')
     real = tokens.real.to(ids.device)
-    classes = _classes(model, tokens.model_input, target, output, batch_size)
+    classes = _classes_of(model, tokens.model_input, target, output, batch_size)
     values = attributions.detach().double().to(ids.device).masked_fill(~real, 0.0)
     return Features(
         model=model,
@@ -321,30 +375,24 @@ def _token_features(
     )
 
 
-def _classes(
-    model: nn.Module,
-    model_input: ModelInput,
-    target: Target,
-    output: OutputSpec,
-    batch_size: int,
+def ordered_curve(
+    feats: Features, steps: int, score: str, *, descending: bool, insert: bool
 ) -> Tensor:
-    """``(B,)`` class indices: ``target`` parsed against the model's output."""
-    if target is not None and callable(target) and not isinstance(target, Tensor):
-        raise TargetError(
-            "this metric needs class targets (None, an int or one class per sample), not a callable"
-        )
-    batch = model_input.batch_size
-    found = []
-    for rows in chunks(batch, batch_size):
-        part = target_rows(target, batch, rows.start, rows.stop)
-        index = torch.arange(rows.start, rows.stop)
-        classes = clean_pass(model, model_input.take(index), part, output=output).classes
-        if classes is None or classes.ndim != 1:
-            raise TargetError(
-                "this metric needs logits of shape (B, num_classes) and one class per sample"
-            )
-        found.append(classes)
-    return torch.cat(found)
+    """``(B, steps + 1)`` float64: the scores along a cumulative curve. Step ``k`` takes the
+    first ``round(k n / S)`` features of the ranking (largest attribution first when
+    ``descending``) and removes them from the input (``insert=False``: deletion, pixel
+    flipping) or puts them back into the all-filled input (``insert=True``: insertion,
+    Arya's monotonicity)."""
+    rank = feats.rank(descending=descending)
+    counts = feats.step_counts(steps)
+    per = steps + 1
+
+    def jobs(part: Tensor) -> tuple[Tensor, Tensor]:
+        sample, step = part // per, part % per
+        chosen = rank[sample] < counts[sample, step][:, None]
+        return sample, (~chosen if insert else chosen)
+
+    return feats.scores(feats.batch * per, jobs, score).view(feats.batch, per)
 
 
 def seed_from(generator: torch.Generator | None) -> int:

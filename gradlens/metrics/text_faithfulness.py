@@ -22,8 +22,8 @@ from ..errors import TokenInputError
 from ..targets.scoring import Target
 from ..text.embedding import embedding_layer
 from ..text.inputs import TokenInput, TokenInputs
-from ._common import MetricResult, _score, _untouched
-from .perturbation import _classes, check_count, is_tokens, per_job_draws, seed_from
+from ._common import MetricResult, _classes_of, _score, _untouched
+from .perturbation import check_count, is_tokens, per_job_draws, seed_from
 
 __all__ = ["soft_comprehensiveness", "soft_sufficiency"]
 
@@ -73,7 +73,7 @@ def _soft(
     batch = tokens.batch_size
     with _untouched(model):
         name = layer if layer is not None else embedding_layer(model, tokens)
-        classes = _classes(model, tokens.model_input, target, output, batch_size)
+        classes = _classes_of(model, tokens.model_input, target, output, batch_size)
         seed = seed_from(generator)
         # rows: the clean input, the null input (every real token zeroed), then the samples
         per = samples + 2
