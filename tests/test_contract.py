@@ -281,6 +281,13 @@ def _faithfulness_metric(name: str, options: dict[str, Any]) -> Callable[[Call],
     return run
 
 
+def _soft_metric(name: str) -> Callable[..., Any]:
+    def run(model: Any, ids: torch.Tensor, target: Any) -> Any:
+        return getattr(gradlens.metrics, name)(model, ids, ids.float(), target)
+
+    return run
+
+
 ATTENTION = ["attn0", "attn1"]
 
 
@@ -378,11 +385,7 @@ ENTRY_POINTS: dict[str, Case] = {
     **{
         name: Case(
             getattr(gradlens.metrics, name),
-            _refuses_without_embeddings(
-                lambda model, ids, target, metric=getattr(gradlens.metrics, name): metric(
-                    model, ids, ids.float(), target
-                )
-            ),
+            _refuses_without_embeddings(_soft_metric(name)),
             takes_target=False,
             runs_model=False,
         )
