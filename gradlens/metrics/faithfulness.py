@@ -100,17 +100,6 @@ def _result(feats: Features, scores: Tensor) -> MetricResult:
     return MetricResult(scores=scores.double().cpu().clone(), classes=feats.classes.cpu().clone())
 
 
-def _group_jobs(feats: Features, steps: int, descending: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``(rank, counts, sums)``: the ranking, the group bounds ``(B, S + 1)`` and each
-    group's attribution ``(B, S)`` for the non-cumulative group metrics."""
-    rank = feats.rank(descending=descending)
-    counts = feats.step_counts(steps)
-    position = rank[:, None, :]
-    group = (position >= counts[:, :-1, None]) & (position < counts[:, 1:, None])  # (B, S, F)
-    sums = (feats.values[:, None, :] * (group & feats.real[:, None, :])).sum(dim=2)
-    return rank, counts, sums
-
-
 @entry_point
 def pixel_flipping(
     model: nn.Module,
@@ -351,15 +340,19 @@ def _subset_correlation(
     attribution of ``S`` and the score's drop when ``S`` is removed."""
     runs = subsets.shape[1]
     clean = feats.clean_scores(score)
-    member = torch.zeros(feats.batch, runs, feats.size, dtype=torch.bool, device=feats.device)
-    member.scatter_(2, subsets, True)
 
     def jobs(part: Tensor) -> tuple[Tensor, Tensor]:
         sample, run = part // runs, part % runs
-        return sample, member[sample, run]
+        member = torch.zeros(len(part), feats.size, dtype=torch.bool, device=feats.device)
+        return sample, member.scatter_(1, subsets[sample, run], True)
 
     perturbed = feats.scores(feats.batch * runs, jobs, score).view(feats.batch, runs)
-    sums = (feats.values[:, None, :] * (member & feats.real[:, None, :])).sum(dim=2)
+    # a subset's attribution: each distinct real feature once (given subsets may repeat)
+    sums = torch.empty(feats.batch, runs, dtype=torch.float64, device=feats.device)
+    for b in range(feats.batch):  # one (runs, F) membership mask at a time
+        member = torch.zeros(runs, feats.size, dtype=torch.bool, device=feats.device)
+        member.scatter_(1, subsets[b], True)
+        sums[b] = (feats.values[b] * (member & feats.real[b])).sum(dim=1)
     return pearson(sums, clean[:, None] - perturbed)
 
 
@@ -526,13 +519,12 @@ def faithfulness_estimate(
     with _untouched(model):
         feats = features(model, inputs, attributions, target, fill=fill,
                          batch_size=batch_size, output=output, generator=generator)  # fmt: skip
-        rank, counts, sums = _group_jobs(feats, steps, descending=True)
+        group, sums = feats.groups(steps, descending=True)
         clean = feats.clean_scores(score)
 
         def jobs(part: Tensor) -> tuple[Tensor, Tensor]:
             sample, k = part // steps, part % steps
-            r = rank[sample]
-            return sample, (r >= counts[sample, k][:, None]) & (r < counts[sample, k + 1][:, None])
+            return sample, group[sample] == k[:, None]
 
         perturbed = feats.scores(feats.batch * steps, jobs, score).view(feats.batch, steps)
         scores = pearson(sums, clean[:, None] - perturbed)
@@ -646,14 +638,13 @@ def monotonicity_correlation(
     with _untouched(model):
         feats = features(model, inputs, attributions, target, fill=fill,
                          batch_size=batch_size, output=output, generator=generator)  # fmt: skip
-        rank, counts, sums = _group_jobs(feats, steps, descending=False)
+        group, sums = feats.groups(steps, descending=False)
         clean = feats.clean_scores(score)
         per = steps * samples
 
         def jobs(part: Tensor) -> tuple[Tensor, Tensor]:
             sample, k = part // per, (part % per) // samples
-            r = rank[sample]
-            return sample, (r >= counts[sample, k][:, None]) & (r < counts[sample, k + 1][:, None])
+            return sample, group[sample] == k[:, None]
 
         perturbed = feats.scores(feats.batch * per, jobs, score).view(feats.batch, steps, samples)
         weight = torch.where(clean.abs() >= eps, 1 / clean.abs().clamp(min=eps), 1.0) ** 2

@@ -185,9 +185,18 @@ class Features:
         none = torch.zeros(self.batch, self.size, dtype=torch.bool, device=self.device)
         return self.scores(self.batch, lambda part: (part, none[part]), score)
 
-    def group_sums(self, removed: Tensor, sample: Tensor) -> Tensor:
-        """``(J,)`` float64: the attribution of the removed features of each job."""
-        return (self.values[sample] * (removed & self.real[sample])).sum(dim=1)
+    def groups(self, steps: int, descending: bool) -> tuple[Tensor, Tensor]:
+        """``(group (B, F), sums (B, S))``: each feature's group when the ranking is cut
+        into ``S`` consecutive groups (group ``k`` holds the ranks ``round(k n / S) ..
+        round((k + 1) n / S) - 1``; padding gets ``S``, no group), and each group's
+        attribution."""
+        rank = self.rank(descending=descending)
+        bounds = self.step_counts(steps)[:, 1:].contiguous()
+        group = torch.searchsorted(bounds, rank.contiguous(), right=True)
+        group = group.masked_fill(~self.real, steps)
+        sums = torch.zeros(self.batch, steps + 1, dtype=torch.float64, device=self.device)
+        sums.scatter_add_(1, group, self.values)
+        return group, sums[:, :steps]
 
 
 def per_job_draws(
@@ -437,10 +446,14 @@ def pearson(a: Tensor, b: Tensor) -> Tensor:
 
 
 def average_ranks(x: Tensor) -> Tensor:
-    """Row-wise ranks ``1..N`` of ``(B, N)``, ties given their average rank."""
-    less = (x[:, None, :] < x[:, :, None]).sum(dim=2).double()
-    equal = (x[:, None, :] == x[:, :, None]).sum(dim=2).double()
-    return less + (equal + 1) / 2
+    """Row-wise ranks ``1..N`` of ``(B, N)``, ties given their average rank (by sorting,
+    ``O(N log N)`` per row)."""
+    ranks = []
+    for row in x:
+        _, inverse, counts = torch.unique(row, return_inverse=True, return_counts=True)
+        first = torch.cumsum(counts, 0) - counts + 1
+        ranks.append((first.double() + (counts.double() - 1) / 2)[inverse])
+    return torch.stack(ranks)
 
 
 def spearman_rows(a: Tensor, b: Tensor) -> Tensor:
