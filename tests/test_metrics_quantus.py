@@ -264,10 +264,10 @@ def test_noisy_linear_imputation_equals_quantus_on_three_channels() -> None:
     from quantus.functions.perturb_func import noisy_linear_imputation as theirs
 
     g = torch.Generator().manual_seed(2)
-    image = torch.randn(3, 12, 10, generator=g, dtype=torch.float64)
-    pixels = torch.randperm(120, generator=g)[:70]
-    removed = torch.zeros(120, dtype=torch.bool)
-    removed[pixels] = True
-    ours = metrics.noisy_linear_imputation(image[None], removed.view(1, 12, 10), noise=0.0)
-    expected = theirs(arr=image.numpy(), indices=pixels.numpy(), noise=0.0)
-    np.testing.assert_allclose(ours[0].numpy(), expected, rtol=0, atol=1e-9)
+    images = torch.randn(2, 3, 37, 29, generator=g, dtype=torch.float64)  # odd sides: coarse
+    removed = torch.rand(2, 37, 29, generator=g) < 0.6  # grids of 19 x 15 and 10 x 8 too
+    ours = metrics.noisy_linear_imputation(images, removed, noise=0.0)
+    for b in range(2):
+        pixels = removed[b].flatten().nonzero()[:, 0].numpy()
+        expected = theirs(arr=images[b].numpy(), indices=pixels, noise=0.0)
+        np.testing.assert_allclose(ours[b].numpy(), expected, rtol=0, atol=1e-8)
