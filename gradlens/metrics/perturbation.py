@@ -80,12 +80,23 @@ class Features:
     """The features of one batch and how to perturb them.
 
     Attributes:
+        model: the model the perturbed inputs run through.
         values: ``(B, F)`` float64 attributions of the features (``0`` on padding).
         real: ``(B, F)`` bool, the features that exist (padding tokens are not features).
         counts: ``(B,)`` int64, the number of real features per sample.
         classes: ``(B,)`` the class explained for each sample.
         tokens: whether the features are tokens (else pixels).
+        output: picks the logits out of a structured output.
+        batch_size: perturbed inputs per forward.
         height, width: the image size (pixels only).
+        images: ``(B, C, H, W)`` the clean images (pixels only).
+        baseline: ``(B, C, H, W)`` the fill of a removed pixel; ``None`` for a random fill.
+        fill: the ``fill`` option as given (or its default).
+        token_input: the parsed token input (tokens only).
+        replacement: the id that replaces a removed token (tokens only).
+        seed: the seed of a random fill's per-job draws.
+        perturb: ``perturb(sample, removed (J, H, W), job index) -> images``, in place of
+            the fill (ROAD's imputation, infidelity's perturbations).
     """
 
     model: nn.Module
@@ -105,7 +116,6 @@ class Features:
     replacement: int = 0
     seed: int = 0
     perturb: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
-    """``perturb(sample, removed (J, H, W), job index) -> images``, in place of the fill."""
 
     @property
     def batch(self) -> int:
