@@ -77,8 +77,34 @@ TAKES_X: dict[str, tuple[Callable[[], nn.Module], Run]] = {
             m, x, functools.partial(gradlens.gradcam, layer=CAM_LAYER), layers=["head.3"]
         ),
     ),
+    **{
+        name: (
+            _cnn,
+            lambda m, x, name=name, options=options: getattr(gradlens.metrics, name)(
+                m, x, _maps(), **options
+            ),
+        )
+        for name, options in {
+            "pixel_flipping": {"steps": 2},
+            "region_perturbation": {"patch_size": 4},
+            "selectivity": {"patch_size": 4},
+            "faithfulness_correlation": {"subset_size": 4, "runs": 3},
+            "faithfulness_estimate": {"steps": 2},
+            "monotonicity": {"steps": 2},
+            "monotonicity_correlation": {"steps": 2, "samples": 1},
+            "irof": {"patch_size": 4},
+            "road": {"steps": 2},
+            "infidelity": {"samples": 2},
+            "sensitivity_n": {"n": 4, "runs": 3},
+        }.items()
+    },
 }
 METRICS = {"deletion", "insertion", "average_drop", "increase_in_confidence", "randomization_test"}
+METRICS |= {
+    "pixel_flipping", "region_perturbation", "selectivity", "faithfulness_correlation",
+    "faithfulness_estimate", "monotonicity", "monotonicity_correlation", "irof", "road",
+    "infidelity", "sensitivity_n",
+}  # fmt: skip
 
 IDS = zoo.token_ids(BATCH, 5)
 

@@ -339,6 +339,38 @@ def _refuses_without_embeddings(method: Callable[..., Any]) -> Callable[[Call], 
     return run
 
 
+FAITHFULNESS_OPTIONS: dict[str, dict[str, Any]] = {
+    "pixel_flipping": {"steps": 2},
+    "region_perturbation": {"patch_size": 4},
+    "selectivity": {"patch_size": 4},
+    "faithfulness_correlation": {"subset_size": 4, "runs": 3},
+    "faithfulness_estimate": {"steps": 2},
+    "monotonicity": {"steps": 2},
+    "monotonicity_correlation": {"steps": 2, "samples": 1},
+    "irof": {"patch_size": 4},
+    "road": {"steps": 2},
+    "infidelity": {"samples": 2},
+    "sensitivity_n": {"n": 4, "runs": 3},
+}
+"""Small settings for the faithfulness metrics' contract cases."""
+
+
+def _faithfulness_metric(name: str, options: dict[str, Any]) -> Callable[[Call], None]:
+    def run(c: Call) -> None:
+        metric = getattr(gradlens.metrics, name)
+        generator = torch.Generator().manual_seed(0)
+        metric(c.model, c.x, _maps(), c.target, generator=generator, **options)
+
+    return run
+
+
+def _soft_metric(name: str) -> Callable[..., Any]:
+    def run(model: Any, ids: torch.Tensor, target: Any) -> Any:
+        return getattr(gradlens.metrics, name)(model, ids, ids.float(), target)
+
+    return run
+
+
 ATTENTION = ["attn0", "attn1"]
 
 
@@ -482,6 +514,19 @@ ENTRY_POINTS: dict[str, Case] = {
     ),
     "sufficiency": Case(gradlens.metrics.sufficiency, _text_metric(gradlens.metrics.sufficiency)),
     "cache_activations": Case(gradlens.cache_activations, _cache_activations, takes_target=False),
+    **{
+        name: Case(getattr(gradlens.metrics, name), _faithfulness_metric(name, options))
+        for name, options in FAITHFULNESS_OPTIONS.items()
+    },
+    **{
+        name: Case(
+            getattr(gradlens.metrics, name),
+            _refuses_without_embeddings(_soft_metric(name)),
+            takes_target=False,
+            runs_model=False,
+        )
+        for name in ("soft_comprehensiveness", "soft_sufficiency")
+    },
     "extract_dataset": Case(
         gradlens.extract_dataset,
         lambda c: gradlens.extract_dataset(
@@ -594,6 +639,7 @@ EXEMPT: dict[str, str] = {
     "RandomizationResult": "a metric result",
     "MetricResult": "a metric result",
     "ParameterRandomisationResult": "a metric result",
+    "noisy_linear_imputation": "fills pixels of given images, never runs a model",
     "CamOptions": "a TypedDict of keyword options",
     "NoiseMethodOptions": "a TypedDict of keyword options",
     "TokenMethodOptions": "a TypedDict of keyword options",

@@ -24,6 +24,9 @@ Builders:
 * :func:`hf_bert` -- Hugging Face BERT sequence classifier.
 * :func:`hf_gpt2` -- Hugging Face GPT-2 language model.
 * :func:`eager_and_sdpa` -- the same Hugging Face weights with both attention kernels.
+* :func:`shapes_cnn` -- the shapes demo's ``TinyCNN`` (random weights, any image size).
+* :func:`linear_classifier` -- ``logits = W x`` on flattened images, with a given ``W``
+  (metrics whose value the maths gives exactly).
 * :func:`token_ids` -- random ids for the text models.
 * :func:`dispatched` -- a copy of any of them dispatched by accelerate (CPU or disk offload,
   or split over devices by a device map).
@@ -320,6 +323,39 @@ def eager_and_sdpa(build: Callable[..., nn.Module], **options: Any) -> tuple[nn.
     sdpa = build(attn_implementation="sdpa", **options)
     sdpa.load_state_dict(eager.state_dict())
     return eager, sdpa
+
+
+def shapes_cnn(*, in_channels: int = 3, num_classes: int = 9, seed: int = 0) -> nn.Module:
+    """The shapes task's CNN (:class:`gradlens.demos.training.TinyCNN`), random weights.
+
+    Args:
+        in_channels: the image channels (1 for the one-channel cases of Quantus' ROAD).
+        num_classes: the classifier's outputs.
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: ``(B, in_channels, H, W)`` -> ``(B, num_classes)``.
+    """
+    from gradlens.demos.training import TinyCNN
+
+    _seed(seed)
+    return TinyCNN(num_classes=num_classes, in_channels=in_channels).eval()
+
+
+def linear_classifier(weight: torch.Tensor) -> nn.Module:
+    """``logits = x.flatten(1) @ weight.T``: a linear classifier without bias whose weights
+    are given, so that every score and gradient x input is known exactly.
+
+    Args:
+        weight: ``(num_classes, C * H * W)``; it is copied into the model (float64).
+
+    Returns:
+        The model in eval mode: ``(B, C, H, W)`` float64 images -> ``(B, num_classes)``.
+    """
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+    return nn.Sequential(nn.Flatten(), linear).eval()
 
 
 def token_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:

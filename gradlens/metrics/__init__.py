@@ -20,6 +20,14 @@ One module per part; every public name is importable from ``gradlens.metrics``:
 * ``logits``: :func:`logit_difference` and :func:`normalized`, for activation patching;
 * ``text``: :func:`token_localization`, :func:`comprehensiveness` and :func:`sufficiency`,
   for per-token attributions ``(B, T)`` of a text classifier.
+* ``faithfulness``: :func:`pixel_flipping`, :func:`region_perturbation`,
+  :func:`selectivity`, :func:`faithfulness_correlation`, :func:`faithfulness_estimate`,
+  :func:`monotonicity`, :func:`monotonicity_correlation`, :func:`irof`, :func:`road`,
+  :func:`infidelity`, :func:`sensitivity_n` (images, and tokens where the metric
+  applies), on the machinery of ``perturbation`` and ``imputation``
+  (:func:`noisy_linear_imputation`); results are :class:`CurveResult` or
+  :class:`MetricResult`;
+* ``text_faithfulness``: :func:`soft_comprehensiveness`, :func:`soft_sufficiency`.
 
 Conventions shared by the image metrics:
 
@@ -57,6 +65,20 @@ from ._common import MetricResult
 from .complexity_metrics import complexity, effective_complexity, sparseness
 from .confidence import average_drop, increase_in_confidence
 from .curves import CurveResult, deletion, gaussian_blur, insertion
+from .faithfulness import (
+    faithfulness_correlation,
+    faithfulness_estimate,
+    infidelity,
+    irof,
+    monotonicity,
+    monotonicity_correlation,
+    pixel_flipping,
+    region_perturbation,
+    road,
+    selectivity,
+    sensitivity_n,
+)
+from .imputation import noisy_linear_imputation
 from .localisation import (
     attribution_localisation,
     auc,
@@ -82,6 +104,7 @@ from .robustness import (
 )
 from .sanity import spearman
 from .text import ERASER_FRACTIONS, comprehensiveness, sufficiency, token_localization
+from .text_faithfulness import soft_comprehensiveness, soft_sufficiency
 
 __all__ = [
     "CurveResult",
@@ -117,4 +140,18 @@ __all__ = [
     "ParameterRandomisationResult",
     "model_parameter_randomisation",
     "random_logit",
+    "pixel_flipping",
+    "region_perturbation",
+    "selectivity",
+    "faithfulness_correlation",
+    "faithfulness_estimate",
+    "monotonicity",
+    "monotonicity_correlation",
+    "irof",
+    "road",
+    "infidelity",
+    "sensitivity_n",
+    "noisy_linear_imputation",
+    "soft_comprehensiveness",
+    "soft_sufficiency",
 ]

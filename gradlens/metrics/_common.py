@@ -24,16 +24,21 @@ from ..targets.scoring import Target
 Method = Callable[..., Tensor]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(eq=False)
 class MetricResult:
-    """The outcome of a metric that gives one number per sample.
+    """A metric with one number per sample.
 
     Attributes:
-        scores: ``(B,)`` float64, one value per sample (``nan`` where the metric is not
-            defined for that sample, e.g. an empty mask).
+        scores: ``(B,)`` float64 on the CPU, one score per sample (the data-set score is
+            usually their mean; NaN where a sample's score is undefined, e.g. a
+            correlation with a constant side).
+        classes: ``(B,)`` the class explained for each sample; ``None`` for the metrics
+            that explain no class of their own (complexity, localisation) and those that
+            re-run a method on perturbed inputs (robustness).
     """
 
     scores: Tensor
+    classes: Tensor | None = None
 
 
 def _reduce_maps(maps: Tensor, size: Sequence[int] | None = None) -> Tensor:
@@ -80,18 +85,29 @@ def _classes(
 ) -> Tensor:
     """``(B,)`` class indices: ``target`` parsed against the model's output on ``images``
     (or on token ids ``(B, T)`` with their ``attention_mask``)."""
+    kwargs = None if attention_mask is None else {"attention_mask": attention_mask}
+    return _classes_of(model, ModelInput.parse(images, kwargs), target, output, batch_size)
+
+
+def _classes_of(
+    model: nn.Module,
+    model_input: ModelInput,
+    target: Target,
+    output: OutputSpec,
+    batch_size: int | None,
+) -> Tensor:
+    """``(B,)`` class indices: ``target`` parsed against the model's output on any parsed
+    input (chunks of ``batch_size`` samples)."""
     if target is not None and callable(target) and not isinstance(target, Tensor):
         raise TargetError(
             "this metric needs class targets (None, an int or one class per sample), not a callable"
         )
+    batch = model_input.batch_size
     found = []
-    for rows in chunks(images.shape[0], batch_size):
-        x = images[rows]
-        part = target_rows(target, images.shape[0], rows.start, rows.stop)
-        kwargs = None
-        if attention_mask is not None:
-            kwargs = {"attention_mask": attention_mask[rows]}
-        classes = clean_pass(model, ModelInput.parse(x, kwargs), part, output=output).classes
+    for rows in chunks(batch, batch_size):
+        part = target_rows(target, batch, rows.start, rows.stop)
+        index = torch.arange(rows.start, rows.stop)
+        classes = clean_pass(model, model_input.take(index), part, output=output).classes
         if classes is None or classes.ndim != 1:
             raise TargetError(
                 "this metric needs logits of shape (B, num_classes) and one class per sample"
