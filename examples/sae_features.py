@@ -3,13 +3,14 @@ residual stream, splice it in, find the latents that drive a next-token predicti
 one, and list the windows where it fires most.
 
 The model is the copy-task GPT-2 of ``examples/interventions.py`` (it answers a query token
-with the prompt's first token). Its activations after block 0 are gathered into an
-in-memory cache with the layout of ``gradlens.cache_activations`` (a ``datasets.Dataset``
-with ``token_ids`` and one column per hook point), on which a tiny SAE is trained with a few
-lines of plain PyTorch.
+with the prompt's first token). Its residual stream after blocks 0 and 1 is cached to disk
+over a synthetic corpus of prompts with ``gradlens.cache_activations`` (a sharded
+``datasets`` dataset with ``token_ids`` and one column per hook point), and a tiny SAE is
+trained on the block-0 column with a few lines of plain PyTorch.
 
 Writes ``sae_features.txt`` (reconstruction, attributions, ablation) and
-``sae_features.md`` (the max-activating windows of the top latent). ``--quick`` trains the
+``sae_features.md`` (the max-activating windows of the top latent), and the cache under
+``activations/``. ``--quick`` trains the
 model and the SAE only briefly.
 
 Run: ``python examples/sae_features.py [--quick] [--out DIR]``
@@ -22,7 +23,7 @@ from pathlib import Path
 import datasets
 import torch
 from _common import parse_args
-from interventions import LENGTH, copy_model, copy_prompts
+from interventions import LENGTH, QUERY, copy_model, copy_prompts
 from torch import Tensor, nn
 
 import gradlens
@@ -30,17 +31,24 @@ import gradlens
 HOOK = "transformer.h.0"  # the residual stream after block 0, (B, T, 64)
 
 
-def activation_cache(model: nn.Module, windows: Tensor) -> datasets.Dataset:
-    """The hook point's activations of ``windows`` in the layout of a gradlens cache."""
-    acts = gradlens.extract(model, windows, HOOK)[HOOK]  # stops after block 0
-    features = datasets.Features(
-        {
-            "token_ids": datasets.Sequence(datasets.Value("int32"), length=LENGTH),
-            HOOK: datasets.Array2D((LENGTH, acts.shape[-1]), "float32"),
-        }
+def activation_cache(model: nn.Module, windows: Tensor, out: Path) -> datasets.Dataset:
+    """Cache the residual stream after blocks 0 and 1 over the prompts, one window each."""
+    # --8<-- [start:cache]
+    corpus = [windows.flatten().tolist()]  # one long document: its windows are the prompts
+    cache = gradlens.cache_activations(
+        model,
+        corpus,
+        ["transformer.h.0", "transformer.h.1"],  # two hook points, one forward (stops after h.1)
+        out / "activations",
+        context_size=LENGTH,
+        prepend_bos=False,  # the copy task's prompts have no BOS
+        bos_token_id=QUERY,  # the separator between documents (none here: one document)
+        batch_size=256,
+        overwrite=True,
+        progress=False,
     )
-    columns = {"token_ids": windows.int().numpy(), HOOK: acts.numpy()}
-    return datasets.Dataset.from_dict(columns, features=features)
+    # --8<-- [end:cache]
+    return cache
 
 
 def train_sae(cache: datasets.Dataset, n_latents: int, steps: int) -> nn.Module:
@@ -63,7 +71,7 @@ def train_sae(cache: datasets.Dataset, n_latents: int, steps: int) -> nn.Module:
 def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(__doc__.splitlines()[0], argv)
     model = copy_model(steps=3 if args.quick else 80)
-    cache = activation_cache(model, copy_prompts(64 if args.quick else 2048, seed=7))
+    cache = activation_cache(model, copy_prompts(64 if args.quick else 2048, seed=7), args.out)
     sae = train_sae(cache, n_latents=128, steps=20 if args.quick else 1500)
     prompts = copy_prompts(4, seed=8)
     answer = prompts[:, 0]  # the copy task's answer: the first token
