@@ -18,6 +18,7 @@ __all__ = [
     "AttentionRolloutError",
     "TokenInputError",
     "InputTypeError",
+    "RelevanceRuleError",
 ]
 
 
@@ -110,3 +111,10 @@ class InputTypeError(GradlensError, TypeError):
     """A model or model input of a type gradlens cannot run: a model that is not an
     ``nn.Module``, or a NumPy array or list of numbers where a ``torch.Tensor`` is needed.
     A :class:`TypeError`, raised before any hook is registered."""
+
+
+class RelevanceRuleError(GradlensError, TypeError, ValueError):
+    """An LRP composite that cannot be applied: an unknown composite name, a value that is
+    not a rule, a rule option the composite does not take, or a module with parameters
+    that no rule covers (the message names it and its type). Raised before any hook is
+    registered; a :class:`TypeError` and a :class:`ValueError`."""
