@@ -10,7 +10,16 @@ import importlib
 import sys
 from types import ModuleType
 
-from . import attention, attribution, cam, errors, targets, text, version  # (fill the registry)
+from . import (  # (fill the registry)
+    attention,
+    attribution,
+    cam,
+    errors,
+    relevance,
+    targets,
+    text,
+    version,
+)
 
 # The old module paths that share a name with a function of this namespace are loaded
 # first, so that the functions bound below are what ``gradlens.extract`` is afterwards.
@@ -63,12 +72,14 @@ from .errors import (
     NotRecordedError,
     OutputSelectionError,
     RecorderStateError,
+    RelevanceRuleError,
     TargetError,
     TokenInputError,
 )
 from .interventions import activation_patching, attribution_patching, edits, patch
 from .layering.discovery import LayerInfo, default_layer, layers
 from .registry import METHODS
+from .relevance import lrp
 from .text import generation_attributions, token_attributions
 
 # the edit helpers live in gradlens/interventions/edits.py; this makes
@@ -143,6 +154,7 @@ __all__ = [
     "OutputSelectionError",
     "Recorder",
     "RecorderStateError",
+    "RelevanceRuleError",
     "TargetError",
     "TokenInputError",
     "InputTypeError",
@@ -150,6 +162,7 @@ __all__ = [
     "errors",
     "extract",
     "layers",
+    "lrp",
     "record",
     "select_layers",
     "targets",

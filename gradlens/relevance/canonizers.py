@@ -15,8 +15,12 @@
   :func:`gradlens.core.backward.override_functions`) to a sum whose backward is the
   :class:`~gradlens.relevance.rules.Norm` rule, ``R_a = a R / st(a + b)``, which conserves
   relevance (zennit's ``ResNetCanonizer``).
+* **Scaling by a constant** (``logits * scale``, ``x / temperature`` with a number or a
+  tensor off the tape, shapes unchanged) passes relevance on, as an elementwise module
+  does; its gradient would scale it.
 * **Concatenations** need nothing: the gradient of ``torch.cat`` hands each input its
-  slice of the relevance, which conserves it.
+  slice of the relevance, which conserves it; nor do reshapes, indexing and max pooling
+  (the winner gets the relevance).
 """
 
 from __future__ import annotations
@@ -124,14 +128,53 @@ def _sum_in_place(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[
     return _ProportionalSumInPlace.apply(*summands)
 
 
+class _PassScaled(torch.autograd.Function):
+    """``func(a, constant)`` forwards; the relevance passes to ``a`` unchanged."""
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, result: Tensor) -> Tensor:
+        return result
+
+    @staticmethod
+    def backward(ctx: Any, relevance: Tensor) -> tuple[Tensor, None]:
+        return relevance, None
+
+
+def _scaled(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if len(args) != 2 or kwargs or not torch.is_grad_enabled():
+        return NotImplemented
+    a, c = args
+    if not (isinstance(a, Tensor) and a.requires_grad and a.is_floating_point()):
+        return NotImplemented
+    if isinstance(c, Tensor) and c.requires_grad:
+        return NotImplemented
+    result = func(a.detach(), c)
+    if not isinstance(result, Tensor) or result.shape != a.shape:
+        return NotImplemented
+    return _PassScaled.apply(a, result)
+
+
 def residual_sums(model: nn.Module) -> FunctionOverride:
-    """A context in which every addition of two same-shaped tensors on the tape inside the
-    model's forward (``a + b``, ``a += b``, ``torch.add(a, b)``) propagates relevance by the
-    Norm rule. Additions of a constant, broadcasting additions and additions outside the
-    forward (the rules' own arithmetic in the backward) are left alone.
+    """A context in which, inside the model's forward, every addition of two same-shaped
+    tensors on the tape (``a + b``, ``a += b``, ``torch.add(a, b)``) propagates relevance by
+    the Norm rule and every multiplication or division of a tensor by a constant
+    (``x * c``, ``x / c``, shapes unchanged) passes it on. Additions of a constant,
+    broadcasting operations and arithmetic outside the forward (the rules' own, in the
+    backward) are left alone.
     """
     return override_functions(
         model,
-        {Tensor.add: _sum, Tensor.__add__: _sum, torch.add: _sum, Tensor.add_: _sum_in_place},
+        {
+            Tensor.add: _sum,
+            Tensor.__add__: _sum,
+            torch.add: _sum,
+            Tensor.add_: _sum_in_place,
+            Tensor.mul: _scaled,
+            Tensor.__mul__: _scaled,
+            torch.mul: _scaled,
+            Tensor.div: _scaled,
+            Tensor.__truediv__: _scaled,
+            torch.div: _scaled,
+        },
         within=model,
     )

@@ -16,7 +16,8 @@ into ``{module name: rule}`` before any hook is registered:
    rule, max pooling, reshapes, dropout and other parameter-free modules keep their
    gradient (max pooling hands the relevance to the winner);
 4. ``default`` for any other module with parameters; without it such a module is an
-   error naming it and its type.
+   error naming it and its type when relevance reaches it (an embedding fed token ids,
+   or a module the forward does not run, is no error).
 
 The named composites (zennit's, Montavon et al. 2019, section 10.1):
 
@@ -83,11 +84,14 @@ class Assignment:
         rules: ``{module name: rule}`` in the model's order.
         modules: ``{module name: module}`` for the same names.
         folded: ``{layer name: BatchNorm module}`` of the layers a BatchNorm folds into.
+        uncovered: ``{module name: module}`` of the modules with parameters no rule
+            covers (an error if relevance reaches them).
     """
 
     rules: dict[str, Rule] = field(default_factory=dict)
     modules: dict[str, nn.Module] = field(default_factory=dict)
     folded: dict[str, nn.Module] = field(default_factory=dict)
+    uncovered: dict[str, nn.Module] = field(default_factory=dict)
 
 
 def is_parametric(module: nn.Module) -> bool:
@@ -127,8 +131,8 @@ def assign_rules(
 
     Raises:
         RelevanceRuleError: an unknown composite name, a value that is not a rule, a rule
-            option the composite does not take, or a module with parameters no rule
-            covers.
+            option the composite does not take, or a rule that needs weights given to a
+            module without.
         LayerNotFoundError: a key of the composite selects no module.
     """
     if default is not None:
@@ -193,7 +197,6 @@ def assign_rules(
 
     pairs = batchnorm_pairs(model) if canonize else {}
     assignment = Assignment()
-    uncovered = []
     for name, module in candidates.items():
         rule: Rule | None
         if name in pairs:
@@ -206,7 +209,7 @@ def assign_rules(
             if rule is None and is_parametric(module):
                 rule = default
                 if rule is None:
-                    uncovered.append(f"{name or '(the model)'} ({type(module).__name__})")
+                    assignment.uncovered[name] = module
         if rule is not None:
             if rule.needs_weights and not _has_weights(module):
                 raise RelevanceRuleError(
@@ -215,11 +218,6 @@ def assign_rules(
                 )
             assignment.rules[name] = rule
             assignment.modules[name] = module
-    if uncovered:
-        raise RelevanceRuleError(
-            f"no LRP rule covers {', '.join(uncovered)}: name them (or their type) in the "
-            "composite, e.g. {nn.LayerNorm: gradlens.lrp.Epsilon()}, or pass default="
-        )
     return assignment
 
 

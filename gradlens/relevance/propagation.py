@@ -15,13 +15,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, Union, cast
 
+import torch
 from torch import Tensor, nn
 
 from ..core.backward import ModuleRule, override_backward
 from ..core.checks import entry_point
+from ..core.hooks import HookSet
 from ..core.inputs import Inputs, ModelInput
+from ..core.lifecycle import Capture
 from ..core.output_selection import OutputSpec
 from ..core.selection import Layers, LayerSpec
+from ..errors import RelevanceRuleError
 from ..layering.resolve import single_layer
 from ..passes import differentiate
 from ..registry import register
@@ -81,6 +85,37 @@ def _keeps_output(rule: Rule, folded: nn.Module | None) -> bool:
     return rule.needs_output or (folded is not None and uses_batch_statistics(folded))
 
 
+class _Unruled(Capture[None]):
+    """Forward pre-hooks on the modules with parameters no rule covers: relevance reaching
+    one (a tensor input on the tape) is a :class:`RelevanceRuleError` naming it."""
+
+    def __init__(self, modules: Mapping[str, nn.Module]) -> None:
+        super().__init__()
+        self._modules = dict(modules)
+        self._hooks = HookSet()
+
+    def _open(self) -> None:
+        for name, module in self._modules.items():
+            self._hooks.forward_pre(module, self._refuse(name))
+
+    def _close(self) -> None:
+        self._hooks.remove()
+
+    @staticmethod
+    def _refuse(name: str) -> Callable[[nn.Module, Any], None]:
+        def hook(module: nn.Module, args: Any) -> None:
+            if torch.is_grad_enabled() and any(
+                isinstance(a, Tensor) and a.requires_grad for a in args
+            ):
+                raise RelevanceRuleError(
+                    f"no LRP rule covers {name or '(the model)'} ({type(module).__name__}), "
+                    "which the relevance passes through: name it (or its type) in the "
+                    "composite, e.g. {nn.LayerNorm: gradlens.lrp.Epsilon()}, or pass default="
+                )
+
+        return hook
+
+
 def _overrides(model: nn.Module, assignment: Assignment) -> list[Any]:
     """The hook contexts of one LRP pass (not entered)."""
     keep: dict[LayerSpec, ModuleRule] = {}
@@ -90,6 +125,8 @@ def _overrides(model: nn.Module, assignment: Assignment) -> list[Any]:
         module = assignment.modules[name]
         (keep if _keeps_output(rule, folded) else drop)[module] = _module_rule(rule, folded)
     contexts: list[Any] = [residual_sums(model)]
+    if assignment.uncovered:
+        contexts.append(_Unruled(assignment.uncovered))
     if keep:
         contexts.append(override_backward(model, keep))
     if drop:
@@ -166,8 +203,9 @@ def lrp(
         output; ``(B, K, ...)`` for ``K`` targets per sample.
 
     Raises:
-        RelevanceRuleError: an unknown composite or rule, a rule option the composite does
-            not take, or a module with parameters no rule covers (naming it and its type).
+        RelevanceRuleError: an unknown composite or rule, or a rule option the composite
+            does not take (before any hook); a module with parameters no rule covers that
+            the relevance reaches (during the forward, naming it and its type).
         LayerNotFoundError: a composite key or ``layer`` selects no module.
         ValueError: ``low`` or ``high`` do not fit the input; ``layer`` selects several
             modules.
@@ -291,7 +329,7 @@ def _composite(
     return cast(Tensor, result)
 
 
-@register("lrp_epsilon", "attribution", needs_layer=False, multi_target=True)
+@register("lrp_epsilon", "attribution", needs_layer=False, multi_target=True, transformers=False)
 @entry_point
 def lrp_epsilon(
     model: nn.Module,
@@ -323,7 +361,9 @@ def lrp_epsilon(
     return _composite(model, x, target, "epsilon", output, forward_kwargs, epsilon=epsilon)
 
 
-@register("lrp_epsilon_plus", "attribution", needs_layer=False, multi_target=True)
+@register(
+    "lrp_epsilon_plus", "attribution", needs_layer=False, multi_target=True, transformers=False
+)
 @entry_point
 def lrp_epsilon_plus(
     model: nn.Module,
@@ -355,7 +395,9 @@ def lrp_epsilon_plus(
     return _composite(model, x, target, "epsilon_plus", output, forward_kwargs, epsilon=epsilon)
 
 
-@register("lrp_epsilon_plus_flat", "attribution", needs_layer=False, multi_target=True)
+@register(
+    "lrp_epsilon_plus_flat", "attribution", needs_layer=False, multi_target=True, transformers=False
+)
 @entry_point
 def lrp_epsilon_plus_flat(
     model: nn.Module,
@@ -389,7 +431,9 @@ def lrp_epsilon_plus_flat(
     )
 
 
-@register("lrp_epsilon_gamma_box", "attribution", needs_layer=False, multi_target=True)
+@register(
+    "lrp_epsilon_gamma_box", "attribution", needs_layer=False, multi_target=True, transformers=False
+)
 @entry_point
 def lrp_epsilon_gamma_box(
     model: nn.Module,
@@ -441,7 +485,13 @@ def lrp_epsilon_gamma_box(
     )
 
 
-@register("lrp_epsilon_alpha2_beta1", "attribution", needs_layer=False, multi_target=True)
+@register(
+    "lrp_epsilon_alpha2_beta1",
+    "attribution",
+    needs_layer=False,
+    multi_target=True,
+    transformers=False,
+)
 @entry_point
 def lrp_epsilon_alpha2_beta1(
     model: nn.Module,
