@@ -135,6 +135,7 @@ __all__ = [
     "merge_shards",
     "occlusion",
     "patch",
+    "relevance",
     "saliency",
     "scorecam",
     "smoothgrad",

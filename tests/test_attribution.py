@@ -154,6 +154,11 @@ def test_every_attribution_method_is_registered():
         "guided_backprop",
         "guided_gradcam",
         "occlusion",
+        "lrp_epsilon",
+        "lrp_epsilon_plus",
+        "lrp_epsilon_plus_flat",
+        "lrp_epsilon_gamma_box",
+        "lrp_epsilon_alpha2_beta1",
     }
     assert all(METHODS[name] is f for name, f in ATTRIBUTION_METHODS.items())
 

@@ -34,6 +34,7 @@ import gradlens
 import gradlens.attribution
 import gradlens.cam
 import gradlens.metrics
+import gradlens.relevance
 import gradlens.text
 from gradlens.errors import AttentionCaptureError, LayerNotFoundError, TargetError
 from gradlens.registry import INFO, METHODS
@@ -303,6 +304,17 @@ ENTRY_POINTS: dict[str, Case] = {
         gradlens.layer_integrated_gradients,
         lambda c: gradlens.layer_integrated_gradients(c.model, c.x, "block1", c.target, steps=2),
     ),
+    "lrp": Case(gradlens.lrp, lambda c: gradlens.lrp(c.model, c.x, c.target)),
+    "lrp_layer_composite": Case(
+        gradlens.lrp,
+        lambda c: gradlens.lrp(
+            c.model,
+            c.x,
+            c.target,
+            layer="block1",
+            composite={torch.nn.Conv2d: gradlens.lrp.Gamma(), "head.3": gradlens.lrp.Epsilon()},
+        ),
+    ),
     "layer_gradient_x_activation": Case(
         gradlens.layer_gradient_x_activation,
         lambda c: gradlens.layer_gradient_x_activation(c.model, c.x, "block1", c.target),
@@ -442,6 +454,19 @@ EXEMPT: dict[str, str] = {
     "AttentionRolloutError": "an exception class",
     "TokenInputError": "an exception class",
     "InputTypeError": "an exception class",
+    "RelevanceRuleError": "an exception class",
+    # LRP rules and the type of gradlens.lrp: tensor maths on given tensors, no model run
+    "Rule": "an LRP rule's base class",
+    "Epsilon": "an LRP rule",
+    "Gamma": "an LRP rule",
+    "ZPlus": "an LRP rule",
+    "AlphaBeta": "an LRP rule",
+    "Flat": "an LRP rule",
+    "WSquare": "an LRP rule",
+    "ZBox": "an LRP rule",
+    "Pass": "an LRP rule",
+    "Norm": "an LRP rule",
+    "LRPFunction": "the typing Protocol of gradlens.lrp",
     # records and results: plain data
     "Call": "what a Recorder stores for one module call",
     "LayerInfo": "a row of gradlens.layers' table",
@@ -472,7 +497,14 @@ EXEMPT: dict[str, str] = {
     "config_token_id": "reads a model's config",
 }
 
-PUBLIC_MODULES = (gradlens, gradlens.cam, gradlens.attribution, gradlens.metrics, gradlens.text)
+PUBLIC_MODULES = (
+    gradlens,
+    gradlens.cam,
+    gradlens.attribution,
+    gradlens.metrics,
+    gradlens.relevance,
+    gradlens.text,
+)
 
 
 def _public_callables() -> dict[str, Any]:

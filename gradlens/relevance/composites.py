@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Union, cast
 
 from torch import nn
 
@@ -170,7 +170,7 @@ def assign_rules(
                     )
                 type_rules[spec] = rule
             else:
-                name_rules.append((spec, rule))
+                name_rules.append((cast(LayerSpec, spec), rule))
     else:
         raise RelevanceRuleError(
             f"composite must be one of {', '.join(map(repr, COMPOSITES))} or a mapping "
@@ -198,25 +198,25 @@ def assign_rules(
     pairs = batchnorm_pairs(model) if canonize else {}
     assignment = Assignment()
     for name, module in candidates.items():
-        rule: Rule | None
+        chosen: Rule | None
         if name in pairs:
-            rule = Pass()
+            chosen = Pass()
             assignment.folded[pairs[name]] = module
         else:
-            rule = exact.get(name) or by_name.get(name) or _by_type(module, type_rules)
-            if rule is None:
-                rule = _built_in(module)
-            if rule is None and is_parametric(module):
-                rule = default
-                if rule is None:
+            chosen = exact.get(name) or by_name.get(name) or _by_type(module, type_rules)
+            if chosen is None:
+                chosen = _built_in(module)
+            if chosen is None and is_parametric(module):
+                chosen = default
+                if chosen is None:
                     assignment.uncovered[name] = module
-        if rule is not None:
-            if rule.needs_weights and not _has_weights(module):
+        if chosen is not None:
+            if chosen.needs_weights and not _has_weights(module):
                 raise RelevanceRuleError(
-                    f"{type(rule).__name__} needs a convolution, linear layer or BatchNorm; "
+                    f"{type(chosen).__name__} needs a convolution, linear layer or BatchNorm; "
                     f"{name} is a {type(module).__name__}"
                 )
-            assignment.rules[name] = rule
+            assignment.rules[name] = chosen
             assignment.modules[name] = module
     return assignment
 

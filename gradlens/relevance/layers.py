@@ -11,7 +11,7 @@ module itself, so no hook runs inside a rule.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -103,8 +103,8 @@ class AffineLayer:
         if isinstance(module, _BATCHNORMS):
             scale, shift = batchnorm_affine(module, x, x.dtype)
             return cls(module, scale, shift, output)
-        weight = module.weight.to(x.dtype)
-        bias = None if module.bias is None else module.bias.to(x.dtype)
+        weight = cast(Tensor, module.weight).to(x.dtype)
+        bias = None if module.bias is None else cast(Tensor, module.bias).to(x.dtype)
         if folded is None:
             return cls(module, weight, bias, output)
         scale, shift = batchnorm_affine(folded, output, x.dtype)
@@ -120,7 +120,8 @@ class AffineLayer:
         if isinstance(module, nn.Linear):
             return F.linear(x, weight, bias)
         if isinstance(module, _CONVOLUTIONS):
-            return module._conv_forward(x, weight, bias)  # the module's padding mode
+            result: Tensor = module._conv_forward(x, weight, bias)  # the module's padding mode
+            return result
         out = x * _per_channel(weight, x.ndim)
         return out if bias is None else out + _per_channel(bias, x.ndim)
 

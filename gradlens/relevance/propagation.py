@@ -305,7 +305,7 @@ def _with_rules(function: Callable[P, R_co]) -> LRPFunction[P, R_co]:
     return cast(LRPFunction[P, R_co], function)
 
 
-lrp = _with_rules(lrp)  # type: ignore[misc]
+lrp = _with_rules(lrp)
 
 
 def _composite(
