@@ -29,6 +29,7 @@ and the others are these classes); the page "Relevance propagation" has the form
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -161,7 +162,7 @@ class ZPlus(Rule):
             x,
             relevance,
             weight.clamp(min=0),
-            weight.clamp(max=0),
+            lambda: weight.clamp(max=0),
             _positive(bias),
             self.stabilizer,
         )
@@ -172,25 +173,27 @@ def _favoured(
     x: Tensor,
     relevance: Tensor,
     on_positive: Tensor,
-    on_negative: Tensor,
+    on_negative: Callable[[], Tensor],
     bias: Tensor | None,
     stabilizer: float,
     mask: Tensor | None = None,
 ) -> Tensor:
-    """Relevance by the contributions ``x⁺ on_positive + x⁻ on_negative`` (+ ``bias`` in the
-    denominator), restricted to the outputs in ``mask``. The negative inputs' terms are
-    skipped when there are none (after a ReLU), which leaves the result unchanged."""
+    """Relevance by the contributions ``x⁺ on_positive + x⁻ on_negative()`` (+ ``bias`` in
+    the denominator), restricted to the outputs in ``mask``. The negative inputs' terms
+    (and ``on_negative``'s weights) are skipped when there are none, as after a ReLU,
+    which leaves the result unchanged."""
     negative_inputs = bool((x < 0).any())
     positive = x.clamp(min=0) if negative_inputs else x
     z = layer.forward(positive, on_positive, bias)
     if negative_inputs:
-        z = z + layer.forward(x.clamp(max=0), on_negative)
+        negative_weight = on_negative()
+        z = z + layer.forward(x.clamp(max=0), negative_weight)
     scaled = relevance / stabilize(z, stabilizer)
     if mask is not None:
         scaled = scaled * mask
     result = positive * layer.vjp(x, on_positive, scaled)
     if negative_inputs:
-        result = result + x.clamp(max=0) * layer.vjp(x, on_negative, scaled)
+        result = result + x.clamp(max=0) * layer.vjp(x, negative_weight, scaled)
     return result
 
 
@@ -225,11 +228,11 @@ class AlphaBeta(Rule):
         affine, weight, bias = _weights(layer)
         plus, minus = weight.clamp(min=0), weight.clamp(max=0)
         result = self.alpha * _favoured(
-            affine, x, relevance, plus, minus, _positive(bias), self.stabilizer
+            affine, x, relevance, plus, lambda: minus, _positive(bias), self.stabilizer
         )
         if self.beta:
             result = result - self.beta * _favoured(
-                affine, x, relevance, minus, plus, _negative(bias), self.stabilizer
+                affine, x, relevance, minus, lambda: plus, _negative(bias), self.stabilizer
             )
         return result
 
@@ -260,8 +263,12 @@ class Gamma(Rule):
         down = weight + self.gamma * weight.clamp(max=0)
         up_bias = None if bias is None else bias + self.gamma * bias.clamp(min=0)
         down_bias = None if bias is None else bias + self.gamma * bias.clamp(max=0)
-        positive = _favoured(affine, x, relevance, up, down, up_bias, self.stabilizer, z > 0)
-        negative = _favoured(affine, x, relevance, down, up, down_bias, self.stabilizer, z < 0)
+        positive = _favoured(
+            affine, x, relevance, up, lambda: down, up_bias, self.stabilizer, z > 0
+        )
+        negative = _favoured(
+            affine, x, relevance, down, lambda: up, down_bias, self.stabilizer, z < 0
+        )
         return positive + negative
 
 
