@@ -283,9 +283,10 @@ def test_a_name_beats_a_type():
 
 
 def test_the_named_composite_gives_the_first_layer_its_own_rule():
+    """... and ReLU's own gradient (no hook) is the pass rule there."""
     model = zoo.captum_cnn().double()
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(9)).double()
-    explicit = {"conv1": Flat(), nn.Conv2d: ZPlus(), nn.Linear: Epsilon()}
+    explicit = {"conv1": Flat(), nn.Conv2d: ZPlus(), nn.Linear: Epsilon(), nn.ReLU: Pass()}
     torch.testing.assert_close(
         gradlens.lrp(model, x, 1), gradlens.lrp(model, x, 1, composite=explicit)
     )

@@ -12,9 +12,11 @@ into ``{module name: rule}`` before any hook is registered:
    a filter) beats a type key; among name keys the exact name wins, then the first key in
    the mapping's order; among type keys the most derived type;
 3. what every composite does (zennit's base layer map): elementwise activations pass
-   relevance on (:class:`~gradlens.relevance.rules.Pass`), average pooling takes the Norm
-   rule, max pooling, reshapes, dropout and other parameter-free modules keep their
-   gradient (max pooling hands the relevance to the winner);
+   relevance on (:class:`~gradlens.relevance.rules.Pass`; ``nn.ReLU`` by its own gradient,
+   which is the same where the rules below it give inactive units no relevance),
+   average pooling takes the Norm rule, max pooling, reshapes, dropout and other
+   parameter-free modules keep their gradient (max pooling hands the relevance to the
+   winner);
 4. ``default`` for any other module with parameters; without it such a module is an
    error naming it and its type when relevance reaches it (an embedding fed token ids,
    or a module the forward does not run, is no error).
@@ -245,6 +247,12 @@ def _by_type(module: nn.Module, type_rules: Mapping[type[nn.Module], Rule]) -> R
 
 
 def _built_in(module: nn.Module) -> Rule | None:
+    if type(module) is nn.ReLU:
+        # Its gradient passes the relevance where it is active; where it is not, the rules
+        # below it (all but flat, w² and z^B, the input layer's) give its output none.
+        # The same as the pass rule, without a hook, a copy of the output per call, and
+        # with in-place ReLUs left as they are.
+        return None
     if isinstance(module, ACTIVATIONS):
         return Pass()
     if isinstance(module, AVERAGE_POOLING):
