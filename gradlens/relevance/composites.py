@@ -13,7 +13,8 @@ into ``{module name: rule}`` before any hook is registered:
    the mapping's order; among type keys the most derived type;
 3. what every composite does (zennit's base layer map): elementwise activations pass
    relevance on (:class:`~gradlens.relevance.rules.Pass`; ``nn.ReLU`` by its own gradient,
-   which is the same where the rules below it give inactive units no relevance),
+   which is the same where the rules after it give inactive units no relevance: unless a
+   flat, w² or z^B rule is given to a layer after the first),
    average pooling takes the Norm rule, max pooling, reshapes, dropout and other
    parameter-free modules keep their gradient (max pooling hands the relevance to the
    winner);
@@ -46,7 +47,7 @@ from torch import nn
 from ..core.selection import LayerSpec, named_modules, select_layers
 from ..errors import LayerNotFoundError, RelevanceRuleError
 from .canonizers import batchnorm_pairs
-from .rules import AlphaBeta, Bound, Epsilon, Flat, Gamma, Norm, Pass, Rule, ZBox, ZPlus
+from .rules import AlphaBeta, Bound, Epsilon, Flat, Gamma, Norm, Pass, Rule, WSquare, ZBox, ZPlus
 
 __all__ = ["COMPOSITES", "Assignment", "Composite", "assign_rules", "is_parametric"]
 
@@ -143,11 +144,11 @@ def assign_rules(
     name_rules: list[tuple[LayerSpec, Rule]] = []
     named = named_modules(model)
     candidates = {name: m for name, m in named.items() if _computes(m)}
+    first_name = next(
+        (n for n, m in candidates.items() if isinstance(m, (*_CONVOLUTIONS, nn.Linear))), None
+    )
     if isinstance(composite, str):
         type_rules, first = _named(composite, epsilon, gamma, low, high)
-        first_name = next(
-            (n for n, m in candidates.items() if isinstance(m, (*_CONVOLUTIONS, nn.Linear))), None
-        )
         if first is not None and first_name is not None:
             name_rules.append((first_name, first))
         type_rules[_BATCHNORMS[0]] = type_rules[_BATCHNORMS[1]] = type_rules[_BATCHNORMS[2]] = (
@@ -220,6 +221,14 @@ def assign_rules(
                 )
             assignment.rules[name] = chosen
             assignment.modules[name] = module
+    # ReLUs keep their gradient (see _built_in) unless a rule that gives inactive inputs
+    # relevance runs after the input layer: then they pass relevance on by the rule
+    spreading = [n for n, r in assignment.rules.items() if isinstance(r, (Flat, WSquare, ZBox))]
+    if any(n != first_name for n in spreading):
+        for name, module in candidates.items():
+            if type(module) is nn.ReLU and name not in assignment.rules:
+                assignment.rules[name] = Pass()
+                assignment.modules[name] = module
     return assignment
 
 
@@ -249,9 +258,8 @@ def _by_type(module: nn.Module, type_rules: Mapping[type[nn.Module], Rule]) -> R
 def _built_in(module: nn.Module) -> Rule | None:
     if type(module) is nn.ReLU:
         # Its gradient passes the relevance where it is active; where it is not, the rules
-        # below it (all but flat, w² and z^B, the input layer's) give its output none.
-        # The same as the pass rule, without a hook, a copy of the output per call, and
-        # with in-place ReLUs left as they are.
+        # after it (all but flat, w² and z^B, which assign_rules checks) give its output
+        # none. The same as the pass rule, without a hook and a copy per call.
         return None
     if isinstance(module, ACTIVATIONS):
         return Pass()
