@@ -10,16 +10,17 @@ import importlib
 import sys
 from types import ModuleType
 
-from . import (
+from . import (  # (fill the registry)
     attention,
     attribution,
     cam,
     errors,
+    relevance,
     sae,
     targets,
     text,
     version,
-)  # (fill the registry)
+)
 
 # The old module paths that share a name with a function of this namespace are loaded
 # first, so that the functions bound below are what ``gradlens.extract`` is afterwards.
@@ -83,6 +84,7 @@ from .errors import (
     NotRecordedError,
     OutputSelectionError,
     RecorderStateError,
+    RelevanceRuleError,
     SAEError,
     TargetError,
     TokenInputError,
@@ -90,6 +92,7 @@ from .errors import (
 from .interventions import activation_patching, attribution_patching, edits, patch
 from .layering.discovery import LayerInfo, default_layer, layers
 from .registry import METHODS
+from .relevance import lrp
 from .text import generation_attributions, token_attributions
 
 # the edit helpers live in gradlens/interventions/edits.py; this makes
@@ -150,6 +153,7 @@ __all__ = [
     "merge_shards",
     "occlusion",
     "patch",
+    "relevance",
     "saliency",
     "scorecam",
     "smoothgrad",
@@ -170,6 +174,7 @@ __all__ = [
     "Recorder",
     "RecorderStateError",
     "SAEError",
+    "RelevanceRuleError",
     "TargetError",
     "TokenInputError",
     "InputTypeError",
@@ -177,6 +182,7 @@ __all__ = [
     "errors",
     "extract",
     "layers",
+    "lrp",
     "record",
     "sae",
     "select_layers",

@@ -19,6 +19,7 @@ __all__ = [
     "TokenInputError",
     "InputTypeError",
     "SAEError",
+    "RelevanceRuleError",
 ]
 
 
@@ -117,3 +118,10 @@ class SAEError(GradlensError, ValueError):
     """A sparse autoencoder does not fit where it is spliced: it lacks ``encode`` or
     ``decode``, its input width is not the hook point's output width, or its hook point
     selects several modules (one that selects none is a :class:`LayerNotFoundError`)."""
+
+
+class RelevanceRuleError(GradlensError, TypeError, ValueError):
+    """An LRP composite that cannot be applied: an unknown composite name, a value that is
+    not a rule, a rule option the composite does not take, or a module with parameters
+    that no rule covers (the message names it and its type). Raised before any hook is
+    registered; a :class:`TypeError` and a :class:`ValueError`."""

@@ -68,6 +68,8 @@ class MethodInfo:
         uses_target: its result depends on the target (Eigen-CAM's does not).
         quick_options: options that make it fast enough for smoke runs (fewer samples,
             steps or window positions), used by the demo's quick mode and the tests.
+        transformers: it explains transformers (the LRP composites for CNNs have no
+            rules for attention and layer norms: ``False``); the text demo runs only these.
     """
 
     name: str
@@ -76,6 +78,7 @@ class MethodInfo:
     multi_target: bool = True
     uses_target: bool = True
     quick_options: Mapping[str, Any] = field(default_factory=dict)
+    transformers: bool = True
 
 
 INFO: dict[str, MethodInfo] = {}
@@ -90,6 +93,7 @@ def register(
     multi_target: bool = True,
     uses_target: bool = True,
     quick_options: Mapping[str, Any] | None = None,
+    transformers: bool = True,
 ) -> Callable[[F], F]:
     """Decorator adding a method to :data:`METHODS`, to its family and to :data:`INFO`.
 
@@ -100,6 +104,7 @@ def register(
         multi_target: it accepts ``(B, K)`` targets.
         uses_target: its result depends on the target.
         quick_options: options for a fast smoke run (see :class:`MethodInfo`).
+        transformers: it explains transformers (see :class:`MethodInfo`).
 
     Raises:
         ValueError: the name is taken, or ``kind`` is not a known family.
@@ -114,6 +119,7 @@ def register(
         multi_target=multi_target,
         uses_target=uses_target,
         quick_options=dict(quick_options or {}),
+        transformers=transformers,
     )
 
     def add(function: F) -> F:

@@ -157,6 +157,11 @@ def test_every_attribution_method_is_registered():
         "deeplift",
         "deeplift_shap",
         "gradient_shap",
+        "lrp_epsilon",
+        "lrp_epsilon_plus",
+        "lrp_epsilon_plus_flat",
+        "lrp_epsilon_gamma_box",
+        "lrp_epsilon_alpha2_beta1",
     }
     assert all(METHODS[name] is f for name, f in ATTRIBUTION_METHODS.items())
 

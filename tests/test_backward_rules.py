@@ -3,6 +3,7 @@ function rules (``override_functions``)."""
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import pytest
@@ -189,3 +190,44 @@ def test_a_per_call_rule_is_made_at_each_call_of_a_reused_module() -> None:
     torch.testing.assert_close(made[1], model[2](model[0](x).relu()).detach())
     expected = 2 * torch.ones(2, 3) @ model[2].weight @ model[0].weight
     torch.testing.assert_close(grad, expected)
+
+
+def test_without_keep_output_the_rule_gets_no_output() -> None:
+    model = _mlp()
+    x = torch.randn(5, 4, requires_grad=True)
+    seen: list[Any] = []
+
+    def rule(module: nn.Module, inputs: Any, output: Any, grad: Tensor) -> Any:
+        seen.append(output)
+        return (grad @ module.weight,)
+
+    with override_backward(model, {"0": rule}, keep_output=False):
+        (grad,) = torch.autograd.grad(model(x).sum(), x)
+    (expected,) = torch.autograd.grad(model(x).sum(), x)
+    assert seen == [None]
+    torch.testing.assert_close(grad, expected)
+
+
+class _KeepsATemporary(nn.Module):
+    """Multiplies by a tensor made inside forward, which its own backward would keep."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: list[Any] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        factor = torch.full_like(x, 3.0)
+        self.made.append(weakref.ref(factor))
+        return x * factor
+
+
+def test_an_overridden_module_frees_what_its_own_backward_would_keep() -> None:
+    module = _KeepsATemporary()
+    x = torch.randn(2, 3, requires_grad=True)
+    out = module(x)
+    assert module.made[0]() is not None  # the plain graph keeps the factor
+    with override_backward(module, {"": lambda m, i, o, g: (g * 3,)}):
+        out = module(x)
+    assert module.made[1]() is None
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(grad, torch.full_like(x, 3.0))

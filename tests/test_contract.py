@@ -34,6 +34,7 @@ import gradlens
 import gradlens.attribution
 import gradlens.cam
 import gradlens.metrics
+import gradlens.relevance
 import gradlens.sae
 import gradlens.text
 from gradlens.errors import AttentionCaptureError, LayerNotFoundError, TargetError
@@ -418,6 +419,17 @@ ENTRY_POINTS: dict[str, Case] = {
         gradlens.layer_integrated_gradients,
         lambda c: gradlens.layer_integrated_gradients(c.model, c.x, "block1", c.target, steps=2),
     ),
+    "lrp": Case(gradlens.lrp, lambda c: gradlens.lrp(c.model, c.x, c.target)),
+    "lrp_layer_composite": Case(
+        gradlens.lrp,
+        lambda c: gradlens.lrp(
+            c.model,
+            c.x,
+            c.target,
+            layer="block1",
+            composite={torch.nn.Conv2d: gradlens.lrp.Gamma(), "head.3": gradlens.lrp.Epsilon()},
+        ),
+    ),
     "layer_gradient_x_activation": Case(
         gradlens.layer_gradient_x_activation,
         lambda c: gradlens.layer_gradient_x_activation(c.model, c.x, "block1", c.target),
@@ -631,6 +643,19 @@ EXEMPT: dict[str, str] = {
     "TokenInputError": "an exception class",
     "InputTypeError": "an exception class",
     "SAEError": "an exception class",
+    "RelevanceRuleError": "an exception class",
+    # LRP rules and the type of gradlens.lrp: tensor maths on given tensors, no model run
+    "Rule": "an LRP rule's base class",
+    "Epsilon": "an LRP rule",
+    "Gamma": "an LRP rule",
+    "ZPlus": "an LRP rule",
+    "AlphaBeta": "an LRP rule",
+    "Flat": "an LRP rule",
+    "WSquare": "an LRP rule",
+    "ZBox": "an LRP rule",
+    "Pass": "an LRP rule",
+    "Norm": "an LRP rule",
+    "LRPFunction": "the typing Protocol of gradlens.lrp",
     # records and results: plain data
     "Call": "what a Recorder stores for one module call",
     "LayerInfo": "a row of gradlens.layers' table",
@@ -678,6 +703,7 @@ PUBLIC_MODULES = (
     gradlens.cam,
     gradlens.attribution,
     gradlens.metrics,
+    gradlens.relevance,
     gradlens.text,
     gradlens.sae,
 )

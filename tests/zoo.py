@@ -36,6 +36,11 @@ Builders:
 * :func:`transformer_bridge` -- a TransformerLens ``TransformerBridge`` booted natively.
 * :func:`feedforward_cnn` -- a plain CNN whose nonlinearity modules each run once, with a
   linear layer between any two of them (the models Captum's ``DeepLift`` handles).
+* :func:`with_batchnorm_statistics` -- random running statistics and affine parameters for
+  a model's BatchNorms (fresh ones normalise by mean 0, variance 1: an identity).
+* :func:`bias_free_cnn` -- a CNN without biases, with a residual block, a concatenation,
+  max and average pooling (relevance is conserved through it).
+* :func:`captum_cnn` -- a CNN of the layers Captum's ``LRP`` supports.
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ def torchvision_cnn(arch: str = "resnet18", *, num_classes: int = 10, seed: int 
 
     Args:
         arch: the ``torchvision.models`` builder: ``"resnet18"`` (``layer4`` is its CAM layer),
-            ``"densenet121"``, ``"mobilenet_v3_small"`` (``features``).
+            ``"densenet121"``, ``"mobilenet_v3_small"`` (``features``), ``"vgg16_bn"`` (the
+            LRP references; its classifier alone is 120 M parameters).
         num_classes: the classifier's outputs; 10 keeps the head small.
         seed: seeds the global generator before the model is built.
 
@@ -505,3 +511,88 @@ def feedforward_cnn(*, num_classes: int = 5, seed: int = 0) -> nn.Module:
     batchnorm.running_mean.uniform_(-0.5, 0.5)
     batchnorm.running_var.uniform_(0.5, 1.5)
     return model.eval()
+
+
+def with_batchnorm_statistics(
+    model: nn.Module, *, seed: int = 0, eps: float | None = None
+) -> nn.Module:
+    """Draw every BatchNorm's running mean from U(-0.5, 0.5), running variance from
+    U(0.5, 2), weight from U(0.5, 1.5) and bias from U(-0.2, 0.2), from a generator of
+    ``seed``; ``eps`` replaces the BatchNorms' eps.
+
+    Returns:
+        The model itself.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                for tensor, (low, high) in (
+                    (module.running_mean, (-0.5, 0.5)),
+                    (module.running_var, (0.5, 2.0)),
+                    (module.weight, (0.5, 1.5)),
+                    (module.bias, (-0.2, 0.2)),
+                ):
+                    draw = torch.rand(tensor.shape, generator=generator)
+                    tensor.copy_(low + (high - low) * draw)
+                if eps is not None:
+                    module.eps = eps
+    return model
+
+
+class BiasFreeCNN(nn.Module):
+    """stem conv -> ReLU -> max pool -> residual block (``out += x``) -> ReLU -> two
+    branches concatenated -> ReLU -> average pool -> linear, with no bias anywhere:
+    ``(B, 3, 8, 8)`` -> ``(B, 5)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv1 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+        self.left = nn.Conv2d(4, 3, 1, bias=False)
+        self.right = nn.Conv2d(4, 5, 3, padding=1, bias=False)
+        self.average = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 5, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.relu(self.stem(x)))
+        out = self.conv2(self.relu(self.conv1(x)))
+        out += x
+        x = self.relu(out)
+        x = self.relu(torch.cat([self.left(x), self.right(x)], 1))
+        return self.fc(self.average(x).flatten(1))
+
+
+def bias_free_cnn(*, seed: int = 0) -> nn.Module:
+    """:class:`BiasFreeCNN` with random weights, in eval mode."""
+    _seed(seed)
+    return BiasFreeCNN().eval()
+
+
+class CaptumCNN(nn.Module):
+    """conv -> ReLU -> max pool -> conv -> ReLU -> average pool -> linear (flattened in
+    ``forward``): only layers Captum's ``LRP`` has rules for. ``(B, 3, 8, 8)`` -> ``(B, 5)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        return self.fc(x.flatten(1))
+
+
+def captum_cnn(*, seed: int = 0) -> nn.Module:
+    """:class:`CaptumCNN` with random weights, in eval mode."""
+    _seed(seed)
+    return CaptumCNN().eval()

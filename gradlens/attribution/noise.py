@@ -68,6 +68,10 @@ class NoiseMethodOptions(TypedDict, total=False):
         interpolation: :func:`~gradlens.attribution.guided_gradcam`: how the map is
             upsampled.
         reshape: :func:`~gradlens.attribution.guided_gradcam`: the layer's layout.
+        epsilon: the ``lrp_*`` methods: the ε rule's stabiliser.
+        gamma: ``lrp_epsilon_gamma_box``: the γ rule's parameter.
+        low: ``lrp_epsilon_gamma_box``: the lowest input value.
+        high: ``lrp_epsilon_gamma_box``: the highest input value.
     """
 
     abs: bool
@@ -82,6 +86,10 @@ class NoiseMethodOptions(TypedDict, total=False):
     layer: Layers | None
     interpolation: str
     reshape: Reshape
+    epsilon: float
+    gamma: float
+    low: float | Tensor | None
+    high: float | Tensor | None
 
 
 def noise_scale(x: Tensor, sigma: float) -> Tensor:

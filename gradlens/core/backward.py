@@ -22,9 +22,11 @@ gradient::
 A rule is ``(module, inputs, output, grad_output) -> grads``: ``inputs`` are the tensors
 among the call's positional arguments (detached from the graph, so the rule can
 differentiate its own recomputation of the module with respect to them), ``output`` the
-module's output (detached), ``grad_output`` what arrived at the output, and ``grads`` one
-tensor (or ``None``) per input. The module's own backward does not run: autograd reaches
-the inputs only through the rule.
+module's output (detached; ``None`` with ``keep_output=False``), ``grad_output`` what
+arrived at the output, and ``grads`` one tensor (or ``None``) per input. The module's own
+backward does not run: the module's output is cut from its own graph, so autograd reaches
+the inputs only through the rule, and the tensors the module's own backward would have
+needed are freed with the output.
 
 **Function rules.** :func:`override_functions` pushes a
 :class:`torch.overrides.TorchFunctionMode` that, while one of the selected modules runs
@@ -64,7 +66,7 @@ __all__ = [
 ]
 
 ModuleRule = Callable[
-    [nn.Module, tuple[Tensor, ...], Tensor, Tensor], Sequence[Union[Tensor, None]]
+    [nn.Module, tuple[Tensor, ...], Union[Tensor, None], Tensor], Sequence[Union[Tensor, None]]
 ]
 """``(module, inputs, output, grad_output) -> one gradient (or None) per input tensor``."""
 
@@ -95,30 +97,38 @@ FunctionHandler = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 class _RuleBackward(torch.autograd.Function):
     """Identity on the output forwards; the module rule backwards.
 
-    Arguments: ``(rule, module, output, *inputs)``. The output is returned as a new tensor,
-    so in-place operations of later layers cannot reach the value the rule reads.
+    Arguments: ``(rule, module, keep_output, output, *inputs)``, the output detached from
+    the module's own graph. The output is returned as a new tensor, so in-place operations
+    of later layers cannot reach the value the rule reads (and autograd forbids in-place
+    operations on an input a custom function returns as it is).
     """
 
     @staticmethod
     def forward(
-        ctx: Any, rule: ModuleRule, module: nn.Module, output: Tensor, *inputs: Tensor
+        ctx: Any,
+        rule: ModuleRule,
+        module: nn.Module,
+        keep_output: bool,
+        output: Tensor,
+        *inputs: Tensor,
     ) -> Tensor:
-        ctx.rule, ctx.module = rule, module
-        ctx.save_for_backward(output, *inputs)
+        ctx.rule, ctx.module, ctx.keep_output = rule, module, keep_output
+        ctx.save_for_backward(*inputs, *((output,) if keep_output else ()))
         return output.clone()
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Any, ...]:
-        output, *inputs = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        inputs, output = (saved[:-1], saved[-1]) if ctx.keep_output else (saved, None)
         detached = tuple(t.detach() for t in inputs)
         with torch.enable_grad():
-            grads = tuple(ctx.rule(ctx.module, detached, output.detach(), grad_output))
+            grads = tuple(ctx.rule(ctx.module, detached, output, grad_output))
         if len(grads) != len(inputs):
             raise RuntimeError(
                 f"the backward rule {ctx.rule!r} of {type(ctx.module).__name__} returned "
                 f"{len(grads)} gradients for {len(inputs)} input tensors"
             )
-        return (None, None, None, *grads)
+        return (None, None, None, None, *grads)
 
 
 class BackwardOverride(Capture[None]):
@@ -134,10 +144,12 @@ class BackwardOverride(Capture[None]):
         model: nn.Module,
         modules: Mapping[str, nn.Module],
         rules: Mapping[str, ModuleRule | PerCall],
+        keep_output: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
         self.rules = {name: rules[name] for name in modules}
+        self.keep_output = keep_output
         self._modules = dict(modules)
         self._hooks = HookSet()
         self._pending: dict[nn.Module, list[tuple[Tensor, ...] | None]] = {}
@@ -153,14 +165,16 @@ class BackwardOverride(Capture[None]):
         self._pending.clear()
 
     def _copy_inputs(self, module: nn.Module, args: Any) -> Any:
-        """Keep the call's tensor inputs and run the module on copies of them, so that a
-        module working in place (``nn.ReLU(inplace=True)``) cannot overwrite the values
-        the rule reads, nor the tensors the rule's gradients are for."""
+        """Keep the call's tensor inputs; a module that works in place (``inplace=True``,
+        as ``nn.ReLU(inplace=True)``) runs on copies of them, so that it cannot overwrite
+        the values the rule reads, nor the tensors the rule's gradients are for."""
         inputs = tuple(a for a in args if isinstance(a, Tensor))
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
             self._pending.setdefault(module, []).append(None)
             return None
         self._pending.setdefault(module, []).append(inputs)
+        if not getattr(module, "inplace", False):
+            return None
         return tuple(a.clone() if isinstance(a, Tensor) and a.requires_grad else a for a in args)
 
     def _hook(self, rule: ModuleRule | PerCall) -> Callable[[nn.Module, Any, Any], Any]:
@@ -173,7 +187,9 @@ class BackwardOverride(Capture[None]):
             if isinstance(rule, PerCall):
                 detached = tuple(t.detach() for t in inputs)
                 call_rule = rule.factory(module, detached, output.detach())
-            return _RuleBackward.apply(call_rule, module, output, *inputs)
+            return _RuleBackward.apply(
+                call_rule, module, self.keep_output, output.detach(), *inputs
+            )
 
         return hook
 
@@ -183,16 +199,23 @@ class BackwardOverride(Capture[None]):
 
 
 def override_backward(
-    model: nn.Module, rules: Mapping[LayerSpec, ModuleRule | PerCall]
+    model: nn.Module,
+    rules: Mapping[LayerSpec, ModuleRule | PerCall],
+    *,
+    keep_output: bool = True,
 ) -> BackwardOverride:
     """Give the selected modules another backward rule while the returned context is active.
 
     Every call of a selected module (a module reused by several blocks too) is overridden
     when grad mode is on and one of its positional tensor inputs requires grad; other
     calls run unchanged. A module whose output is not a tensor keeps its backward.
-    Overridden calls run the module on copies of its inputs (so that in-place modules
-    cannot overwrite what the rule reads); a model that relies on a module changing its
-    input in place, rather than on its return value, is not supported.
+    Overridden calls of a module with ``inplace=True`` run it on copies of its inputs (so
+    that it cannot overwrite what the rule reads); a model that relies on such a module
+    changing its input in place, rather than on its return value, is not supported.
+
+    Memory: each overridden call keeps its tensor inputs (and its output, with
+    ``keep_output``) until the backward, and the tensors the module's own backward would
+    have kept are freed.
 
     Args:
         model: the model.
@@ -200,6 +223,8 @@ def override_backward(
             (a name, glob, module type, module or filter) and each rule a function
             ``(module, inputs, output, grad_output) -> grads`` (see the module docstring),
             or a :class:`PerCall` that makes one such rule per call.
+        keep_output: keep each call's output for its rule; ``False`` for rules that do not
+            read it (they get ``output=None``), which saves one tensor per call.
 
     Returns:
         A context manager (:class:`BackwardOverride`); entering it registers the hooks,
@@ -227,7 +252,7 @@ def override_backward(
                 )
             modules[name], chosen[name], spec_of[name] = module, rule, spec
     in_model_order = {n: m for n, m in named_modules(model).items() if n in modules}
-    return BackwardOverride(model, in_model_order, chosen)
+    return BackwardOverride(model, in_model_order, chosen, keep_output)
 
 
 class _FunctionRuleMode(TorchFunctionMode):

@@ -66,6 +66,10 @@ class MethodOptions(CamOptions, total=False):
         window: ``occlusion``: the occluded window.
         stride: ``occlusion``: the window's stride.
         baseline: ``occlusion``: the value put in the window.
+        epsilon: the ``lrp_*`` methods: the ε rule's stabiliser.
+        gamma: ``lrp_epsilon_gamma_box``: the γ rule's parameter.
+        low: ``lrp_epsilon_gamma_box``: the lowest input value (z^B rule).
+        high: ``lrp_epsilon_gamma_box``: the highest input value (z^B rule).
     """
 
     layer: Layers | None
@@ -96,3 +100,7 @@ class MethodOptions(CamOptions, total=False):
     window: Size | list[Size]
     stride: Size | list[Size]
     baseline: float | Tensor
+    epsilon: float
+    gamma: float
+    low: float | Tensor | None
+    high: float | Tensor | None

@@ -76,8 +76,10 @@ class TextDemoResult:
 
 def text_methods() -> list[str]:
     """The registered attribution methods :func:`gradlens.token_attributions` runs: those
-    that need no layer of their own, in registration order."""
-    return registry.names("attribution", needs_layer=False)
+    that need no layer of their own and explain transformers, in registration order."""
+    return [
+        name for name in registry.names("attribution", needs_layer=False) if INFO[name].transformers
+    ]
 
 
 def _explainer(name: str, attention_mask: Tensor) -> Callable[..., Tensor]:

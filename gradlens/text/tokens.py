@@ -58,6 +58,10 @@ class TokenMethodOptions(TypedDict, total=False):
         window: ``"occlusion"``: the occluded window over ``(T, H)`` (default one whole
             token, ``(1, H)``).
         stride: ``"occlusion"``: the window's stride (default: the window).
+        epsilon: the ``"lrp_*"`` methods: the ε rule's stabiliser (default 1e-6).
+        gamma: ``"lrp_epsilon_gamma_box"``: the γ rule's parameter (default 0.25).
+        low: ``"lrp_epsilon_gamma_box"``: the lowest input value.
+        high: ``"lrp_epsilon_gamma_box"``: the highest input value.
     """
 
     abs: bool
@@ -71,6 +75,10 @@ class TokenMethodOptions(TypedDict, total=False):
     stdevs: float | tuple[float, ...]
     window: Size | list[Size]
     stride: Size | list[Size]
+    epsilon: float
+    gamma: float
+    low: float | Tensor | None
+    high: float | Tensor | None
 
 
 @entry_point

@@ -1,0 +1,48 @@
+"""Relevance propagation: layer-wise relevance propagation (LRP) for CNNs.
+
+* :func:`lrp` -- relevance of the input or of a layer, by a composite of rules; also
+  registered as ``lrp_epsilon``, ``lrp_epsilon_plus``, ``lrp_epsilon_plus_flat``,
+  ``lrp_epsilon_gamma_box`` and ``lrp_epsilon_alpha2_beta1`` (kind ``"attribution"``).
+* :mod:`~gradlens.relevance.rules` -- the rules (``Epsilon``, ``Gamma``, ``ZPlus``,
+  ``AlphaBeta``, ``Flat``, ``WSquare``, ``ZBox``, ``Pass``, ``Norm``), also reachable as
+  ``gradlens.lrp.Epsilon`` and so on.
+* :mod:`~gradlens.relevance.composites` -- which module gets which rule.
+* :mod:`~gradlens.relevance.canonizers` -- BatchNorm folding and residual sums, through
+  hooks.
+"""
+
+from __future__ import annotations
+
+from .composites import COMPOSITES, Composite
+from .propagation import (
+    LRPFunction,
+    lrp,
+    lrp_epsilon,
+    lrp_epsilon_alpha2_beta1,
+    lrp_epsilon_gamma_box,
+    lrp_epsilon_plus,
+    lrp_epsilon_plus_flat,
+)
+from .rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, Rule, WSquare, ZBox, ZPlus
+
+__all__ = [
+    "COMPOSITES",
+    "AlphaBeta",
+    "Composite",
+    "Epsilon",
+    "Flat",
+    "Gamma",
+    "LRPFunction",
+    "Norm",
+    "Pass",
+    "Rule",
+    "WSquare",
+    "ZBox",
+    "ZPlus",
+    "lrp",
+    "lrp_epsilon",
+    "lrp_epsilon_alpha2_beta1",
+    "lrp_epsilon_gamma_box",
+    "lrp_epsilon_plus",
+    "lrp_epsilon_plus_flat",
+]
