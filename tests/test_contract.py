@@ -655,7 +655,6 @@ EXEMPT: dict[str, str] = {
     "ZBox": "an LRP rule",
     "Pass": "an LRP rule",
     "Norm": "an LRP rule",
-    "LRPFunction": "the typing Protocol of gradlens.lrp",
     # records and results: plain data
     "Call": "what a Recorder stores for one module call",
     "LayerInfo": "a row of gradlens.layers' table",

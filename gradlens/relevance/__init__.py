@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from .composites import COMPOSITES, Composite
 from .propagation import (
-    LRPFunction,
     lrp,
     lrp_epsilon,
     lrp_epsilon_alpha2_beta1,
@@ -32,7 +31,6 @@ __all__ = [
     "Epsilon",
     "Flat",
     "Gamma",
-    "LRPFunction",
     "Norm",
     "Pass",
     "Rule",

@@ -13,7 +13,7 @@ when the call raises; the model's parameters, buffers and flags are never writte
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, ParamSpec, Protocol, TypeVar, Union, cast
+from typing import Any, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -48,7 +48,6 @@ from .rules import (
 )
 
 __all__ = [
-    "LRPFunction",
     "lrp",
     "lrp_epsilon",
     "lrp_epsilon_alpha2_beta1",
@@ -230,6 +229,7 @@ def lrp(
         default=default,
         canonize=canonize,
     )
+    _refuse_offloaded(assignment)
     name = None if layer is None else single_layer(model, layer)
     if name is None and not any(
         isinstance(a, Tensor) and a.is_floating_point() for a in inputs.args
@@ -263,6 +263,20 @@ def lrp(
     return cast(Relevance, rebuilt)
 
 
+def _refuse_offloaded(assignment: Assignment) -> None:
+    """Refuse modules whose weights are ``meta`` placeholders (offloaded by ``accelerate``):
+    the rules recompute their layer in the backward pass, when the weights are put away."""
+    for name, module in assignment.modules.items():
+        if name in assignment.rules and any(p.is_meta for p in module.parameters(recurse=False)):
+            raise RelevanceRuleError(
+                f"{name or '(the model)'} ({type(module).__name__}) holds offloaded weights "
+                "(meta placeholders, as accelerate's CPU and disk offload leave them): LRP's "
+                "rules recompute the layer in the backward pass, after accelerate has put the "
+                "weights away; run lrp on a model whose weights are in memory (a device_map "
+                "without offload works)"
+            )
+
+
 def _or_zeros(gradient: Tensor | None, like: Tensor, scores: Tensor) -> Tensor:
     if gradient is not None:
         return gradient
@@ -277,35 +291,13 @@ def _times_score(gradient: Tensor, scores: Tensor) -> Tensor:
     return gradient * scores.reshape(*scores.shape, *([1] * (gradient.ndim - scores.ndim)))
 
 
-P = ParamSpec("P")
-R_co = TypeVar("R_co", covariant=True)
-
-
-class LRPFunction(Protocol, Generic[P, R_co]):
-    """:func:`lrp`, with the rule classes as attributes: ``gradlens.lrp(model, x)`` and
-    ``gradlens.lrp.Epsilon(1e-9)``."""
-
-    Rule: type[Rule]
-    Epsilon: type[Epsilon]
-    Gamma: type[Gamma]
-    ZPlus: type[ZPlus]
-    AlphaBeta: type[AlphaBeta]
-    Flat: type[Flat]
-    WSquare: type[WSquare]
-    ZBox: type[ZBox]
-    Pass: type[Pass]
-    Norm: type[Norm]
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
-
-
-def _with_rules(function: Callable[P, R_co]) -> LRPFunction[P, R_co]:
+def _attach_rules(function: Callable[..., Any]) -> None:
+    """Make the rule classes attributes of ``function``: ``gradlens.lrp.Epsilon(1e-9)``."""
     for rule in (Rule, Epsilon, Gamma, ZPlus, AlphaBeta, Flat, WSquare, ZBox, Pass, Norm):
         setattr(function, rule.__name__, rule)
-    return cast(LRPFunction[P, R_co], function)
 
 
-lrp = _with_rules(lrp)
+_attach_rules(lrp)
 
 
 def _composite(
