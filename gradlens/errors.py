@@ -110,3 +110,9 @@ class InputTypeError(GradlensError, TypeError):
     """A model or model input of a type gradlens cannot run: a model that is not an
     ``nn.Module``, or a NumPy array or list of numbers where a ``torch.Tensor`` is needed.
     A :class:`TypeError`, raised before any hook is registered."""
+
+
+class RelevanceError(GradlensError, RuntimeError):
+    """A relevance propagation rule cannot be applied: an attention module computed its
+    attention with a kernel the rules cannot see (a flash or flex-attention kernel, a custom
+    operator), so its products would get no rule."""

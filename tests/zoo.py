@@ -23,6 +23,11 @@ Builders:
 * :func:`hf_vit`, :func:`hf_swin` -- Hugging Face image classifiers.
 * :func:`hf_bert` -- Hugging Face BERT sequence classifier.
 * :func:`hf_gpt2` -- Hugging Face GPT-2 language model.
+* :func:`hf_llama`, :func:`hf_qwen2`, :func:`hf_gemma` -- Hugging Face decoder language
+  models with RMSNorm, rotary positions and gated MLPs (Gemma's RMSNorm scales by
+  ``1 + weight``).
+* :func:`plain_transformer` -- a transformer classifier written out in plain torch (the
+  AttnLRP reference test's model).
 * :func:`eager_and_sdpa` -- the same Hugging Face weights with both attention kernels.
 * :func:`token_ids` -- random ids for the text models.
 """
@@ -224,6 +229,7 @@ def hf_bert(
     width: int = 32,
     layers: int = 2,
     attn_implementation: str | None = None,
+    initializer_range: float | None = None,
     seed: int = 0,
 ) -> nn.Module:
     """Hugging Face ``BertForSequenceClassification`` with 2 heads, intermediate ``2 * width``,
@@ -236,6 +242,8 @@ def hf_bert(
         width: the hidden size (32; a training test uses 16).
         layers: the number of encoder layers (2; a training test uses 1).
         attn_implementation: ``"eager"`` or ``"sdpa"``; ``None`` keeps the library's default.
+        initializer_range: the standard deviation of the weights (``None``: the config's
+            0.02; the relevance tests use 0.3 so that the attention and MLP paths matter).
         seed: seeds the global generator before the model is built.
 
     Returns:
@@ -252,6 +260,7 @@ def hf_bert(
         intermediate_size=2 * width,
         max_position_embeddings=max_positions,
         num_labels=num_labels,
+        **_initializer(initializer_range),
     )
     _seed(seed)
     model = transformers.BertForSequenceClassification(config).eval()
@@ -265,6 +274,7 @@ def hf_gpt2(
     heads: int = 2,
     end_token_id: int | None = None,
     attn_implementation: str | None = None,
+    initializer_range: float | None = None,
     seed: int = 0,
 ) -> nn.Module:
     """Hugging Face ``GPT2LMHeadModel``: 2 layers, width 32, no padding token.
@@ -276,6 +286,7 @@ def hf_gpt2(
         end_token_id: the begin- and end-of-text id (where ``generate`` stops); ``None`` is
             the last id, ``vocab_size - 1``, which :func:`token_ids` never draws.
         attn_implementation: ``"eager"`` or ``"sdpa"``; ``None`` keeps the library's default.
+        initializer_range: the standard deviation of the weights (``None``: the config's).
         seed: seeds the global generator before the model is built.
 
     Returns:
@@ -293,10 +304,116 @@ def hf_gpt2(
         n_positions=positions,
         bos_token_id=end,
         eos_token_id=end,
+        **_initializer(initializer_range),
     )
     _seed(seed)
     model = transformers.GPT2LMHeadModel(config).eval()
     return _attention(model, attn_implementation)
+
+
+def _initializer(initializer_range: float | None) -> dict[str, float]:
+    return {} if initializer_range is None else {"initializer_range": initializer_range}
+
+
+def _decoder(family: str, *, attn_implementation: str | None, initializer_range: float | None,
+             seed: int, **extra: Any) -> nn.Module:
+    import transformers
+
+    config_class = getattr(transformers, f"{family}Config")
+    model_class = getattr(transformers, f"{family}ForCausalLM")
+    config = config_class(
+        vocab_size=TEXT_VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=TEXT_VOCAB - 1,
+        eos_token_id=TEXT_VOCAB - 1,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+        **_initializer(initializer_range),
+        **extra,
+    )
+    _seed(seed)
+    model = model_class(config).eval()
+    return _attention(model, attn_implementation)
+
+
+def hf_llama(
+    *,
+    attn_implementation: str | None = None,
+    initializer_range: float | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Hugging Face ``LlamaForCausalLM``: 2 layers, width 32, 4 query heads sharing 2
+    key/value heads (grouped-query attention), SiLU-gated MLP of 64, RMSNorm, rotary
+    positions, vocabulary :data:`TEXT_VOCAB` (id 0 is the padding token).
+
+    Args:
+        attn_implementation: ``"eager"`` or ``"sdpa"``; ``None`` keeps the library's default.
+        initializer_range: the standard deviation of the weights (``None``: the config's).
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: ``input_ids`` ``(B, T)`` -> ``logits`` ``(B, T, 64)``.
+    """
+    return _decoder(
+        "Llama",
+        attn_implementation=attn_implementation,
+        initializer_range=initializer_range,
+        seed=seed,
+    )
+
+
+def hf_qwen2(
+    *,
+    attn_implementation: str | None = None,
+    initializer_range: float | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Hugging Face ``Qwen2ForCausalLM``, sized as :func:`hf_llama` (biases on the query,
+    key and value projections).
+
+    Returns:
+        The model in eval mode: ``input_ids`` ``(B, T)`` -> ``logits`` ``(B, T, 64)``.
+    """
+    return _decoder(
+        "Qwen2",
+        attn_implementation=attn_implementation,
+        initializer_range=initializer_range,
+        seed=seed,
+    )
+
+
+def hf_gemma(
+    *,
+    attn_implementation: str | None = None,
+    initializer_range: float | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Hugging Face ``GemmaForCausalLM``, sized as :func:`hf_llama` (head width 8): its
+    RMSNorm scales by ``1 + weight``, its MLP is gated by tanh-GELU and it multiplies the
+    embeddings by ``sqrt(width)``. The norm weights are drawn from N(0, 0.1) (Gemma
+    initialises them to 0, where the offset would not show).
+
+    Returns:
+        The model in eval mode: ``input_ids`` ``(B, T)`` -> ``logits`` ``(B, T, 64)``.
+    """
+    model = _decoder(
+        "Gemma",
+        attn_implementation=attn_implementation,
+        initializer_range=initializer_range,
+        seed=seed,
+        head_dim=8,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.normal_(0.0, 0.1, generator=generator)
+    return model
 
 
 def eager_and_sdpa(build: Callable[..., nn.Module], **options: Any) -> tuple[nn.Module, nn.Module]:

@@ -1,0 +1,5 @@
+"""Relevance propagation: AttnLRP for transformers (:func:`attnlrp`)."""
+
+from .attnlrp import attnlrp
+
+__all__ = ["attnlrp"]
