@@ -10,7 +10,7 @@ import importlib
 import sys
 from types import ModuleType
 
-from . import attention, attribution, cam, errors, targets, text, version  # (fill the registry)
+from . import attention, attribution, cam, errors, relevance, targets, text, version  # (fill the registry)
 
 # The old module paths that share a name with a function of this namespace are loaded
 # first, so that the functions bound below are what ``gradlens.extract`` is afterwards.
@@ -63,12 +63,14 @@ from .errors import (
     NotRecordedError,
     OutputSelectionError,
     RecorderStateError,
+    RelevanceError,
     TargetError,
     TokenInputError,
 )
 from .interventions import activation_patching, attribution_patching, edits, patch
 from .layering.discovery import LayerInfo, default_layer, layers
 from .registry import METHODS
+from .relevance import attnlrp
 from .text import generation_attributions, token_attributions
 
 # the edit helpers live in gradlens/interventions/edits.py; this makes
@@ -96,6 +98,7 @@ __all__ = [
     "attribution_patching",
     "attention",
     "attention_rollout",
+    "attnlrp",
     "attentions",
     "capture_attention",
     "gradient_attention_rollout",
@@ -144,6 +147,7 @@ __all__ = [
     "Recorder",
     "RecorderStateError",
     "TargetError",
+    "RelevanceError",
     "TokenInputError",
     "InputTypeError",
     "default_layer",

@@ -64,6 +64,7 @@ class NoiseMethodOptions(TypedDict, total=False):
         interpolation: :func:`~gradlens.attribution.guided_gradcam`: how the map is
             upsampled.
         reshape: :func:`~gradlens.attribution.guided_gradcam`: the layer's layout.
+        eps: :func:`~gradlens.relevance.attnlrp`: the ε of the ε-rule on linear layers.
     """
 
     abs: bool
@@ -77,6 +78,7 @@ class NoiseMethodOptions(TypedDict, total=False):
     layer: Layers | None
     interpolation: str
     reshape: Reshape
+    eps: float
 
 
 def noise_scale(x: Tensor, sigma: float) -> Tensor:

@@ -59,6 +59,7 @@ class MethodOptions(CamOptions, total=False):
         window: ``occlusion``: the occluded window.
         stride: ``occlusion``: the window's stride.
         baseline: ``occlusion``: the value put in the window.
+        eps: ``attnlrp``: the ε of the ε-rule on linear layers.
     """
 
     layer: Layers | None
@@ -88,3 +89,4 @@ class MethodOptions(CamOptions, total=False):
     window: Size | list[Size]
     stride: Size | list[Size]
     baseline: float | Tensor
+    eps: float

@@ -50,6 +50,7 @@ class TokenMethodOptions(TypedDict, total=False):
         window: ``"occlusion"``: the occluded window over ``(T, H)`` (default one whole
             token, ``(1, H)``).
         stride: ``"occlusion"``: the window's stride (default: the window).
+        eps: ``"attnlrp"``: the ε of the ε-rule on linear layers (default 0).
     """
 
     abs: bool
@@ -62,6 +63,7 @@ class TokenMethodOptions(TypedDict, total=False):
     generator: torch.Generator | None
     window: Size | list[Size]
     stride: Size | list[Size]
+    eps: float
 
 
 @entry_point
@@ -94,7 +96,8 @@ def token_attributions(
     (Sundararajan et al. 2017), ``"smoothgrad"`` / ``"vargrad"`` (Smilkov et al. 2017;
     the noise scale is a fraction of each sample's embedding range), ``"occlusion"`` (each
     token in turn is replaced by the baseline's embedding; its score is the drop of the
-    target score, or its absolute value for ``reduce="norm"``), ``"guided_backprop"`` -- or a
+    target score, or its absolute value for ``reduce="norm"``), ``"guided_backprop"``,
+    ``"attnlrp"`` (Achtibat et al. 2024: the AttnLRP relevance of the word embeddings) -- or a
     function with their signature. Methods that take ``baselines=`` (Integrated Gradients)
     or ``baseline=`` (Occlusion) get the baseline's embeddings.
 
@@ -118,7 +121,7 @@ def token_attributions(
         forward_kwargs: further keyword inputs for the model.
         **options: passed to the method (:class:`TokenMethodOptions`: ``abs``, ``steps``,
             ``rule``, ``batch_size``, ``n``, ``sigma``, ``seed``, ``generator``,
-            ``window``, ``stride``); only those the method takes.
+            ``window``, ``stride``, ``eps``); only those the method takes.
 
     Returns:
         ``(B, T)`` scores, ``(B, K, T)`` for ``K`` targets per sample; padding positions score
