@@ -435,3 +435,101 @@ def token_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(
         1, TEXT_VOCAB - 1, (batch, length), generator=torch.Generator().manual_seed(seed)
     )
+
+
+class PlainBlock(nn.Module):
+    """A pre-norm transformer block written out in plain torch (see :func:`plain_transformer`)."""
+
+    def __init__(self, width: int, heads: int, *, bias: bool, kernel: str, gated: bool) -> None:
+        super().__init__()
+        self.heads, self.kernel, self.gated = heads, kernel, gated
+        self.norm1 = nn.LayerNorm(width, bias=bias)
+        self.query = nn.Linear(width, width, bias=bias)
+        self.key = nn.Linear(width, width, bias=bias)
+        self.value = nn.Linear(width, width, bias=bias)
+        self.proj = nn.Linear(width, width, bias=bias)
+        self.norm2 = nn.LayerNorm(width, bias=bias)
+        self.fc1 = nn.Linear(width, 2 * width, bias=bias)
+        self.gate = nn.Linear(width, 2 * width, bias=bias) if gated else None
+        self.act = nn.SiLU() if gated else nn.GELU()
+        self.fc2 = nn.Linear(2 * width, width, bias=bias)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        return x.view(batch, tokens, self.heads, width // self.heads).transpose(1, 2)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
+        if self.kernel == "sdpa":
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+            out = scores.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(x.shape))
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            return self.fc2(self.act(self.gate(x)) * self.fc1(x))
+        return self.fc2(self.act(self.fc1(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel != "none":
+            x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PlainTransformer(nn.Module):
+    """Embeddings ``(B, T, width)`` -> class logits ``(B, classes)`` read at token 0."""
+
+    def __init__(
+        self, width: int, heads: int, tokens: int, classes: int, blocks: int, **block: Any
+    ) -> None:
+        super().__init__()
+        bias = block["bias"]
+        self.position = nn.Parameter(torch.randn(tokens, width) * 0.5)
+        self.blocks = nn.ModuleList(PlainBlock(width, heads, **block) for _ in range(blocks))
+        self.norm = nn.LayerNorm(width, bias=bias)
+        self.head = nn.Linear(width, classes, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.position
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+def plain_transformer(
+    *,
+    kernel: str = "sdpa",
+    bias: bool = True,
+    gated: bool = False,
+    blocks: int = 2,
+    std: float = 0.3,
+    seed: int = 0,
+) -> PlainTransformer:
+    """A transformer classifier in plain torch: position embeddings added to the input
+    embeddings, ``blocks`` pre-norm blocks (LayerNorm, 2-head attention, residual, LayerNorm,
+    GELU MLP, residual), a final LayerNorm and a linear head on token 0; width 8, 5 tokens,
+    3 classes, float64.
+
+    Args:
+        kernel: ``"sdpa"`` (``F.scaled_dot_product_attention``), ``"eager"`` (``q @ kᵀ``,
+            ``softmax``, ``@ v``) or ``"none"`` (blocks without attention: only the MLPs).
+        bias: biases in the linear layers and LayerNorms (``False`` for conservation).
+        gated: a SiLU-gated MLP ``fc2(silu(gate(x)) * fc1(x))`` instead of the GELU MLP.
+        blocks: the number of blocks.
+        std: the standard deviation of every weight, bias and LayerNorm parameter.
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: embeddings ``(B, 5, 8)`` -> logits ``(B, 3)``.
+    """
+    _seed(seed)
+    model = PlainTransformer(8, 2, 5, 3, blocks, bias=bias, kernel=kernel, gated=gated)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name != "position":
+                base = 1.0 if name.endswith("norm1.weight") or name.endswith("norm2.weight") else 0.0
+                base = 1.0 if name == "norm.weight" else base
+                parameter.normal_(base, std)
+    return model.double().eval()
