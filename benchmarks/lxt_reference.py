@@ -50,7 +50,9 @@ def _build(family: str) -> tuple[nn.Module, object]:
         )
         model_class = getattr(transformers, f"{name}ForCausalLM")
     elif family == "gpt2":
-        config = transformers.GPT2Config(n_layer=2, n_embd=WIDTH, n_head=2, n_positions=64, **common)
+        config = transformers.GPT2Config(
+            n_layer=2, n_embd=WIDTH, n_head=2, n_positions=64, **common
+        )
         model_class = transformers.GPT2LMHeadModel
     else:
         config = transformers.BertConfig(

@@ -10,7 +10,16 @@ import importlib
 import sys
 from types import ModuleType
 
-from . import attention, attribution, cam, errors, relevance, targets, text, version  # (fill the registry)
+from . import (
+    attention,
+    attribution,
+    cam,
+    errors,
+    relevance,
+    targets,
+    text,
+    version,
+)  # (fill the registry)
 
 # The old module paths that share a name with a function of this namespace are loaded
 # first, so that the functions bound below are what ``gradlens.extract`` is afterwards.
@@ -148,6 +157,7 @@ __all__ = [
     "RecorderStateError",
     "TargetError",
     "RelevanceError",
+    "relevance",
     "TokenInputError",
     "InputTypeError",
     "default_layer",

@@ -315,8 +315,14 @@ def _initializer(initializer_range: float | None) -> dict[str, float]:
     return {} if initializer_range is None else {"initializer_range": initializer_range}
 
 
-def _decoder(family: str, *, attn_implementation: str | None, initializer_range: float | None,
-             seed: int, **extra: Any) -> nn.Module:
+def _decoder(
+    family: str,
+    *,
+    attn_implementation: str | None,
+    initializer_range: float | None,
+    seed: int,
+    **extra: Any,
+) -> nn.Module:
     import transformers
 
     config_class = getattr(transformers, f"{family}Config")
@@ -529,7 +535,9 @@ def plain_transformer(
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name != "position":
-                base = 1.0 if name.endswith("norm1.weight") or name.endswith("norm2.weight") else 0.0
+                base = (
+                    1.0 if name.endswith("norm1.weight") or name.endswith("norm2.weight") else 0.0
+                )
                 base = 1.0 if name == "norm.weight" else base
                 parameter.normal_(base, std)
     return model.double().eval()

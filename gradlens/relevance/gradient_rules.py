@@ -47,7 +47,8 @@ class _ScaleGradient(torch.autograd.Function):
 
 def scale_gradient(x: Tensor, factor: float) -> Tensor:
     """``x`` forwards (a view); its gradient times ``factor`` backwards."""
-    return _ScaleGradient.apply(x, factor)
+    result: Tensor = _ScaleGradient.apply(x, factor)
+    return result
 
 
 class _IdentityRule(torch.autograd.Function):
@@ -66,7 +67,8 @@ class _IdentityRule(torch.autograd.Function):
 def identity_rule(function: Callable[[Tensor], Tensor], x: Tensor, eps: float = 1e-10) -> Tensor:
     """``function(x)`` forwards; backwards ``g_x = g_y ⊙ y / (x + ε·sign(x))``, so that the
     relevance passes through unchanged (``R_x = R_y``, the identity rule)."""
-    return _IdentityRule.apply(function, x, eps)
+    result: Tensor = _IdentityRule.apply(function, x, eps)
+    return result
 
 
 class _EpsilonGradient(torch.autograd.Function):
@@ -85,4 +87,5 @@ class _EpsilonGradient(torch.autograd.Function):
 def epsilon_gradient(y: Tensor, eps: float) -> Tensor:
     """``y`` forwards; backwards ``g ⊙ y / (y + ε·sign(y))``: applied to the output of an
     affine layer, its plain backward then computes the ε-rule."""
-    return _EpsilonGradient.apply(y, eps)
+    result: Tensor = _EpsilonGradient.apply(y, eps)
+    return result

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -81,10 +81,12 @@ def linear_modules(model: nn.Module) -> list[str]:
     ]
 
 
-def _dependent(value: Any) -> bool:
-    """A tensor that depends on the explained input (parameters are not factors)."""
+def _dependent(value: Any) -> TypeGuard[Tensor]:
+    """A tensor that depends on the explained input (parameters are not factors), in a
+    computation that is being taped."""
     return (
-        isinstance(value, Tensor)
+        torch.is_grad_enabled()
+        and isinstance(value, Tensor)
         and value.requires_grad
         and value.is_floating_point()
         and not isinstance(value, nn.Parameter)
@@ -97,7 +99,7 @@ class _Handlers:
     def __init__(self, model: nn.Module, check: AttentionKernelCheck) -> None:
         self.model = model
         self.check = check
-        products = {
+        products: dict[Callable[..., Any], FunctionHandler] = {
             torch.mul: self.product(0, 1),
             Tensor.mul: self.product(0, 1),
             torch.matmul: self.product(0, 1),
@@ -134,7 +136,9 @@ class _Handlers:
 
         return handler
 
-    def einsum(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def einsum(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         operands = list(args[1:])
         if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
             operands = list(operands[0])
@@ -147,6 +151,8 @@ class _Handlers:
         names = ("query", "key", "value")
         qkv = [args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names)]
         q, k, v = (_dependent(t) for t in qkv)
+        if not (q or k or v):
+            return NotImplemented
         self.check.saw_attention()
         # scores = q·kᵀ (uniform when both depend on the input), output = probs·v (uniform
         # when v and the probabilities do); the softmax between them keeps its gradient
@@ -156,8 +162,7 @@ class _Handlers:
             0.5 if (q or k) else 1.0,
         )
         scaled = [
-            scale_gradient(t, f) if _dependent(t) and f != 1.0 else t
-            for t, f in zip(qkv, factors)
+            scale_gradient(t, f) if _dependent(t) and f != 1.0 else t for t, f in zip(qkv, factors)
         ]
         new_args = list(args)
         new_kwargs = dict(kwargs)
@@ -168,7 +173,9 @@ class _Handlers:
                 new_kwargs[name] = tensor
         return func(*new_args, **new_kwargs)
 
-    def inside(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def inside(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Run a composite function (``F.multi_head_attention_forward``) with these handlers
         active inside it (the mode is off while a handler runs)."""
         with override_functions(self.model, self.table):
@@ -192,7 +199,9 @@ class _Handlers:
             y = y + named["bias"]
         return y
 
-    def rms_norm(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def rms_norm(
+        self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         named = dict(zip(("input", "normalized_shape", "weight", "eps"), args), **kwargs)
         x = named["input"]
         if not _dependent(x):
