@@ -32,7 +32,7 @@ from gradlens import targets
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _timing import interleaved_medians, print_table  # noqa: E402
-from bench_generation import K, PROMPT, problem  # noqa: E402
+from bench_generation import PROMPT, K, problem  # noqa: E402
 
 METHODS = ("input_x_gradient", "attnlrp")
 
