@@ -46,8 +46,8 @@ def cases(prompt_length: int, k: int) -> dict[str, Callable[[], object]]:
             model, ids, first, method=m, output="logits"
         )
     for method in METHODS:
-        found[f"generation_attributions {method}"] = (
-            lambda m=method: gradlens.generation_attributions(model, ids, continuation, method=m)
+        found[f"generation_attributions {method}"] = lambda m=method: (
+            gradlens.generation_attributions(model, ids, continuation, method=m)
         )
     return found
 
