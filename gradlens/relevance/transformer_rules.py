@@ -37,7 +37,7 @@ from ..core.backward import FunctionHandler, override_backward, override_functio
 from ..core.outputs import replace_outputs
 from ..core.selection import named_modules
 from .attention_kernels import AttentionKernelCheck
-from .gradient_rules import epsilon_gradient, identity_rule, scale_gradient
+from .gradient_rules import epsilon_gradient, identity_rule, scale_gradient, stabilise
 
 __all__ = ["attnlrp_hooks", "activation_modules", "norm_modules", "linear_modules"]
 
@@ -248,8 +248,6 @@ _STATISTICS: dict[Callable[..., Any], FunctionHandler] = {
 def _identity_module(
     module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, grad: Tensor
 ) -> tuple[Tensor | None, ...]:
-    from .gradient_rules import stabilise
-
     (x, *others) = inputs
     return (grad * output / stabilise(x, _IDENTITY_EPS), *(None for _ in others))
 
