@@ -18,6 +18,7 @@ __all__ = [
     "AttentionRolloutError",
     "TokenInputError",
     "InputTypeError",
+    "RelevanceError",
 ]
 
 
