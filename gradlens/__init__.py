@@ -84,6 +84,7 @@ from .errors import (
     NotRecordedError,
     OutputSelectionError,
     RecorderStateError,
+    RelevanceError,
     RelevanceRuleError,
     SAEError,
     TargetError,
@@ -92,7 +93,7 @@ from .errors import (
 from .interventions import activation_patching, attribution_patching, edits, patch
 from .layering.discovery import LayerInfo, default_layer, layers
 from .registry import METHODS
-from .relevance import lrp
+from .relevance import attnlrp, lrp
 from .text import generation_attributions, token_attributions
 
 # the edit helpers live in gradlens/interventions/edits.py; this makes
@@ -120,6 +121,7 @@ __all__ = [
     "attribution_patching",
     "attention",
     "attention_rollout",
+    "attnlrp",
     "attentions",
     "capture_attention",
     "gradient_attention_rollout",
@@ -176,6 +178,8 @@ __all__ = [
     "SAEError",
     "RelevanceRuleError",
     "TargetError",
+    "RelevanceError",
+    "relevance",
     "TokenInputError",
     "InputTypeError",
     "default_layer",

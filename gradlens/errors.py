@@ -20,6 +20,7 @@ __all__ = [
     "InputTypeError",
     "SAEError",
     "RelevanceRuleError",
+    "RelevanceError",
 ]
 
 
@@ -120,8 +121,16 @@ class SAEError(GradlensError, ValueError):
     selects several modules (one that selects none is a :class:`LayerNotFoundError`)."""
 
 
-class RelevanceRuleError(GradlensError, TypeError, ValueError):
+class RelevanceError(GradlensError, RuntimeError):
+    """Relevance propagation (:func:`gradlens.lrp`, :func:`gradlens.attnlrp`) cannot be
+    applied: an attention module computed its attention with a kernel the rules cannot see
+    (a flash or flex-attention kernel, a custom operator), so its products would get no
+    rule; the base of :class:`RelevanceRuleError`."""
+
+
+class RelevanceRuleError(RelevanceError, TypeError, ValueError):
     """An LRP composite that cannot be applied: an unknown composite name, a value that is
-    not a rule, a rule option the composite does not take, or a module with parameters
-    that no rule covers (the message names it and its type). Raised before any hook is
-    registered; a :class:`TypeError` and a :class:`ValueError`."""
+    not a rule, a rule option the composite does not take, a module with parameters that no
+    rule covers (the message names it and its type), or offloaded (meta) weights. Raised
+    before any hook is registered, except for a module without a rule, found when the
+    relevance reaches it; a :class:`TypeError` and a :class:`ValueError`."""

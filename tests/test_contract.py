@@ -573,6 +573,12 @@ ENTRY_POINTS: dict[str, Case] = {
         for name, info in INFO.items()
         if info.kind == "attention"
     },
+    # AttnLRP's rules are for transformers: ContractViT (fused attention, nn.MultiheadAttention)
+    "attnlrp": Case(
+        gradlens.attnlrp,
+        lambda c: gradlens.attnlrp(c.model, c.x, target=c.target),
+        model="transformer",
+    ),
     "attentions": Case(gradlens.attentions, _attentions, False, model="transformer"),
     "capture_attention": Case(
         gradlens.capture_attention, _capture_attention, False, model="transformer"
@@ -632,6 +638,7 @@ EXEMPT: dict[str, str] = {
     "InPlaceBackwardHookError": "an exception class",
     "LayerNotExecutedError": "an exception class",
     "LayerNotFoundError": "an exception class",
+    "RelevanceError": "an exception class",
     "ManifestMismatchError": "an exception class",
     "OutputSelectionError": "an exception class",
     "RecorderStateError": "an exception class",

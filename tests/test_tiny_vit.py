@@ -123,6 +123,7 @@ def test_gradlens_demo_vit_writes_its_figure_and_table(trained_vit, tmp_path, mo
     assert list(rows) == [
         "attention_rollout",
         "gradient_attention_rollout",
+        "attnlrp",
         "gradcam (blocks.3.norm1)",
     ]
     assert all(0 <= float(row["pointing_game"]) <= 1 for row in rows.values())

@@ -23,6 +23,11 @@ Builders:
 * :func:`hf_vit`, :func:`hf_swin` -- Hugging Face image classifiers.
 * :func:`hf_bert` -- Hugging Face BERT sequence classifier.
 * :func:`hf_gpt2` -- Hugging Face GPT-2 language model.
+* :func:`hf_llama`, :func:`hf_qwen2`, :func:`hf_gemma` -- Hugging Face decoder language
+  models with RMSNorm, rotary positions and gated MLPs (Gemma's RMSNorm scales by
+  ``1 + weight``).
+* :func:`plain_transformer` -- a transformer classifier written out in plain torch (the
+  AttnLRP reference test's model).
 * :func:`eager_and_sdpa` -- the same Hugging Face weights with both attention kernels.
 * :func:`shapes_cnn` -- the shapes demo's ``TinyCNN`` (random weights, any image size).
 * :func:`linear_classifier` -- ``logits = W x`` on flattened images, with a given ``W``
@@ -243,6 +248,7 @@ def hf_bert(
     width: int = 32,
     layers: int = 2,
     attn_implementation: str | None = None,
+    initializer_range: float | None = None,
     seed: int = 0,
 ) -> nn.Module:
     """Hugging Face ``BertForSequenceClassification`` with 2 heads, intermediate ``2 * width``,
@@ -255,6 +261,8 @@ def hf_bert(
         width: the hidden size (32; a training test uses 16).
         layers: the number of encoder layers (2; a training test uses 1).
         attn_implementation: ``"eager"`` or ``"sdpa"``; ``None`` keeps the library's default.
+        initializer_range: the standard deviation of the weights (``None``: the config's
+            0.02; the relevance tests use 0.3 so that the attention and MLP paths matter).
         seed: seeds the global generator before the model is built.
 
     Returns:
@@ -271,6 +279,7 @@ def hf_bert(
         intermediate_size=2 * width,
         max_position_embeddings=max_positions,
         num_labels=num_labels,
+        **_initializer(initializer_range),
     )
     _seed(seed)
     model = transformers.BertForSequenceClassification(config).eval()
@@ -284,6 +293,7 @@ def hf_gpt2(
     heads: int = 2,
     end_token_id: int | None = None,
     attn_implementation: str | None = None,
+    initializer_range: float | None = None,
     seed: int = 0,
 ) -> nn.Module:
     """Hugging Face ``GPT2LMHeadModel``: 2 layers, width 32, no padding token.
@@ -295,6 +305,7 @@ def hf_gpt2(
         end_token_id: the begin- and end-of-text id (where ``generate`` stops); ``None`` is
             the last id, ``vocab_size - 1``, which :func:`token_ids` never draws.
         attn_implementation: ``"eager"`` or ``"sdpa"``; ``None`` keeps the library's default.
+        initializer_range: the standard deviation of the weights (``None``: the config's).
         seed: seeds the global generator before the model is built.
 
     Returns:
@@ -312,10 +323,122 @@ def hf_gpt2(
         n_positions=positions,
         bos_token_id=end,
         eos_token_id=end,
+        **_initializer(initializer_range),
     )
     _seed(seed)
     model = transformers.GPT2LMHeadModel(config).eval()
     return _attention(model, attn_implementation)
+
+
+def _initializer(initializer_range: float | None) -> dict[str, float]:
+    return {} if initializer_range is None else {"initializer_range": initializer_range}
+
+
+def _decoder(
+    family: str,
+    *,
+    attn_implementation: str | None,
+    initializer_range: float | None,
+    seed: int,
+    **extra: Any,
+) -> nn.Module:
+    import transformers
+
+    config_class = getattr(transformers, f"{family}Config")
+    model_class = getattr(transformers, f"{family}ForCausalLM")
+    config = config_class(
+        vocab_size=TEXT_VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=TEXT_VOCAB - 1,
+        eos_token_id=TEXT_VOCAB - 1,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+        **_initializer(initializer_range),
+        **extra,
+    )
+    _seed(seed)
+    model = model_class(config).eval()
+    return _attention(model, attn_implementation)
+
+
+def hf_llama(
+    *,
+    attn_implementation: str | None = None,
+    initializer_range: float | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Hugging Face ``LlamaForCausalLM``: 2 layers, width 32, 4 query heads sharing 2
+    key/value heads (grouped-query attention), SiLU-gated MLP of 64, RMSNorm, rotary
+    positions, vocabulary :data:`TEXT_VOCAB` (id 0 is the padding token).
+
+    Args:
+        attn_implementation: ``"eager"`` or ``"sdpa"``; ``None`` keeps the library's default.
+        initializer_range: the standard deviation of the weights (``None``: the config's).
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: ``input_ids`` ``(B, T)`` -> ``logits`` ``(B, T, 64)``.
+    """
+    return _decoder(
+        "Llama",
+        attn_implementation=attn_implementation,
+        initializer_range=initializer_range,
+        seed=seed,
+    )
+
+
+def hf_qwen2(
+    *,
+    attn_implementation: str | None = None,
+    initializer_range: float | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Hugging Face ``Qwen2ForCausalLM``, sized as :func:`hf_llama` (biases on the query,
+    key and value projections).
+
+    Returns:
+        The model in eval mode: ``input_ids`` ``(B, T)`` -> ``logits`` ``(B, T, 64)``.
+    """
+    return _decoder(
+        "Qwen2",
+        attn_implementation=attn_implementation,
+        initializer_range=initializer_range,
+        seed=seed,
+    )
+
+
+def hf_gemma(
+    *,
+    attn_implementation: str | None = None,
+    initializer_range: float | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Hugging Face ``GemmaForCausalLM``, sized as :func:`hf_llama` (head width 8): its
+    RMSNorm scales by ``1 + weight``, its MLP is gated by tanh-GELU and it multiplies the
+    embeddings by ``sqrt(width)``. The norm weights are drawn from N(0, 0.1) (Gemma
+    initialises them to 0, where the offset would not show).
+
+    Returns:
+        The model in eval mode: ``input_ids`` ``(B, T)`` -> ``logits`` ``(B, T, 64)``.
+    """
+    model = _decoder(
+        "Gemma",
+        attn_implementation=attn_implementation,
+        initializer_range=initializer_range,
+        seed=seed,
+        head_dim=8,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.normal_(0.0, 0.1, generator=generator)
+    return model
 
 
 def eager_and_sdpa(build: Callable[..., nn.Module], **options: Any) -> tuple[nn.Module, nn.Module]:
@@ -596,3 +719,103 @@ def captum_cnn(*, seed: int = 0) -> nn.Module:
     """:class:`CaptumCNN` with random weights, in eval mode."""
     _seed(seed)
     return CaptumCNN().eval()
+
+
+class PlainBlock(nn.Module):
+    """A pre-norm transformer block written out in plain torch (see :func:`plain_transformer`)."""
+
+    def __init__(self, width: int, heads: int, *, bias: bool, kernel: str, gated: bool) -> None:
+        super().__init__()
+        self.heads, self.kernel, self.gated = heads, kernel, gated
+        self.norm1 = nn.LayerNorm(width, bias=bias)
+        self.query = nn.Linear(width, width, bias=bias)
+        self.key = nn.Linear(width, width, bias=bias)
+        self.value = nn.Linear(width, width, bias=bias)
+        self.proj = nn.Linear(width, width, bias=bias)
+        self.norm2 = nn.LayerNorm(width, bias=bias)
+        self.fc1 = nn.Linear(width, 2 * width, bias=bias)
+        self.gate = nn.Linear(width, 2 * width, bias=bias) if gated else None
+        self.act = nn.SiLU() if gated else nn.GELU()
+        self.fc2 = nn.Linear(2 * width, width, bias=bias)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        return x.view(batch, tokens, self.heads, width // self.heads).transpose(1, 2)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
+        if self.kernel == "sdpa":
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+            out = scores.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(x.shape))
+
+    def mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            return self.fc2(self.act(self.gate(x)) * self.fc1(x))
+        return self.fc2(self.act(self.fc1(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel != "none":
+            x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PlainTransformer(nn.Module):
+    """Embeddings ``(B, T, width)`` -> class logits ``(B, classes)`` read at token 0."""
+
+    def __init__(
+        self, width: int, heads: int, tokens: int, classes: int, blocks: int, **block: Any
+    ) -> None:
+        super().__init__()
+        bias = block["bias"]
+        self.position = nn.Parameter(torch.randn(tokens, width) * 0.5)
+        self.blocks = nn.ModuleList(PlainBlock(width, heads, **block) for _ in range(blocks))
+        self.norm = nn.LayerNorm(width, bias=bias)
+        self.head = nn.Linear(width, classes, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.position
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+def plain_transformer(
+    *,
+    kernel: str = "sdpa",
+    bias: bool = True,
+    gated: bool = False,
+    blocks: int = 2,
+    std: float = 0.3,
+    seed: int = 0,
+) -> PlainTransformer:
+    """A transformer classifier in plain torch: position embeddings added to the input
+    embeddings, ``blocks`` pre-norm blocks (LayerNorm, 2-head attention, residual, LayerNorm,
+    GELU MLP, residual), a final LayerNorm and a linear head on token 0; width 8, 5 tokens,
+    3 classes, float64.
+
+    Args:
+        kernel: ``"sdpa"`` (``F.scaled_dot_product_attention``), ``"eager"`` (``q @ kᵀ``,
+            ``softmax``, ``@ v``) or ``"none"`` (blocks without attention: only the MLPs).
+        bias: biases in the linear layers and LayerNorms (``False`` for conservation).
+        gated: a SiLU-gated MLP ``fc2(silu(gate(x)) * fc1(x))`` instead of the GELU MLP.
+        blocks: the number of blocks.
+        std: the standard deviation of every weight, bias and LayerNorm parameter.
+        seed: seeds the global generator before the model is built.
+
+    Returns:
+        The model in eval mode: embeddings ``(B, 5, 8)`` -> logits ``(B, 3)``.
+    """
+    _seed(seed)
+    model = PlainTransformer(8, 2, 5, 3, blocks, bias=bias, kernel=kernel, gated=gated)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name != "position":
+                base = (
+                    1.0 if name.endswith("norm1.weight") or name.endswith("norm2.weight") else 0.0
+                )
+                base = 1.0 if name == "norm.weight" else base
+                parameter.normal_(base, std)
+    return model.double().eval()

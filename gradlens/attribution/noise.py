@@ -68,7 +68,7 @@ class NoiseMethodOptions(TypedDict, total=False):
         interpolation: :func:`~gradlens.attribution.guided_gradcam`: how the map is
             upsampled.
         reshape: :func:`~gradlens.attribution.guided_gradcam`: the layer's layout.
-        epsilon: the ``lrp_*`` methods: the ε rule's stabiliser.
+        epsilon: the ``lrp_*`` methods and ``attnlrp``: the ε rule's stabiliser.
         gamma: ``lrp_epsilon_gamma_box``: the γ rule's parameter.
         low: ``lrp_epsilon_gamma_box``: the lowest input value.
         high: ``lrp_epsilon_gamma_box``: the highest input value.

@@ -66,7 +66,7 @@ class MethodOptions(CamOptions, total=False):
         window: ``occlusion``: the occluded window.
         stride: ``occlusion``: the window's stride.
         baseline: ``occlusion``: the value put in the window.
-        epsilon: the ``lrp_*`` methods: the ε rule's stabiliser.
+        epsilon: the ``lrp_*`` methods and ``attnlrp``: the ε rule's stabiliser.
         gamma: ``lrp_epsilon_gamma_box``: the γ rule's parameter.
         low: ``lrp_epsilon_gamma_box``: the lowest input value (z^B rule).
         high: ``lrp_epsilon_gamma_box``: the highest input value (z^B rule).

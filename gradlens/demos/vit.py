@@ -3,8 +3,9 @@ trained here, scored against ground truth beside Grad-CAM.
 
 On a fresh machine, with nothing downloaded: train a :class:`~gradlens.demos.tiny_vit.TinyViT` on
 the synthetic shapes (:func:`~gradlens.demos.tiny_vit.train_vit_model`), then for held-out images
-run attention rollout, gradient-weighted attention rollout and Grad-CAM at the last block's
-first LayerNorm, and score each with the pointing game against the object's mask and the
+run attention rollout, gradient-weighted attention rollout, AttnLRP (its input relevance
+reduced to a map by :func:`gradlens.maps.to_2d`) and Grad-CAM at the last block's first
+LayerNorm, and score each with the pointing game against the object's mask and the
 deletion and insertion AUCs (:mod:`gradlens.metrics`), as the CNN demo does
 (:func:`gradlens.demos.image.score_maps`). Writes ``vit_demo.png`` and
 ``vit_metrics.csv`` and prints the table (:func:`gradlens.demos.runner.run`).
@@ -22,6 +23,7 @@ from torch import Tensor
 from .. import viz
 from ..attention.methods import attention_rollout, gradient_attention_rollout
 from ..cam.gradient import gradcam
+from ..relevance.attention_lrp import attnlrp
 from .image import score_maps
 from .runner import Plan, Trained, run
 from .shapes import ShapesData
@@ -56,10 +58,13 @@ class ViTDemoResult:
 
 def vit_methods(model: TinyViT) -> dict[str, Callable[[Tensor], Tensor]]:
     """The explanations the demo compares, as ``images (B, 3, H, W) -> maps (B, H, W)``
-    functions of a trained :class:`~gradlens.demos.tiny_vit.TinyViT` (top class)."""
+    functions of a trained :class:`~gradlens.demos.tiny_vit.TinyViT` (top class); AttnLRP
+    returns the input-shaped relevance, which the scoring reduces with
+    :func:`gradlens.maps.to_2d`."""
     return {
         "attention_rollout": lambda x: attention_rollout(model, x),
         "gradient_attention_rollout": lambda x: gradient_attention_rollout(model, x),
+        "attnlrp": lambda x: attnlrp(model, x),
         f"gradcam ({model.cam_layer_name})": lambda x: gradcam(model, x, model.cam_layer_name),
     }
 

@@ -1,4 +1,5 @@
-"""Relevance propagation: layer-wise relevance propagation (LRP) for CNNs.
+"""Relevance propagation: layer-wise relevance propagation (LRP) for CNNs and AttnLRP for
+transformers.
 
 * :func:`lrp` -- relevance of the input or of a layer, by a composite of rules; also
   registered as ``lrp_epsilon``, ``lrp_epsilon_plus``, ``lrp_epsilon_plus_flat``,
@@ -9,10 +10,14 @@
 * :mod:`~gradlens.relevance.composites` -- which module gets which rule.
 * :mod:`~gradlens.relevance.canonizers` -- BatchNorm folding and residual sums, through
   hooks.
+* :func:`attnlrp` (:mod:`~gradlens.relevance.attention_lrp`) -- AttnLRP for transformers,
+  registered as ``attnlrp``; its rules are in :mod:`~gradlens.relevance.transformer_rules`
+  and :mod:`~gradlens.relevance.gradient_rules`.
 """
 
 from __future__ import annotations
 
+from .attention_lrp import attnlrp
 from .composites import COMPOSITES, Composite
 from .propagation import (
     lrp,
@@ -37,6 +42,7 @@ __all__ = [
     "WSquare",
     "ZBox",
     "ZPlus",
+    "attnlrp",
     "lrp",
     "lrp_epsilon",
     "lrp_epsilon_alpha2_beta1",

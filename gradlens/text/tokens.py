@@ -58,7 +58,8 @@ class TokenMethodOptions(TypedDict, total=False):
         window: ``"occlusion"``: the occluded window over ``(T, H)`` (default one whole
             token, ``(1, H)``).
         stride: ``"occlusion"``: the window's stride (default: the window).
-        epsilon: the ``"lrp_*"`` methods: the ε rule's stabiliser (default 1e-6).
+        epsilon: the ``"lrp_*"`` methods and ``"attnlrp"``: the ε rule's stabiliser
+            (default 1e-6 and 0).
         gamma: ``"lrp_epsilon_gamma_box"``: the γ rule's parameter (default 0.25).
         low: ``"lrp_epsilon_gamma_box"``: the lowest input value.
         high: ``"lrp_epsilon_gamma_box"``: the highest input value.
@@ -112,7 +113,8 @@ def token_attributions(
     the noise scale is a fraction of each sample's embedding range), ``"occlusion"`` (each
     token in turn is replaced by the baseline's embedding; its score is the drop of the
     target score, or its absolute value for ``reduce="norm"``), ``"guided_backprop"``,
-    ``"deeplift"``, ``"deeplift_shap"``, ``"gradient_shap"`` -- or a function with their
+    ``"deeplift"``, ``"deeplift_shap"``, ``"gradient_shap"``, ``"attnlrp"`` (Achtibat et al.
+    2024: the AttnLRP relevance of the word embeddings) -- or a function with their
     signature. Methods that take ``baselines=`` (Integrated Gradients, DeepLIFT) or
     ``baseline=`` (Occlusion) get the baseline's embeddings; DeepLiftShap and GradientSHAP
     get each sequence's own as a one-baseline distribution ``(B, 1, T, H)``.
@@ -137,7 +139,7 @@ def token_attributions(
         forward_kwargs: further keyword inputs for the model.
         **options: passed to the method (:class:`TokenMethodOptions`: ``abs``, ``steps``,
             ``rule``, ``batch_size``, ``n``, ``sigma``, ``seed``, ``generator``,
-            ``window``, ``stride``); only those the method takes.
+            ``window``, ``stride``, ``epsilon``, ...); only those the method takes.
 
     Returns:
         ``(B, T)`` scores, ``(B, K, T)`` for ``K`` targets per sample; padding positions score
