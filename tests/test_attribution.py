@@ -162,6 +162,7 @@ def test_every_attribution_method_is_registered():
         "lrp_epsilon_plus_flat",
         "lrp_epsilon_gamma_box",
         "lrp_epsilon_alpha2_beta1",
+        "attnlrp",
     }
     assert all(METHODS[name] is f for name, f in ATTRIBUTION_METHODS.items())
 
