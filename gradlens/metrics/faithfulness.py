@@ -64,8 +64,8 @@ from .perturbation import (
     random_subsets,
     region_grid,
     seed_from,
-    spearman_rows,
 )
+from .sanity import spearman
 
 __all__ = [
     "pixel_flipping",
@@ -649,7 +649,7 @@ def monotonicity_correlation(
         perturbed = feats.scores(feats.batch * per, jobs, score).view(feats.batch, steps, samples)
         weight = torch.where(clean.abs() >= eps, 1 / clean.abs().clamp(min=eps), 1.0) ** 2
         variation = (perturbed - clean[:, None, None]).square().mean(dim=2) * weight[:, None]
-        scores = spearman_rows(sums, variation)
+        scores = spearman(sums, variation)
     return _result(feats, scores)
 
 

@@ -41,7 +41,6 @@ __all__ = [
     "gaussian_blur",
     "ordered_curve",
     "pearson",
-    "spearman_rows",
 ]
 
 Fill = Literal["zero", "min", "blur", "mean"] | Tensor
@@ -453,22 +452,6 @@ def pearson(a: Tensor, b: Tensor) -> Tensor:
     b = b.double() - b.double().mean(dim=1, keepdim=True)
     denominator = (a.square().sum(1) * b.square().sum(1)).sqrt()
     return (a * b).sum(1) / denominator
-
-
-def average_ranks(x: Tensor) -> Tensor:
-    """Row-wise ranks ``1..N`` of ``(B, N)``, ties given their average rank (by sorting,
-    ``O(N log N)`` per row)."""
-    ranks = []
-    for row in x:
-        _, inverse, counts = torch.unique(row, return_inverse=True, return_counts=True)
-        first = torch.cumsum(counts, 0) - counts + 1
-        ranks.append((first.double() + (counts.double() - 1) / 2)[inverse])
-    return torch.stack(ranks)
-
-
-def spearman_rows(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise Spearman correlation (Pearson of average ranks), ``(B,)`` float64."""
-    return pearson(average_ranks(a.double()), average_ranks(b.double()))
 
 
 def region_grid(height: int, width: int, patch: int, device: torch.device) -> Tensor:
