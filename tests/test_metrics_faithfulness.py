@@ -91,6 +91,19 @@ def test_faithfulness_correlation_is_one_for_a_perfect_map_and_minus_one_reverse
     assert reverse.scores.item() == pytest.approx(-1.0, abs=1e-12)
 
 
+def test_without_a_generator_the_draws_are_reproducible_and_leave_the_global_rng_alone(
+    linear,
+) -> None:
+    model, image, attr = linear
+    noisy = attr + torch.tensor([[[0.3, -0.2], [0.1, 0.4]]])
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = metrics.faithfulness_correlation(model, image, noisy, subset_size=1, runs=6, **EXACT)
+    assert torch.equal(torch.get_rng_state(), state)
+    second = metrics.faithfulness_correlation(model, image, noisy, subset_size=1, runs=6, **EXACT)
+    torch.testing.assert_close(first.scores, second.scores, equal_nan=True)
+
+
 def test_sensitivity_n_holds_for_gradient_times_input_of_a_linear_model(linear) -> None:
     model, image, attr = linear
     for n in (1, 2, 3):

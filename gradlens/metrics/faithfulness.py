@@ -45,6 +45,7 @@ from ..core.output_selection import OutputSpec
 from ..targets.scoring import Target
 from ..text.inputs import TokenInputs
 from ._common import MetricResult, _untouched
+from ._explain import private_generator
 from .curves import CurveResult
 from .imputation import noisy_linear_imputation
 from .perturbation import (
@@ -187,7 +188,9 @@ def _region_order(
     present = sizes > 0
     value = sums / sizes.clamp(min=1) if mean else sums
     if order == "random":
-        value = torch.rand(value.shape, generator=generator, dtype=torch.float64).to(value.device)
+        value = torch.rand(
+            value.shape, generator=private_generator(generator), dtype=torch.float64
+        ).to(value.device)
     elif order == "lerf":
         value = -value
     elif order != "morf":

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._explain import private_generator
+
 __all__ = ["noisy_linear_imputation"]
 
 
@@ -88,7 +90,7 @@ def noisy_linear_imputation(
         images: ``(N, C, H, W)``.
         removed: ``(N, H, W)`` bool, the pixels to impute (all channels).
         noise: the noise's standard deviation.
-        generator: draws the noise.
+        generator: draws the noise (default: a new generator seeded with 0).
         tolerance: the conjugate gradients stop when every residual's norm is below
             ``tolerance`` times its right-hand side's norm.
 
@@ -101,6 +103,6 @@ def noisy_linear_imputation(
     unknown = removed.to(x.device).view(n, 1, h, w).double()
     solution = _solve(x, unknown, tolerance)
     if noise:
-        drawn = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        drawn = torch.randn(x.shape, generator=private_generator(generator), dtype=x.dtype)
         solution = solution + noise * drawn.to(x.device) * unknown
     return torch.where(unknown.bool(), solution, x).to(images.dtype)

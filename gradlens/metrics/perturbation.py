@@ -30,6 +30,7 @@ from ..targets.language import config_token_id
 from ..targets.scoring import Target
 from ..text.inputs import TokenInput, TokenInputs
 from ._common import _classes_of, _reduce_maps, _score
+from ._explain import private_generator
 
 __all__ = [
     "Features",
@@ -414,8 +415,9 @@ def ordered_curve(
 
 
 def seed_from(generator: torch.Generator | None) -> int:
-    """One int drawn from ``generator`` (or the global generator)."""
-    return int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    """One int drawn from ``generator`` (``None``: a new generator seeded with 0; the global
+    generator is never drawn from)."""
+    return int(torch.randint(0, 2**62, (1,), generator=private_generator(generator)).item())
 
 
 def random_subsets(
@@ -427,7 +429,9 @@ def random_subsets(
         raise ValueError(
             f"the subset size {size} is larger than a sample's {int(feats.counts.min())} features"
         )
-    keys = torch.rand(feats.batch, runs, feats.size, generator=generator, dtype=torch.float64)
+    keys = torch.rand(
+        feats.batch, runs, feats.size, generator=private_generator(generator), dtype=torch.float64
+    )
     keys = keys.to(feats.device).masked_fill(~feats.real[:, None], math.inf)
     return torch.topk(keys, size, dim=2, largest=False).indices
 
