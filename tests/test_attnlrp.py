@@ -202,6 +202,95 @@ def test_k_targets_give_one_relevance_per_target() -> None:
     torch.testing.assert_close(both[:, 1], gradlens.attnlrp(model, x, target=2))
 
 
+# -- the γ-rule options and layer relevance -----------------------------------------------------
+
+
+@pytest.mark.parametrize(("conv_gamma", "linear_gamma"), [(0.25, None), (None, 0.1), (100.0, 0.05)])
+def test_gamma_options_are_lrps_gamma_rule(conv_gamma: Any, linear_gamma: Any) -> None:
+    # on a network of convolutions, linear layers, ReLU and pooling (where AttnLRP's other
+    # rules are LRP-0, which is Input x Gradient), the γ options give exactly gradlens.lrp
+    # with Gamma on those layers and LRP-0 (ε = 0) elsewhere, up to the 1e-10 that keeps
+    # the Gradient x Input form's division by the layer input away from zero
+    model = zoo.captum_cnn().double()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    lrp0 = gradlens.lrp.Epsilon(0.0)
+    composite = {
+        nn.Conv2d: lrp0 if conv_gamma is None else gradlens.lrp.Gamma(conv_gamma),
+        nn.Linear: lrp0 if linear_gamma is None else gradlens.lrp.Gamma(linear_gamma),
+        nn.AdaptiveAvgPool2d: gradlens.lrp.Norm(0.0),
+    }
+    expected = gradlens.lrp(model, x, target=2, composite=composite)
+    relevance = gradlens.attnlrp(
+        model, x, target=2, conv_gamma=conv_gamma, linear_gamma=linear_gamma
+    )
+    torch.testing.assert_close(relevance, expected, rtol=0, atol=1e-6 * expected.abs().max())
+    assert not torch.allclose(relevance, gradlens.attnlrp(model, x, target=2))
+
+
+def test_linear_gamma_reaches_a_vits_linear_layers_and_conserves_without_biases() -> None:
+    # the γ-rule conserves relevance, as the rules it replaces do: bias-free, no attention
+    model = zoo.plain_transformer(kernel="none", bias=False)
+    x = _embeddings()
+    relevance = gradlens.attnlrp(model, x, target=2, linear_gamma=0.25)
+    assert not torch.allclose(relevance, gradlens.attnlrp(model, x, target=2))
+    logits = model(x)[:, 2].detach()
+    torch.testing.assert_close(_with_positions(model, x, relevance), logits, rtol=1e-4, atol=0)
+
+
+def test_the_gamma_options_take_k_targets_in_one_backward() -> None:
+    model = zoo.timm_vit()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    both = gradlens.attnlrp(model, x, target=[[0, 2], [0, 2]], conv_gamma=0.25, linear_gamma=0.05)
+    one = gradlens.attnlrp(model, x, target=2, conv_gamma=0.25, linear_gamma=0.05)
+    torch.testing.assert_close(both[:, 1], one, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("option", ["conv_gamma", "linear_gamma"])
+def test_a_negative_gamma_is_refused(option: str) -> None:
+    with pytest.raises(ValueError, match=f"{option} must be >= 0"):
+        gradlens.attnlrp(zoo.plain_transformer(), _embeddings(), **{option: -0.1})
+
+
+def test_layer_relevance_summed_over_the_width_is_the_token_relevance() -> None:
+    # token_attributions(method="attnlrp") is the relevance of the word embeddings summed
+    # over the width; layer= on the embedding layer gives it per feature, from token ids
+    model = zoo.hf_bert(initializer_range=0.3)
+    ids = zoo.token_ids(2, 6)
+    per_feature = gradlens.attnlrp(
+        model, ids, target=1, layer="bert.embeddings.word_embeddings", output="logits"
+    )
+    assert per_feature.shape == (2, 6, model.config.hidden_size)
+    tokens = gradlens.token_attributions(model, ids, 1, method="attnlrp", output="logits")
+    torch.testing.assert_close(per_feature.sum(-1), tokens, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_relevance_of_a_patch_embedding_sums_the_pixels_relevance() -> None:
+    # the relevance reaching the patch embedding's output is what its rules pass on to the
+    # pixels: bias-free it arrives there whole
+    model = zoo.timm_vit()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    tokens = gradlens.attnlrp(model, x, target=1, layer="patch_embed.proj")
+    pixels = gradlens.attnlrp(model, x, target=1)
+    bias = model.patch_embed.proj.bias
+    assert tokens.shape[:2] == (2, bias.shape[0])
+    # R_x = Σ over outputs of R_z (z - b) / z: the bias keeps its share
+    z = model.patch_embed.proj(x).detach()
+    torch.testing.assert_close(
+        pixels.sum((1, 2, 3)),
+        (tokens * (z - bias[:, None, None]) / z).sum((1, 2, 3)),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_layer_relevance_takes_k_targets() -> None:
+    model = zoo.plain_transformer()
+    x = _embeddings()
+    both = gradlens.attnlrp(model, x, target=[[0, 2], [0, 2]], layer="blocks.1")
+    assert both.shape == (2, 2, 5, 8)
+    torch.testing.assert_close(both[:, 1], gradlens.attnlrp(model, x, target=2, layer="blocks.1"))
+
+
 # -- kernels ----------------------------------------------------------------------------------
 
 

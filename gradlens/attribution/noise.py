@@ -70,6 +70,8 @@ class NoiseMethodOptions(TypedDict, total=False):
         reshape: :func:`~gradlens.attribution.guided_gradcam`: the layer's layout.
         epsilon: the ``lrp_*`` methods and ``attnlrp``: the ε rule's stabiliser.
         gamma: ``lrp_epsilon_gamma_box``: the γ rule's parameter.
+        conv_gamma: ``attnlrp``: the γ rule on convolutions (``None``: the ε rule).
+        linear_gamma: ``attnlrp``: the γ rule on ``nn.Linear`` layers (``None``: the ε rule).
         low: ``lrp_epsilon_gamma_box``: the lowest input value.
         high: ``lrp_epsilon_gamma_box``: the highest input value.
     """
@@ -88,6 +90,8 @@ class NoiseMethodOptions(TypedDict, total=False):
     reshape: Reshape
     epsilon: float
     gamma: float
+    conv_gamma: float | None
+    linear_gamma: float | None
     low: float | Tensor | None
     high: float | Tensor | None
 

@@ -68,6 +68,8 @@ class MethodOptions(CamOptions, total=False):
         baseline: ``occlusion``: the value put in the window.
         epsilon: the ``lrp_*`` methods and ``attnlrp``: the ε rule's stabiliser.
         gamma: ``lrp_epsilon_gamma_box``: the γ rule's parameter.
+        conv_gamma: ``attnlrp``: the γ rule on convolutions (``None``: the ε rule).
+        linear_gamma: ``attnlrp``: the γ rule on ``nn.Linear`` layers (``None``: the ε rule).
         low: ``lrp_epsilon_gamma_box``: the lowest input value (z^B rule).
         high: ``lrp_epsilon_gamma_box``: the highest input value (z^B rule).
     """
@@ -102,5 +104,7 @@ class MethodOptions(CamOptions, total=False):
     baseline: float | Tensor
     epsilon: float
     gamma: float
+    conv_gamma: float | None
+    linear_gamma: float | None
     low: float | Tensor | None
     high: float | Tensor | None

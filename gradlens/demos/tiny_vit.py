@@ -113,6 +113,38 @@ class PatchEmbedding(nn.Module):
         embedded: Tensor = self.norm_out(self.proj(self.norm_in(patches)))
         return embedded
 
+    def fold(self, patches: Tensor, height: int, width: int) -> Tensor:
+        """Put per-patch values back where their pixels are: the inverse of the cutting in
+        :meth:`forward`.
+
+        Args:
+            patches: ``(..., (H / p) * (W / p), C * p * p)`` values of the flattened
+                patches (e.g. the relevance of ``norm_in``'s output), patches in row-major
+                order, each flattened channel-first as in :meth:`forward`.
+            height: the image height ``H``.
+            width: the image width ``W``.
+
+        Returns:
+            ``(..., C, H, W)``.
+
+        Raises:
+            ValueError: ``patches`` does not hold ``(H / p) * (W / p)`` patches of a whole
+                number of channels.
+        """
+        p = self.patch_size
+        rows, cols = height // p, width // p
+        *lead, count, features = patches.shape
+        if count != rows * cols or features % (p * p):
+            raise ValueError(
+                f"{tuple(patches.shape)} is not {rows * cols} patches of {p} x {p} pixels "
+                f"(a {height} x {width} image)"
+            )
+        channels = features // (p * p)
+        grid = patches.reshape(*lead, rows, cols, channels, p, p)
+        n = len(lead)
+        order = (*range(n), n + 2, n, n + 3, n + 1, n + 4)  # (..., C, rows, p, cols, p)
+        return grid.permute(order).reshape(*lead, channels, height, width)
+
 
 def sincos_positions(height: int, width: int, dim: int) -> Tensor:
     """2-D sine-cosine position embeddings ``(height * width, dim)`` of a row-major grid
@@ -195,6 +227,11 @@ class TinyViT(nn.Module):
         self.blocks = nn.Sequential(*[Block(width, heads, mlp_width) for _ in range(depth)])
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, num_classes)
+
+    pixel_layer_name = "patch_embed.norm_in"
+    """The first layer: each patch's pixels layer-normalised (its brightness and contrast
+    removed); its output, folded back into the image with ``patch_embed.fold``, is the
+    image as the rest of the model sees it (the AttnLRP map of :mod:`gradlens.demos.vit`)."""
 
     @property
     def cam_layer_name(self) -> str:

@@ -3,9 +3,9 @@ trained here, scored against ground truth beside Grad-CAM.
 
 On a fresh machine, with nothing downloaded: train a :class:`~gradlens.demos.tiny_vit.TinyViT` on
 the synthetic shapes (:func:`~gradlens.demos.tiny_vit.train_vit_model`), then for held-out images
-run attention rollout, gradient-weighted attention rollout, AttnLRP (its input relevance
-reduced to a map by :func:`gradlens.maps.to_2d`) and Grad-CAM at the last block's first
-LayerNorm, and score each with the pointing game against the object's mask and the
+run attention rollout, gradient-weighted attention rollout, AttnLRP (:func:`attnlrp_map`:
+the relevance of the layer-normalised patch pixels, signed) and Grad-CAM at the last
+block's first LayerNorm, and score each with the pointing game against the object's mask and the
 deletion and insertion AUCs (:mod:`gradlens.metrics`), as the CNN demo does
 (:func:`gradlens.demos.image.score_maps`). Writes ``vit_demo.png`` and
 ``vit_metrics.csv`` and prints the table (:func:`gradlens.demos.runner.run`).
@@ -29,7 +29,7 @@ from .runner import Plan, Trained, run
 from .shapes import ShapesData
 from .tiny_vit import QUICK_VIT_RECIPE, VIT_RECIPE, TinyViT, train_vit_model
 
-__all__ = ["ViTDemoRow", "ViTDemoResult", "run_vit_demo", "vit_methods"]
+__all__ = ["ViTDemoRow", "ViTDemoResult", "attnlrp_map", "run_vit_demo", "vit_methods"]
 
 
 @dataclass
@@ -56,15 +56,45 @@ class ViTDemoResult:
     table: Path
 
 
+def attnlrp_map(model: TinyViT, images: Tensor) -> Tensor:
+    """AttnLRP's map of the top class on the tiny ViT: the relevance of the pixels as the
+    model's first layer hands them on, layer-normalised per patch
+    (``model.pixel_layer_name``), put back in place and summed over the channels with its
+    sign.
+
+    Why not the relevance of the raw pixels: the first operation of
+    :class:`~gradlens.demos.tiny_vit.TinyViT` subtracts each patch's mean (a LayerNorm over
+    its ``3 x 8 x 8`` values), and LRP's rule for that linear map, ``c = x − mean(x)``,
+    hands pixel ``i`` the relevance ``x_i (h_i − mean(h))`` with ``h = R_c / c``: the
+    patch's brightness (0.3-0.6 on the grey background) times a pattern that sums to zero,
+    large on flat background patches (``h`` grows as ``1/σ``). Those patches' absolute
+    relevance is about 70 times their net relevance, so neither the absolute values
+    (:func:`gradlens.maps.to_2d`) nor the signed sum of the raw pixels' relevance points at
+    the object (the page "Relevance propagation" has the measurements). The relevance is
+    signed (it sums to the part of the logit that reaches the pixels), as in the authors'
+    heat maps.
+
+    Args:
+        model: the trained tiny ViT.
+        images: ``(B, 3, H, W)``.
+
+    Returns:
+        ``(B, H, W)`` maps, positive where the pixels speak for the class.
+    """
+    relevance = attnlrp(model, images, layer=model.pixel_layer_name)
+    assert isinstance(relevance, Tensor)
+    height, width = images.shape[-2:]
+    return model.patch_embed.fold(relevance, height, width).sum(1)
+
+
 def vit_methods(model: TinyViT) -> dict[str, Callable[[Tensor], Tensor]]:
     """The explanations the demo compares, as ``images (B, 3, H, W) -> maps (B, H, W)``
-    functions of a trained :class:`~gradlens.demos.tiny_vit.TinyViT` (top class); AttnLRP
-    returns the input-shaped relevance, which the scoring reduces with
-    :func:`gradlens.maps.to_2d`."""
+    functions of a trained :class:`~gradlens.demos.tiny_vit.TinyViT` (top class); AttnLRP's
+    map is :func:`attnlrp_map`."""
     return {
         "attention_rollout": lambda x: attention_rollout(model, x),
         "gradient_attention_rollout": lambda x: gradient_attention_rollout(model, x),
-        "attnlrp": lambda x: attnlrp(model, x),
+        "attnlrp": lambda x: attnlrp_map(model, x),
         f"gradcam ({model.cam_layer_name})": lambda x: gradcam(model, x, model.cam_layer_name),
     }
 

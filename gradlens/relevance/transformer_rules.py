@@ -17,7 +17,10 @@ AttnLRP relevance pass (in its Gradient × Input form, see :mod:`.gradient_rules
   on the normalisation, the mean subtraction staying in the graph;
 * elementwise activation modules (GELU, SiLU, tanh-GELU, Tanh...) and the functional
   ``F.gelu``, ``F.silu``, ``F.mish``, ``tanh`` get the identity rule;
-* with ``epsilon > 0`` the outputs of linear layers get the ε-rule's stabiliser.
+* with ``epsilon > 0`` the outputs of linear layers get the ε-rule's stabiliser;
+* with ``conv_gamma`` / ``linear_gamma`` convolutions / ``nn.Linear`` layers get the γ-rule
+  (:class:`~gradlens.relevance.rules.Gamma`) instead of the ε-rule, as module rules in the
+  Gradient × Input form (:func:`gamma_module_rule`).
 
 No model attribute, ``forward`` or attention setting is changed.
 """
@@ -33,13 +36,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.backward import FunctionHandler, override_backward, override_functions
+from ..core.backward import FunctionHandler, ModuleRule, override_backward, override_functions
 from ..core.outputs import replace_outputs
 from ..core.selection import named_modules
 from .attention_kernels import AttentionKernelCheck
 from .gradient_rules import epsilon_gradient, identity_rule, scale_gradient, stabilise
+from .layers import AffineLayer
+from .rules import Gamma
 
-__all__ = ["attnlrp_hooks", "activation_modules", "norm_modules", "linear_modules"]
+__all__ = [
+    "attnlrp_hooks",
+    "activation_modules",
+    "norm_modules",
+    "linear_modules",
+    "gamma_module_rule",
+]
 
 _ACTIVATION_NAME = re.compile(r"gelu|silu|swish|mish|tanh", re.IGNORECASE)
 _NORM_NAME = re.compile(r"(layer|rms)_?norm", re.IGNORECASE)
@@ -253,16 +264,61 @@ def _identity_module(
     return (grad * output / stabilise(x, _IDENTITY_EPS), *(None for _ in others))
 
 
-def attnlrp_hooks(model: nn.Module, *, epsilon: float = 0.0) -> list[AbstractContextManager[Any]]:
+def gamma_module_rule(gamma: float) -> ModuleRule:
+    """The γ-rule (:class:`~gradlens.relevance.rules.Gamma`) of an ``nn.Linear`` or
+    convolution as an :func:`~gradlens.core.backward.override_backward` rule in the
+    Gradient × Input form: the gradient ``g_z`` arriving at the output ``z`` is the
+    relevance ``R_z = z ⊙ g_z``, the γ-rule gives the input's ``R_x``, and the input is
+    handed ``R_x / x`` (stabilised by ``1e-10·sign(x)``), so that ``x ⊙ g_x = R_x``."""
+    rule = Gamma(gamma)
+
+    def apply(
+        module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor | None, grad: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        (x, *others) = inputs
+        assert output is not None  # registered with keep_output=True
+        relevance = rule.propagate(AffineLayer.of(module, x, output), x, grad * output)
+        return (relevance / stabilise(x, _IDENTITY_EPS), *(None for _ in others))
+
+    return apply
+
+
+def _convolutions(model: nn.Module) -> list[str]:
+    return [
+        n
+        for n, m in named_modules(model).items()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    ]
+
+
+def _linears(model: nn.Module) -> list[str]:
+    return [n for n, m in named_modules(model).items() if isinstance(m, nn.Linear)]
+
+
+def attnlrp_hooks(
+    model: nn.Module,
+    *,
+    epsilon: float = 0.0,
+    conv_gamma: float | None = None,
+    linear_gamma: float | None = None,
+) -> list[AbstractContextManager[Any]]:
     """The context managers that turn the model's backward pass into AttnLRP's.
 
     Args:
         model: the transformer (not modified).
         epsilon: the ε of the ε-rule on linear layers; 0 is the plain gradient.
+        conv_gamma: the γ of the γ-rule on convolutions (``nn.Conv1d/2d/3d``, a ViT's
+            patch embedding); ``None``: the ε-rule.
+        linear_gamma: the γ of the γ-rule on ``nn.Linear`` modules; ``None``: the ε-rule.
 
     Returns:
         Context managers to enter, in order, around one forward and backward pass.
     """
+    gammas: dict[str, float] = {}
+    if conv_gamma is not None:
+        gammas.update(dict.fromkeys(_convolutions(model), conv_gamma))
+    if linear_gamma is not None:
+        gammas.update(dict.fromkeys(_linears(model), linear_gamma))
     check = AttentionKernelCheck(model)
     handlers = _Handlers(model, check)
     hooks: list[AbstractContextManager[Any]] = []
@@ -272,8 +328,10 @@ def attnlrp_hooks(model: nn.Module, *, epsilon: float = 0.0) -> list[AbstractCon
     activations = activation_modules(model)
     if activations:
         hooks.append(override_backward(model, dict.fromkeys(activations, _identity_module)))
+    if gammas:
+        hooks.append(override_backward(model, {n: gamma_module_rule(g) for n, g in gammas.items()}))
     if epsilon > 0:
-        linear = linear_modules(model)
+        linear = [n for n in linear_modules(model) if n not in gammas]
         if linear:
             hooks.append(
                 replace_outputs(

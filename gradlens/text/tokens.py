@@ -61,6 +61,8 @@ class TokenMethodOptions(TypedDict, total=False):
         epsilon: the ``"lrp_*"`` methods and ``"attnlrp"``: the ε rule's stabiliser
             (default 1e-6 and 0).
         gamma: ``"lrp_epsilon_gamma_box"``: the γ rule's parameter (default 0.25).
+        conv_gamma: ``"attnlrp"``: the γ rule on convolutions (``None``: the ε rule).
+        linear_gamma: ``"attnlrp"``: the γ rule on ``nn.Linear`` layers (``None``: the ε rule).
         low: ``"lrp_epsilon_gamma_box"``: the lowest input value.
         high: ``"lrp_epsilon_gamma_box"``: the highest input value.
     """
@@ -78,6 +80,8 @@ class TokenMethodOptions(TypedDict, total=False):
     stride: Size | list[Size]
     epsilon: float
     gamma: float
+    conv_gamma: float | None
+    linear_gamma: float | None
     low: float | Tensor | None
     high: float | Tensor | None
 
