@@ -97,10 +97,11 @@ FunctionHandler = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 class _RuleBackward(torch.autograd.Function):
     """Identity on the output forwards; the module rule backwards.
 
-    Arguments: ``(rule, module, keep_output, output, *inputs)``, the output detached from
-    the module's own graph. The output is returned as a new tensor, so in-place operations
-    of later layers cannot reach the value the rule reads (and autograd forbids in-place
-    operations on an input a custom function returns as it is).
+    Arguments: ``(rule, module, keep_output, keep_inputs, [output], *inputs)``, the output
+    detached from the module's own graph and passed inside a list, so that autograd does
+    not take it for one of the function's inputs: it is returned as it is (no copy) and
+    later layers may change it in place. A kept output is the one exception: the rule reads
+    it, so a copy is returned instead.
     """
 
     @staticmethod
@@ -109,17 +110,22 @@ class _RuleBackward(torch.autograd.Function):
         rule: ModuleRule,
         module: nn.Module,
         keep_output: bool,
-        output: Tensor,
+        keep_inputs: bool,
+        output_holder: list[Tensor],
         *inputs: Tensor,
     ) -> Tensor:
+        (output,) = output_holder
         ctx.rule, ctx.module, ctx.keep_output = rule, module, keep_output
-        ctx.save_for_backward(*inputs, *((output,) if keep_output else ()))
-        return output.clone()
+        kept = inputs if keep_inputs else ()
+        ctx.save_for_backward(*kept, *((output,) if keep_output else ()))
+        ctx.placeholders = None if keep_inputs else [_placeholder(t) for t in inputs]
+        return output.clone() if keep_output else output
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Any, ...]:
         saved = ctx.saved_tensors
-        inputs, output = (saved[:-1], saved[-1]) if ctx.keep_output else (saved, None)
+        kept, output = (saved[:-1], saved[-1]) if ctx.keep_output else (saved, None)
+        inputs = kept if ctx.placeholders is None else ctx.placeholders
         detached = tuple(t.detach() for t in inputs)
         with torch.enable_grad():
             grads = tuple(ctx.rule(ctx.module, detached, output, grad_output))
@@ -128,7 +134,13 @@ class _RuleBackward(torch.autograd.Function):
                 f"the backward rule {ctx.rule!r} of {type(ctx.module).__name__} returned "
                 f"{len(grads)} gradients for {len(inputs)} input tensors"
             )
-        return (None, None, None, None, *grads)
+        return (None, None, None, None, None, *grads)
+
+
+def _placeholder(tensor: Tensor) -> Tensor:
+    """A ``meta`` tensor with ``tensor``'s shape and dtype: what a rule that reads no input
+    values gets in place of the inputs."""
+    return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
 
 
 class BackwardOverride(Capture[None]):
@@ -145,11 +157,13 @@ class BackwardOverride(Capture[None]):
         modules: Mapping[str, nn.Module],
         rules: Mapping[str, ModuleRule | PerCall],
         keep_output: bool = True,
+        keep_inputs: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
         self.rules = {name: rules[name] for name in modules}
         self.keep_output = keep_output
+        self.keep_inputs = keep_inputs
         self._modules = dict(modules)
         self._hooks = HookSet()
         self._pending: dict[nn.Module, list[tuple[Tensor, ...] | None]] = {}
@@ -165,9 +179,11 @@ class BackwardOverride(Capture[None]):
         self._pending.clear()
 
     def _copy_inputs(self, module: nn.Module, args: Any) -> Any:
-        """Keep the call's tensor inputs; a module that works in place (``inplace=True``,
-        as ``nn.ReLU(inplace=True)``) runs on copies of them, so that it cannot overwrite
-        the values the rule reads, nor the tensors the rule's gradients are for."""
+        """Keep the call's tensor inputs. A module that works in place (``inplace=True``,
+        as ``nn.ReLU(inplace=True)``) must not rewrite the history of the tensors the
+        rule's gradients are for: it runs on detached aliases of them (it changes their
+        values, as it would without the rule), or, when the rule reads the input values
+        (``keep_inputs``), on copies."""
         inputs = tuple(a for a in args if isinstance(a, Tensor))
         if not torch.is_grad_enabled() or not any(t.requires_grad for t in inputs):
             self._pending.setdefault(module, []).append(None)
@@ -175,7 +191,8 @@ class BackwardOverride(Capture[None]):
         self._pending.setdefault(module, []).append(inputs)
         if not getattr(module, "inplace", False):
             return None
-        return tuple(a.clone() if isinstance(a, Tensor) and a.requires_grad else a for a in args)
+        protect = Tensor.clone if self.keep_inputs else Tensor.detach
+        return tuple(protect(a) if isinstance(a, Tensor) and a.requires_grad else a for a in args)
 
     def _hook(self, rule: ModuleRule | PerCall) -> Callable[[nn.Module, Any, Any], Any]:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -188,7 +205,7 @@ class BackwardOverride(Capture[None]):
                 detached = tuple(t.detach() for t in inputs)
                 call_rule = rule.factory(module, detached, output.detach())
             return _RuleBackward.apply(
-                call_rule, module, self.keep_output, output.detach(), *inputs
+                call_rule, module, self.keep_output, self.keep_inputs, [output.detach()], *inputs
             )
 
         return hook
@@ -203,19 +220,22 @@ def override_backward(
     rules: Mapping[LayerSpec, ModuleRule | PerCall],
     *,
     keep_output: bool = True,
+    keep_inputs: bool = True,
 ) -> BackwardOverride:
     """Give the selected modules another backward rule while the returned context is active.
 
     Every call of a selected module (a module reused by several blocks too) is overridden
     when grad mode is on and one of its positional tensor inputs requires grad; other
     calls run unchanged. A module whose output is not a tensor keeps its backward.
-    Overridden calls of a module with ``inplace=True`` run it on copies of its inputs (so
-    that it cannot overwrite what the rule reads); a model that relies on such a module
-    changing its input in place, rather than on its return value, is not supported.
+    Overridden calls of a module with ``inplace=True`` run it on copies of its inputs when
+    the rule reads them (``keep_inputs``), so that it cannot overwrite what the rule reads;
+    a model that relies on such a module changing its input in place, rather than on its
+    return value, is then not supported. Without ``keep_inputs`` the module changes its
+    input in place as usual.
 
-    Memory: each overridden call keeps its tensor inputs (and its output, with
-    ``keep_output``) until the backward, and the tensors the module's own backward would
-    have kept are freed.
+    Memory: each overridden call keeps its tensor inputs (with ``keep_inputs``) and its
+    output (with ``keep_output``) until the backward, and the tensors the module's own
+    backward would have kept are freed.
 
     Args:
         model: the model.
@@ -224,7 +244,11 @@ def override_backward(
             ``(module, inputs, output, grad_output) -> grads`` (see the module docstring),
             or a :class:`PerCall` that makes one such rule per call.
         keep_output: keep each call's output for its rule; ``False`` for rules that do not
-            read it (they get ``output=None``), which saves one tensor per call.
+            read it (they get ``output=None``), which saves one tensor per call and its
+            copy.
+        keep_inputs: keep each call's tensor inputs for its rule; ``False`` for rules that
+            read only their shapes (they get ``meta`` tensors of the same shape and dtype),
+            which frees them after the forward and lets in-place modules run without a copy.
 
     Returns:
         A context manager (:class:`BackwardOverride`); entering it registers the hooks,
@@ -252,7 +276,7 @@ def override_backward(
                 )
             modules[name], chosen[name], spec_of[name] = module, rule, spec
     in_model_order = {n: m for n, m in named_modules(model).items() if n in modules}
-    return BackwardOverride(model, in_model_order, chosen, keep_output)
+    return BackwardOverride(model, in_model_order, chosen, keep_output, keep_inputs)
 
 
 class _FunctionRuleMode(TorchFunctionMode):

@@ -69,6 +69,12 @@ def batchnorm_pairs(model: nn.Module) -> dict[str, str]:
     return pairs
 
 
+def _proportional_shares(a: Tensor, b: Tensor, relevance: Tensor) -> tuple[Tensor, Tensor]:
+    """``(a R / st(a + b), b R / st(a + b))``: the Norm rule of a sum of two summands."""
+    scaled = relevance / stabilize(a + b, STABILIZER)
+    return a * scaled, scaled.mul_(b)
+
+
 class _ProportionalSum(torch.autograd.Function):
     """``a + b`` forwards; backwards each summand gets ``its value * R / st(a + b)``."""
 
@@ -80,8 +86,7 @@ class _ProportionalSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, relevance: Tensor) -> tuple[Tensor, Tensor]:
         a, b = ctx.saved_tensors
-        scaled = relevance / stabilize(a + b, STABILIZER)
-        return a * scaled, b * scaled
+        return _proportional_shares(a, b, relevance)
 
 
 class _ProportionalSumInPlace(torch.autograd.Function):
@@ -98,8 +103,7 @@ class _ProportionalSumInPlace(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, relevance: Tensor) -> tuple[Tensor, Tensor]:
         a, b = ctx.saved_tensors
-        scaled = relevance / stabilize(a + b, STABILIZER)
-        return a * scaled, b * scaled
+        return _proportional_shares(a, b, relevance)
 
 
 def _summands(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Tensor, Tensor] | None:

@@ -16,6 +16,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.grad import conv1d_input, conv2d_input, conv3d_input
 
 __all__ = [
     "AffineLayer",
@@ -28,7 +29,7 @@ __all__ = [
 
 _CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_TRANSPOSED = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+_INPUT_GRADIENT = {1: conv1d_input, 2: conv2d_input, 3: conv3d_input}
 
 
 def is_affine(module: nn.Module) -> bool:
@@ -189,28 +190,18 @@ def _transposable(module: nn.Module) -> bool:
 
 
 def _transposed_convolution(module: Any, x: Tensor, weight: Tensor, grad: Tensor) -> Tensor:
-    """``weight^T grad`` of a zero-padded convolution as the transposed convolution (no
-    forward needed; it batches under ``vmap``, so K targets stay one backward)."""
-    spatial = x.shape[2:]
-    out = grad.shape[-len(spatial) :]
-    extra = tuple(
-        size - ((o - 1) * s - 2 * p + d * (k - 1) + 1)
-        for size, o, s, p, d, k in zip(
-            spatial,
-            out,
-            module.stride,
-            module.padding,
-            module.dilation,
-            weight.shape[2:],
-        )
-    )
-    transposed = _TRANSPOSED[len(spatial)]
-    return transposed(
-        grad,
+    """``weight^T grad`` of a zero-padded convolution: the convolution's input-gradient
+    kernel (``torch.nn.grad.conv2d_input``, the one autograd runs; no forward needed). It
+    batches under ``vmap``, so K targets stay one backward; on CPU it is several times
+    faster than ``conv_transpose2d`` for 1x1 kernels."""
+    input_gradient = _INPUT_GRADIENT[x.ndim - 2]
+    result: Tensor = input_gradient(
+        x.shape,
         weight,
+        grad,
         stride=module.stride,
         padding=module.padding,
-        output_padding=extra,
-        groups=module.groups,
         dilation=module.dilation,
+        groups=module.groups,
     )
+    return result

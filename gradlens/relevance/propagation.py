@@ -72,7 +72,7 @@ def _module_rule(rule: Rule, folded: nn.Module | None) -> ModuleRule:
         x = inputs[0]
         layer = (
             AffineLayer.of(module, x, output, folded)
-            if is_affine(module)
+            if is_affine(module) and rule.needs_input
             else FunctionLayer(module, output)
         )
         return (rule.propagate(layer, x, relevance), *[None] * (len(inputs) - 1))
@@ -116,20 +116,22 @@ class _Unruled(Capture[None]):
 
 
 def _overrides(model: nn.Module, assignment: Assignment) -> list[Any]:
-    """The hook contexts of one LRP pass (not entered)."""
-    keep: dict[LayerSpec, ModuleRule] = {}
-    drop: dict[LayerSpec, ModuleRule] = {}
+    """The hook contexts of one LRP pass (not entered): one backward override per
+    combination of what the rules read (the output, the input values), so that each call
+    keeps only that."""
+    groups: dict[tuple[bool, bool], dict[LayerSpec, ModuleRule]] = {}
     for name, rule in assignment.rules.items():
         folded = assignment.folded.get(name)
         module = assignment.modules[name]
-        (keep if _keeps_output(rule, folded) else drop)[module] = _module_rule(rule, folded)
+        keeps = (_keeps_output(rule, folded), rule.needs_input)
+        groups.setdefault(keeps, {})[module] = _module_rule(rule, folded)
     contexts: list[Any] = [residual_sums(model)]
     if assignment.uncovered:
         contexts.append(_Unruled(assignment.uncovered))
-    if keep:
-        contexts.append(override_backward(model, keep))
-    if drop:
-        contexts.append(override_backward(model, drop, keep_output=False))
+    for (keep_output, keep_inputs), rules in groups.items():
+        contexts.append(
+            override_backward(model, rules, keep_output=keep_output, keep_inputs=keep_inputs)
+        )
     return contexts
 
 

@@ -58,8 +58,11 @@ Bound = float | Tensor
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
-    """``z + ε sign(z)`` with ``sign(0) = 1``: moves every denominator away from zero."""
-    return z + torch.where(z >= 0, epsilon, -epsilon)
+    """``z + ε sign(z)`` with ``sign(0) = 1``: moves every denominator away from zero.
+    Returns a new tensor (one allocation: large fresh tensors are what the rules spend
+    most of their elementwise time on, on CPU)."""
+    shift = (z >= 0).to(z.dtype).mul_(2 * epsilon).sub_(epsilon)  # exactly ±ε
+    return shift.add_(z)
 
 
 class Rule:
@@ -67,10 +70,14 @@ class Rule:
 
     Class attributes:
         needs_output: the rule reads the layer's output (its forward keeps it).
+        needs_input: the rule reads the input values or the layer's weights (the forward
+            keeps the inputs; otherwise ``x`` is a ``meta`` tensor of the input's shape and
+            the layer a :class:`~gradlens.relevance.layers.FunctionLayer`).
         needs_weights: the rule needs a weight (a convolution, linear layer or BatchNorm).
     """
 
     needs_output: ClassVar[bool] = False
+    needs_input: ClassVar[bool] = True
     needs_weights: ClassVar[bool] = True
 
     def propagate(self, layer: Layer, x: Tensor, relevance: Tensor) -> Tensor:
@@ -113,7 +120,7 @@ class Epsilon(Rule):
     def propagate(self, layer: Layer, x: Tensor, relevance: Tensor) -> Tensor:
         """See :class:`Rule`."""
         scaled = relevance / stabilize(layer.output_for(x), self.epsilon)
-        return x * layer.vjp(x, layer.weight, scaled)
+        return _times(x, layer.vjp(x, layer.weight, scaled), layer)
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,7 @@ class Pass(Rule):
     """The output's relevance passed unchanged to the input, for elementwise modules
     (activations)."""
 
+    needs_input: ClassVar[bool] = False
     needs_weights: ClassVar[bool] = False
 
     def propagate(self, layer: Layer, x: Tensor, relevance: Tensor) -> Tensor:
@@ -182,19 +190,26 @@ def _favoured(
     the denominator), restricted to the outputs in ``mask``. The negative inputs' terms
     (and ``on_negative``'s weights) are skipped when there are none, as after a ReLU,
     which leaves the result unchanged."""
-    negative_inputs = bool((x < 0).any())
+    negative_inputs = bool(x.amin() < 0)
     positive = x.clamp(min=0) if negative_inputs else x
     z = layer.forward(positive, on_positive, bias)
     if negative_inputs:
         negative_weight = on_negative()
         z = z + layer.forward(x.clamp(max=0), negative_weight)
     scaled = relevance / stabilize(z, stabilizer)
+    del z
     if mask is not None:
-        scaled = scaled * mask
-    result = positive * layer.vjp(x, on_positive, scaled)
+        scaled.mul_(mask)
+    result = layer.vjp(x, on_positive, scaled).mul_(positive)
     if negative_inputs:
-        result = result + x.clamp(max=0) * layer.vjp(x, negative_weight, scaled)
+        result += layer.vjp(x, negative_weight, scaled).mul_(x.clamp(max=0))
     return result
+
+
+def _times(x: Tensor, gradient: Tensor, layer: Layer) -> Tensor:
+    """``x * gradient``, in place in ``gradient`` where the layer's ``vjp`` made it (an
+    affine layer's; a function's autograd may hand back a view of the incoming relevance)."""
+    return gradient.mul_(x) if isinstance(layer, AffineLayer) else x * gradient
 
 
 @dataclass(frozen=True)
