@@ -162,6 +162,21 @@ def test_transformer_lens_hook_points_of_a_transformer_bridge(tmp_path):
     )
 
 
+def test_the_hook_names_run_with_cache_takes_name_the_columns_on_a_bridge(tmp_path):
+    # an alias (blocks.0.hook_resid_pre is blocks.0.hook_in) and a hook that named_modules()
+    # lists under another path (blocks.0._original_component.ln1.hook_normalized)
+    bridge = zoo.transformer_bridge()
+    docs = [[i % 38 + 1 for i in range(k, k + 20)] for k in range(6)]
+    hooks = ["blocks.0.hook_resid_pre", "blocks.0.ln1.hook_normalized", "blocks.1.hook_resid_post"]
+    cache(bridge, tmp_path, tokens=docs, hooks=hooks, bos_token_id=0)
+    rows = table(tmp_path)
+    assert list(rows) == [*hooks, "token_ids"]
+    ids = torch.as_tensor(rows["token_ids"]).long()
+    _, expected = bridge.run_with_cache(ids, names_filter=hooks)
+    for name in hooks:
+        np.testing.assert_allclose(rows[name], expected[name].numpy(), atol=1e-5, rtol=0)
+
+
 # -- token sources --------------------------------------------------------------------------
 
 
