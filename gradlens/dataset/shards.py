@@ -192,8 +192,8 @@ class ShardWriter:
     At most one shard waits in the queue, so memory holds at most three shards (the one
     being computed, one waiting, one being written), in three buffer sets that are reused
     from shard to shard (:meth:`buffers`): memory that is written over again costs no new
-    page faults, where a fresh ``np.empty`` of a shard's size costs the forward up to a
-    tenth of its time in the kernel's page faults. An error in the thread is raised by
+    page faults, where fresh ``np.empty`` buffers cost the forward's thread up to a tenth of
+    its time in page faults (measured on a 2-core CPU). An error in the thread is raised by
     the next :meth:`put` or by :meth:`close`.
     """
 
