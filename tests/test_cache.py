@@ -13,6 +13,7 @@ import torch
 
 import gradlens
 from gradlens.dataset.packing import windows
+from gradlens.dataset.shards import Shard, ShardWriter, shard_path
 from gradlens.errors import (
     LayerNotFoundError,
     ManifestMismatchError,
@@ -160,6 +161,37 @@ def test_transformer_lens_hook_points_of_a_transformer_bridge(tmp_path):
     np.testing.assert_allclose(
         rows["blocks.0.hook_out"], expected["blocks.0.hook_out"].numpy(), atol=1e-5, rtol=0
     )
+
+
+def test_the_hook_names_run_with_cache_takes_name_the_columns_on_a_bridge(tmp_path):
+    # an alias (blocks.0.hook_resid_pre is blocks.0.hook_in) and a hook that named_modules()
+    # lists under another path (blocks.0._original_component.ln1.hook_normalized)
+    bridge = zoo.transformer_bridge()
+    docs = [[i % 38 + 1 for i in range(k, k + 20)] for k in range(6)]
+    hooks = ["blocks.0.hook_resid_pre", "blocks.0.ln1.hook_normalized", "blocks.1.hook_resid_post"]
+    cache(bridge, tmp_path, tokens=docs, hooks=hooks, bos_token_id=0)
+    rows = table(tmp_path)
+    assert list(rows) == [*hooks, "token_ids"]
+    ids = torch.as_tensor(rows["token_ids"]).long()
+    _, expected = bridge.run_with_cache(ids, names_filter=hooks)
+    for name in hooks:
+        np.testing.assert_allclose(rows[name], expected[name].numpy(), atol=1e-5, rtol=0)
+
+
+def test_the_writer_reuses_three_buffer_sets_and_each_shard_keeps_its_own_values(tmp_path):
+    writer = ShardWriter(tmp_path, ["h"], "float32", "x")
+    arrays = set()
+    for k in range(8):
+        buffers = writer.buffers()
+        values = buffers.setdefault("h", np.empty((2, 4, 3), np.float32))
+        values[:] = k
+        arrays.add(id(values))
+        writer.put(Shard(k, 2 * k, np.zeros((2, 4), np.int64), {"h": values}, buffers))
+    writer.close()
+    assert len(arrays) == 3
+    for k in range(8):
+        shard = datasets.load_from_disk(str(shard_path(tmp_path, k))).with_format("numpy")
+        np.testing.assert_array_equal(shard["h"], np.full((2, 4, 3), k, np.float32))
 
 
 # -- token sources --------------------------------------------------------------------------

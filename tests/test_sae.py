@@ -55,6 +55,21 @@ def test_the_latents_and_the_error_are_recorded_by_name(tiny_gpt2, sae, ids):
         torch.testing.assert_close(rec[ERROR], x - sae.decode(sae.encode(x)))
 
 
+def test_a_transformer_lens_hook_name_is_a_hook_point_with_its_sites():
+    # blocks.0.hook_resid_post is a TransformerBridge alias of the module blocks.0.hook_out
+    bridge, sae, point = (
+        zoo.transformer_bridge(),
+        zoo.sparse_autoencoder(),
+        "blocks.0.hook_resid_post",
+    )
+    ids = torch.tensor([[0, 5, 9, 3, 7]])
+    _, cache = bridge.run_with_cache(ids, names_filter=[point])
+    with splice(bridge, {point: sae}), gradlens.record(bridge, f"{point}.latents") as rec:
+        bridge(ids)
+    with torch.no_grad():
+        torch.testing.assert_close(rec[f"{point}.latents"], sae.encode(cache[point]))
+
+
 def test_extract_returns_the_latents_and_stops_after_them(tiny_gpt2, sae, ids):
     with splice(tiny_gpt2, {MLP: sae}):
         with gradlens.record(tiny_gpt2, "transformer.ln_f") as later:

@@ -181,3 +181,52 @@ def test_default_layer_of_a_vit_is_the_first_norm_of_its_last_block():
 def test_default_layer_works_inside_inference_mode(resnet18):
     with torch.inference_mode():
         assert gradlens.default_layer(resnet18, torch.randn(1, 3, 64, 64)) == "layer4"
+
+
+# -- TransformerLens hook names ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bridge() -> nn.Module:
+    return zoo.transformer_bridge()
+
+
+def test_a_bridge_alias_selects_its_module_under_the_alias(bridge):
+    # TransformerLens' compatibility name for the residual stream before block 0
+    hook_in = named_modules(bridge)["blocks.0.hook_in"]
+    assert select_layers(bridge, "blocks.0.hook_resid_pre") == {"blocks.0.hook_resid_pre": hook_in}
+
+
+def test_a_hook_name_listed_by_named_modules_under_another_path_is_found(bridge):
+    # named_modules() lists the bridge's LayerNorm under blocks.0._original_component.ln1
+    own = "blocks.0._original_component.ln1.hook_normalized"
+    assert "blocks.0.ln1.hook_normalized" not in named_modules(bridge)
+    selected = select_layers(bridge, "blocks.0.ln1.hook_normalized")
+    assert selected == {"blocks.0.ln1.hook_normalized": named_modules(bridge)[own]}
+
+
+def test_a_hook_name_comes_right_after_the_module_s_own_name(bridge):
+    selected = select_layers(
+        bridge, ["blocks.1.hook_out", "blocks.0.hook_resid_post", "blocks.0.hook_out"]
+    )
+    assert list(selected) == ["blocks.0.hook_out", "blocks.0.hook_resid_post", "blocks.1.hook_out"]
+    assert selected["blocks.0.hook_out"] is selected["blocks.0.hook_resid_post"]
+
+
+def test_glob_patterns_match_module_paths_only_not_hook_names(bridge):
+    with pytest.raises(LayerNotFoundError, match="matches no layer"):
+        select_layers(bridge, "blocks.*.hook_resid_pre")
+
+
+def test_replace_outputs_edits_a_module_named_by_its_hook_name(bridge):
+    ids = torch.tensor([[0, 5, 9, 3, 7]])
+
+    def zero(name, module, out):
+        return out * 0
+
+    with replace_outputs(bridge, {"blocks.0.hook_resid_post": zero}):
+        by_alias = bridge(ids)
+    with replace_outputs(bridge, {"blocks.0.hook_out": zero}):
+        by_path = bridge(ids)
+    assert not torch.equal(by_alias, bridge(ids))
+    torch.testing.assert_close(by_alias, by_path, rtol=0, atol=0)

@@ -53,7 +53,7 @@ from torch.overrides import TorchFunctionMode
 
 from .hooks import HookSet
 from .lifecycle import Capture
-from .selection import Layers, LayerSpec, named_modules, select_layers
+from .selection import Layers, LayerSpec, in_model_order, select_layers
 
 __all__ = [
     "BackwardOverride",
@@ -275,8 +275,8 @@ def override_backward(
                     "give each module one backward rule"
                 )
             modules[name], chosen[name], spec_of[name] = module, rule, spec
-    in_model_order = {n: m for n, m in named_modules(model).items() if n in modules}
-    return BackwardOverride(model, in_model_order, chosen, keep_output, keep_inputs)
+    ordered = in_model_order(model, modules)
+    return BackwardOverride(model, ordered, chosen, keep_output, keep_inputs)
 
 
 class _FunctionRuleMode(TorchFunctionMode):

@@ -33,7 +33,7 @@ from .hooks import HookSet
 from .lifecycle import Capture
 from .output_selection import OutputSpec
 from .pytree import flatten, selected_positions
-from .selection import Layers, LayerSpec, named_modules, select_layers
+from .selection import Layers, LayerSpec, in_model_order, select_layers
 
 __all__ = [
     "Edit",
@@ -209,8 +209,8 @@ def replace_outputs(
                     "give each module one edit (compose the two functions into one)"
                 )
             modules[name], by_name[name], spec_of[name] = module, edit, spec
-    in_model_order = {n: m for n, m in named_modules(model).items() if n in modules}
-    return OutputReplacer(model, in_model_order, by_name, select)
+    ordered = in_model_order(model, modules)
+    return OutputReplacer(model, ordered, by_name, select)
 
 
 Fit = Literal["same", "rows", "broadcast"]

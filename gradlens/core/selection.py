@@ -9,7 +9,12 @@ A *layer spec* is one of
 * a module object of the model;
 * a filter function ``(name, module) -> bool``;
 
-or a list mixing them. :func:`select_layers` resolves a spec to ``{name: module}`` in the
+or a list mixing them. An exact name may also be one of the hook names of a TransformerLens
+model (its ``hook_dict``: the names ``run_with_cache`` takes), such as a
+``TransformerBridge``'s aliases ``"blocks.0.hook_resid_pre"`` (another name of
+``"blocks.0.hook_in"``) or ``"blocks.0.ln1.hook_normalized"`` (a module that
+``named_modules()`` lists under another path): the module is selected under the name given.
+:func:`select_layers` resolves a spec to ``{name: module}`` in the
 model's registration order and raises :class:`~gradlens.errors.LayerNotFoundError`, naming
 the closest existing layers, for anything that selects nothing.
 
@@ -36,6 +41,7 @@ __all__ = [
     "LayerSpec",
     "Layers",
     "attached_modules",
+    "in_model_order",
     "select_layers",
     "close_names",
     "named_modules",
@@ -155,7 +161,8 @@ def select_layers(model: nn.Module, layers: Layers) -> dict[str, nn.Module]:
 
     Returns:
         ``{dotted name: module}`` in the order of ``model.named_modules()``; a module
-        selected by several specs appears once.
+        selected by several specs appears once (under a hook name given, as well as under
+        its own name if that is selected too).
 
     Raises:
         LayerNotFoundError: a spec selects nothing (the message lists the closest
@@ -172,10 +179,47 @@ def select_layers(model: nn.Module, layers: Layers) -> dict[str, nn.Module]:
             "the layer selection is empty; name at least one layer "
             f"(e.g. {_examples(named)}) -- gradlens.layers(model) lists them all"
         )
-    chosen: set[str] = set()
+    chosen: dict[str, nn.Module] = {}
     for spec in specs:
-        chosen.update(_resolve(spec, named, model))
-    return {name: module for name, module in named.items() if name in chosen}
+        hook = _hook_name(spec, named, model)
+        if hook is not None:
+            chosen[cast(str, spec)] = hook
+        else:
+            chosen.update((name, named[name]) for name in _resolve(spec, named, model))
+    return _ordered(named, chosen)
+
+
+def in_model_order(model: nn.Module, modules: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    """``modules`` (``{name: module}`` as :func:`select_layers` gives them, hook names
+    included) in the order of the model's modules, a hook name right after the module's
+    own name."""
+    return _ordered(named_modules(model), modules)
+
+
+def _ordered(named: dict[str, nn.Module], chosen: Mapping[str, nn.Module]) -> dict[str, nn.Module]:
+    others: dict[int, list[str]] = {}
+    for name, module in chosen.items():
+        if name not in named:
+            others.setdefault(id(module), []).append(name)
+    ordered: dict[str, nn.Module] = {}
+    for name, module in named.items():
+        if name in chosen:
+            ordered[name] = module
+        for other in others.pop(id(module), []):
+            ordered[other] = module
+    return ordered
+
+
+def _hook_name(spec: LayerSpec, named: dict[str, nn.Module], model: nn.Module) -> nn.Module | None:
+    """The module a TransformerLens hook name (a key of the model's ``hook_dict``) stands for,
+    when ``spec`` is such a name and no module path; ``None`` otherwise."""
+    if not isinstance(spec, str) or spec in named or _GLOB_CHARS & set(spec):
+        return None
+    hook_dict = getattr(_unwrapped(model), "hook_dict", None)
+    module = hook_dict.get(spec) if isinstance(hook_dict, Mapping) else None
+    if isinstance(module, nn.Module) and any(m is module for m in named.values()):
+        return module
+    return None
 
 
 def _resolve(spec: LayerSpec, named: dict[str, nn.Module], model: nn.Module) -> list[str]:

@@ -42,6 +42,7 @@ from .run import progress_bar
 from .shards import (
     STORAGE,
     TOKEN_COLUMN,
+    Buffers,
     Shard,
     ShardWriter,
     import_datasets,
@@ -233,7 +234,8 @@ def cache_activations(
             if done is not None:
                 _check_written(done, k, ids)
             elif k % dist.world == dist.rank:
-                writer.put(Shard(k, k * shard_size, ids, job(ids, bar)))
+                buffers = writer.buffers()
+                writer.put(Shard(k, k * shard_size, ids, job(ids, buffers, bar), buffers))
     except BaseException:
         writer.abandon()
         raise
@@ -264,7 +266,9 @@ class _Forward:
         self.kwargs, self.context_size, self.batch_size = kwargs, context_size, batch_size
         self.device = model_device(model)
 
-    def __call__(self, ids: np.ndarray, bar: Any) -> dict[str, np.ndarray]:
+    def __call__(self, ids: np.ndarray, buffers: Buffers, bar: Any) -> dict[str, np.ndarray]:
+        """The activations of the windows ``ids``, as views of ``buffers`` (a reused set,
+        where a buffer of another shape or dtype is replaced)."""
         n = len(ids)
         values: dict[str, np.ndarray] = {}
         for start in range(0, n, self.batch_size):
@@ -282,7 +286,7 @@ class _Forward:
             for name in self.names:
                 array = to_storage(self._flat(acts[name], name, len(x)), self.storage)
                 if name not in values:
-                    values[name] = np.empty((n, *array.shape[1:]), dtype=array.dtype)
+                    values[name] = _buffer(buffers, name, n, array)
                 elif values[name].shape[2] != array.shape[2]:
                     raise ValueError(
                         f"{name!r} gave width {array.shape[2]} after {values[name].shape[2]}"
@@ -305,6 +309,15 @@ class _Forward:
                 "; pick another hook point, or pass output= to pick another tensor"
             )
         return value.reshape(b, self.context_size, -1)
+
+
+def _buffer(buffers: Buffers, name: str, n: int, first: np.ndarray) -> np.ndarray:
+    """``(n, *first.shape[1:])`` rows of ``buffers[name]``, which is made (again) when it
+    is missing or cannot hold them."""
+    shape, held = first.shape[1:], buffers.get(name)
+    if held is None or held.shape[1:] != shape or held.dtype != first.dtype or len(held) < n:
+        held = buffers[name] = np.empty((n, *shape), dtype=first.dtype)
+    return held[:n]
 
 
 def _finish(

@@ -34,7 +34,12 @@ from ..core.buffers import preserve_buffers
 from ..core.checks import entry_point
 from ..core.output_selection import OutputSpec
 from ..core.outputs import Edit, replace_outputs
-from ..core.selection import LayerSpec, attached_modules, named_modules, select_layers
+from ..core.selection import (
+    LayerSpec,
+    attached_modules,
+    in_model_order,
+    select_layers,
+)
 from ..errors import RecorderStateError, SAEError
 from .autoencoder import check_sae, input_width
 
@@ -237,18 +242,21 @@ def splice(
             + (type(saes).__name__ if not isinstance(saes, Mapping) else "an empty mapping")
         )
     resolved: dict[str, Any] = {}
+    modules: dict[str, nn.Module] = {}
     for spec, sae in saes.items():
-        selected = list(select_layers(model, spec))
+        selected = list(select_layers(model, spec).items())
         if len(selected) != 1:
             raise SAEError(
                 f"the hook point {spec!r} selects {len(selected)} modules "
-                f"({', '.join(map(repr, selected[:4]))}{', ...' if len(selected) > 4 else ''}); "
+                f"({', '.join(repr(n) for n, _ in selected[:4])}"
+                f"{', ...' if len(selected) > 4 else ''}); "
                 "give each SAE the name of one module"
             )
-        name = selected[0]
+        name, modules[name] = selected[0]
         if name in resolved:
             raise SAEError(f"two SAEs are given for hook point {name!r}; splice one per hook point")
         check_sae(sae, name)
         resolved[name] = sae
-    order = [name for name in named_modules(model) if name in resolved]
+    # in model order, hook names (a TransformerBridge's aliases) included
+    order = in_model_order(model, modules)
     return Splice(model, {name: resolved[name] for name in order}, select)
