@@ -72,9 +72,9 @@ from typing import Any
 
 import numpy as np
 import quantus
-from quantus.helpers import asserts
 import torch
 import torchvision
+from quantus.helpers import asserts
 from torch import nn
 
 from gradlens import metrics

@@ -81,7 +81,10 @@ def _conjugate_gradients(
                 if not bool(keep.any()):
                     return out.view(n, c, h, w)
                 active, solution, residual, direction = (
-                    active[keep], solution[keep], residual[keep], direction[keep]
+                    active[keep],
+                    solution[keep],
+                    residual[keep],
+                    direction[keep],
                 )
                 rs, limit, unknown = rs[keep], limit[keep], unknown[keep]
         product = matvec(direction, unknown)
