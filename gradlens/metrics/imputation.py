@@ -101,10 +101,8 @@ def _conjugate_gradients(
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """``(R, 1, 1, 1)``: the dot product of each row of ``(R, 1, H, W)`` tensors (one pass,
-    no temporary)."""
-    rows = a.shape[0]
-    return torch.bmm(a.reshape(rows, 1, -1), b.reshape(rows, -1, 1)).view(rows, 1, 1, 1)
+    """``(R, 1, 1, 1)``: the dot product of each row of ``(R, 1, H, W)`` tensors."""
+    return (a * b).sum(dim=(2, 3), keepdim=True)
 
 
 def noisy_linear_imputation(
