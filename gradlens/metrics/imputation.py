@@ -3,6 +3,8 @@ Attribution Methods", ICML 2022), the fill of :func:`gradlens.metrics.road`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,14 +23,15 @@ def _solve(x: Tensor, unknown: Tensor, tolerance: float) -> Tensor:
 
     def neighbours(v: Tensor) -> Tensor:  # sum_j w_ij v_j over the neighbours in the image
         p = F.pad(v, (1, 1, 1, 1))
-        direct = p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
-        diagonal = p[..., :-2, :-2] + p[..., :-2, 2:] + p[..., 2:, :-2] + p[..., 2:, 2:]
+        above_below = p[..., :-2, :] + p[..., 2:, :]  # shared by the direct and diagonal sums
+        direct = above_below[..., 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+        diagonal = above_below[..., :-2] + above_below[..., 2:]
         return direct / 6 + diagonal / 12
 
     total = neighbours(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device))
 
-    def matvec(v: Tensor) -> Tensor:
-        return unknown * (total * v - neighbours(unknown * v))
+    def matvec(v: Tensor, unknown: Tensor) -> Tensor:  # v is 0 on the kept pixels
+        return unknown * (total * v - neighbours(v))
 
     b = unknown * neighbours((1 - unknown) * x)
     guess = torch.zeros_like(x)
@@ -42,24 +45,64 @@ def _solve(x: Tensor, unknown: Tensor, tolerance: float) -> Tensor:
             coarse, size=(2 * coarse.shape[-2], 2 * coarse.shape[-1]), mode="bilinear"
         )
         guess = unknown * fine[..., :h, :w]
-    solution = guess
-    residual = b - matvec(guess)
+    # the guess, residuals and directions are 0 on the kept pixels, so matvec skips the mask
+    return _conjugate_gradients(matvec, b, unknown, guess, tolerance, h * w + 1)
+
+
+def _conjugate_gradients(
+    matvec: Callable[[Tensor, Tensor], Tensor],
+    b: Tensor,
+    unknown: Tensor,
+    guess: Tensor,
+    tolerance: float,
+    iterations: int,
+) -> Tensor:
+    """Conjugate gradients on every ``(image, channel)`` system of ``matvec(v, unknown) = b``
+    at once. A system leaves the iteration once its residual's norm is below ``tolerance``
+    times its right-hand side's (checked every 8 steps): the rows still iterating are
+    compacted, so easy systems (few removed pixels) do not pay for the hardest one."""
+    n, c, h, w = b.shape
+    rows = n * c
+    out = guess.reshape(rows, 1, h, w).clone()
+    b = b.reshape(rows, 1, h, w)
+    unknown = unknown.expand(n, c, h, w).reshape(rows, 1, h, w)
+    solution = out.clone()
+    active = torch.arange(rows, device=b.device)
+    residual = b - matvec(solution, unknown)
     direction = residual.clone()
-    rs = residual.square().sum(dim=(2, 3), keepdim=True)
+    rs = _dot(residual, residual)
     limit = (tolerance**2) * b.square().sum(dim=(2, 3), keepdim=True).clamp(min=1e-300)
-    for iteration in range(h * w + 1):
-        if iteration % 8 == 0 and bool((rs <= limit).all()):
-            break
-        product = matvec(direction)
-        curvature = (direction * product).sum(dim=(2, 3), keepdim=True)
+    for iteration in range(iterations):
+        if iteration % 8 == 0:
+            done = (rs <= limit).view(-1)
+            if bool(done.any()):
+                out[active[done]] = solution[done]
+                keep = ~done
+                if not bool(keep.any()):
+                    return out.view(n, c, h, w)
+                active, solution, residual, direction = (
+                    active[keep],
+                    solution[keep],
+                    residual[keep],
+                    direction[keep],
+                )
+                rs, limit, unknown = rs[keep], limit[keep], unknown[keep]
+        product = matvec(direction, unknown)
+        curvature = _dot(direction, product)
         alpha = torch.where(curvature > 0, rs / torch.where(curvature > 0, curvature, 1), 0)
-        solution = solution + alpha * direction
-        residual = residual - alpha * product
-        rs_new = residual.square().sum(dim=(2, 3), keepdim=True)
+        solution = solution.addcmul_(alpha, direction)
+        residual = residual.addcmul_(alpha, product, value=-1)
+        rs_new = _dot(residual, residual)
         beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, 1), 0)
-        direction = residual + beta * direction
+        direction = direction.mul_(beta).add_(residual)
         rs = rs_new
-    return solution
+    out[active] = solution
+    return out.view(n, c, h, w)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """``(R, 1, 1, 1)``: the dot product of each row of ``(R, 1, H, W)`` tensors."""
+    return (a * b).sum(dim=(2, 3), keepdim=True)
 
 
 def noisy_linear_imputation(

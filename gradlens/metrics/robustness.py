@@ -95,7 +95,9 @@ def _perturbed_values(
     with preserve_buffers(model):
         with _untouched(model):
             classes = _classes(model, inputs, target, output, batch_size)
-            clean = _outputs(model, inputs, output, batch_size, score)
+            clean = None  # the clean outputs, only where a statistic or skip_changed reads them
+            if needs_logits or skip_changed:
+                clean = _outputs(model, inputs, output, batch_size, score)
         per_call = copies_per_chunk(batch_size, batch, nr_samples)
         for part in chunks(nr_samples, per_call):
             copies = part.stop - part.start
