@@ -429,7 +429,15 @@ TEXT_SUITE: tuple[Metric, ...] = (
 
 
 def suite(modality: Modality, *, quick: bool = False) -> tuple[Metric, ...]:
-    """The metrics of a task of this modality (in a quick run, those marked ``quick``)."""
+    """The metrics of a task of this modality.
+
+    Args:
+        modality: ``"image"`` or ``"text"``.
+        quick: only the metrics marked ``quick`` (see :class:`Metric`).
+
+    Returns:
+        The metrics, in the table's order.
+    """
     metrics = TEXT_SUITE if modality == "text" else IMAGE_SUITE
     return tuple(m for m in metrics if m.quick or not quick)
 
