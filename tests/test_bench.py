@@ -215,7 +215,12 @@ def test_a_method_that_refuses_the_model_is_a_row_of_nan_with_the_reason(tiny, t
     assert scored.note == "" and 0 <= scored.scores["pointing_game"] <= 1
 
 
-def test_a_run_leaves_the_global_random_state_alone(tiny, tmp_path):
+def test_a_run_leaves_the_global_random_state_alone_and_draws_no_bar_off_a_terminal(
+    tiny, tmp_path, capsys
+):
     before = torch.random.get_rng_state()
-    bench.run(["text"], ["saliency"], out=tmp_path, quick=True, progress=False)
+    bench.run(["text"], ["saliency"], out=tmp_path, quick=True, progress=True)
     assert torch.equal(torch.random.get_rng_state(), before)
+    captured = capsys.readouterr()
+    assert captured.err == ""  # pytest's captured stderr is not a terminal
+    assert "text: held-out accuracy" in captured.out

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 
 from tqdm.auto import tqdm
 
@@ -99,15 +100,19 @@ def run(
     written = []
     for name in tasks:
         task = TASKS[name]
+        start = perf_counter()
         prepared = task.prepare(quick, seed, bar)
         accuracy[name] = prepared.accuracy
         print(
-            f"{name}: held-out accuracy {prepared.accuracy:.3f}; scoring "
-            f"{len(chosen[name])} methods on {SAMPLES[quick]} samples"
+            f"{name}: held-out accuracy {prepared.accuracy:.3f} after "
+            f"{perf_counter() - start:.1f} s of training; scoring {len(chosen[name])} "
+            f"methods on {SAMPLES[quick]} samples"
         )
+        start = perf_counter()
         task_rows = []
         for method in tqdm(chosen[name], desc=name, disable=not bar, file=sys.stderr):
             task_rows.append(score_method(task, prepared, method, quick=quick, seed=seed))
+        print(f"{name}: scored in {perf_counter() - start:.1f} s")
         rows += task_rows
         written.append((name, _heading(name, prepared, quick, seed), task_rows))
     suites = {name: suite(TASKS[name].modality, quick=quick) for name in tasks}
