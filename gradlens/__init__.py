@@ -104,7 +104,18 @@ __version__ = version.__version__
 
 # Subpackages that ``import gradlens`` does not load (they import matplotlib, or are only
 # used by the command line), imported on first attribute access (PEP 562).
-_LAZY = ("metrics", "viz", "demos", "cli", "layering", "core", "passes", "maps", "registry")
+_LAZY = (
+    "metrics",
+    "viz",
+    "demos",
+    "bench",
+    "cli",
+    "layering",
+    "core",
+    "passes",
+    "maps",
+    "registry",
+)
 
 
 def __getattr__(name: str) -> ModuleType:

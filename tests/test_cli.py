@@ -1,4 +1,5 @@
-"""The gradlens command line: layers, cam, extract, demo; one-line errors with exit status 2."""
+"""The gradlens command line: layers, cam, extract, demo, bench; one-line errors with exit
+status 2."""
 
 from __future__ import annotations
 
@@ -435,7 +436,7 @@ def test_demo_vit_runs_gradlens_vit_demo_run_vit_demo_and_not_the_cnn_demo(
     assert calls == [{"out": str(tmp_path), "seed": 0, "quick": False, "progress": True}]
 
 
-@pytest.mark.parametrize("command", ["layers", "cam", "extract", "demo"])
+@pytest.mark.parametrize("command", ["layers", "cam", "extract", "demo", "bench"])
 def test_every_subcommand_has_help_with_examples(capsys, command):
     status, out, _ = run(capsys, command, "--help")
     assert status == 0 and "examples:" in out and f"gradlens {command}" in out
@@ -466,3 +467,49 @@ def test_demo_text_runs_gradlens_text_demo_run_text_demo(capsys, monkeypatch, tm
     monkeypatch.setitem(sys.modules, "gradlens.demos.text", fake)
     assert run(capsys, "demo", "--text", "--out", tmp_path, "--seed", 3)[0] == 0
     assert calls == [{"out": str(tmp_path), "seed": 3, "quick": False, "progress": True}]
+
+
+# -- gradlens bench -------------------------------------------------------------------------------
+
+
+def test_bench_runs_gradlens_bench_run_with_the_listed_tasks_and_methods(
+    capsys, monkeypatch, tmp_path
+):
+    import gradlens.bench.api
+
+    calls = []
+    monkeypatch.setattr(
+        gradlens.bench.api, "run", lambda *args, **kwargs: calls.append((args, kwargs))
+    )
+    argv = ["bench", "--tasks", "text, shapes-cnn", "--methods", "saliency,gradcam"]
+    assert run(capsys, *argv, "--out", tmp_path, "--seed", 2, "--quick")[0] == 0
+    assert calls == [
+        (
+            (["text", "shapes-cnn"], ["saliency", "gradcam"]),
+            {"out": str(tmp_path), "quick": True, "seed": 2, "progress": True},
+        )
+    ]
+
+
+def test_bench_defaults_to_every_task_and_method(capsys, monkeypatch):
+    import gradlens.bench.api
+
+    calls = []
+    monkeypatch.setattr(
+        gradlens.bench.api, "run", lambda *args, **kwargs: calls.append((args, kwargs))
+    )
+    assert run(capsys, "bench")[0] == 0
+    assert calls[0][0] == (["shapes-cnn", "shapes-vit", "text"], None)
+    assert calls[0][1]["out"] == "gradlens-bench" and calls[0][1]["quick"] is False
+
+
+def test_bench_with_an_unknown_task_lists_the_valid_ones_before_training(capsys, tmp_path):
+    status, _, err = run(capsys, "bench", "--tasks", "shapes", "--out", tmp_path / "out")
+    assert_one_line_error(status, err, "unknown task 'shapes'", "shapes-cnn, shapes-vit, text")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_with_an_unknown_method_lists_the_registered_ones(capsys, tmp_path):
+    status, _, err = run(capsys, "bench", "--methods", "gradcm", "--out", tmp_path / "out")
+    assert_one_line_error(status, err, "unknown method 'gradcm'", "did you mean 'gradcam'")
+    assert "integrated_gradients" in err and not (tmp_path / "out").exists()

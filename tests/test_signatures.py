@@ -41,6 +41,7 @@ PACKAGES = (
     "gradlens.targets",
     "gradlens.edits",
     "gradlens.sae",
+    "gradlens.bench",
 )
 
 SECTIONS = re.compile(

@@ -1,4 +1,4 @@
-"""The ``gradlens`` command line: ``layers``, ``cam``, ``extract`` and ``demo``.
+"""The ``gradlens`` command line: ``layers``, ``cam``, ``extract``, ``demo`` and ``bench``.
 
 Every subcommand has ``--help`` with examples. Errors the user can fix (a bad path, an
 unknown model, layer or method, weights that cannot be downloaded) print one line

@@ -1,5 +1,5 @@
-"""The subcommands: ``layers``, ``cam``, ``extract`` and ``demo``; each takes the parsed
-arguments and returns the exit status."""
+"""The subcommands: ``layers``, ``cam``, ``extract``, ``demo`` and ``bench``; each takes the
+parsed arguments and returns the exit status."""
 
 from __future__ import annotations
 
@@ -149,6 +149,18 @@ def demo(args: argparse.Namespace) -> int:
         from ..demos.image import run_demo
 
         run_demo(out=args.out, seed=args.seed, quick=args.quick, progress=True)
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    """``gradlens bench``: train the ground-truth tasks, score every method that applies and
+    write the leaderboard (an unknown task or method fails before any training)."""
+    # trains three models: imported only when asked for
+    from ..bench.api import run
+    from ..bench.tasks import TASKS
+
+    tasks = list(TASKS) if args.tasks is None else args.tasks
+    run(tasks, args.methods, out=args.out, quick=args.quick, seed=args.seed, progress=True)
     return 0
 
 
