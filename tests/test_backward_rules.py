@@ -231,3 +231,51 @@ def test_an_overridden_module_frees_what_its_own_backward_would_keep() -> None:
     assert module.made[1]() is None
     (grad,) = torch.autograd.grad(out.sum(), x)
     torch.testing.assert_close(grad, torch.full_like(x, 3.0))
+
+
+def test_without_keep_inputs_the_rule_gets_meta_inputs_of_the_same_shape() -> None:
+    model = _mlp()
+    x = torch.randn(5, 4, requires_grad=True)
+    seen: list[Tensor] = []
+
+    def rule(module: nn.Module, inputs: Any, output: Any, grad: Tensor) -> Any:
+        seen.append(inputs[0])
+        return (grad,)
+
+    with override_backward(model, {"1": rule}, keep_inputs=False, keep_output=False):
+        (grad,) = torch.autograd.grad(model(x).sum(), x)
+    (placeholder,) = seen
+    assert placeholder.is_meta and placeholder.shape == (5, 3)
+    assert placeholder.dtype == x.dtype
+    torch.testing.assert_close(grad, (torch.ones(5, 2) @ model[2].weight) @ model[0].weight)
+
+
+def test_without_keep_inputs_an_in_place_module_changes_its_input_as_it_would_alone() -> None:
+    hidden = nn.Linear(4, 3)
+    relu = nn.ReLU(inplace=True)
+    x = torch.randn(5, 4, requires_grad=True)
+    kept: list[Tensor] = []
+
+    def forward(x: Tensor) -> Tensor:
+        h = hidden(x)
+        kept.append(h)
+        return relu(h)
+
+    wrapper = nn.ModuleDict({"hidden": hidden, "relu": relu})
+    rules = {"relu": lambda m, i, o, g: (g,)}
+    with override_backward(wrapper, rules, keep_inputs=False, keep_output=False):
+        out = forward(x)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+    assert out.data_ptr() == kept[0].data_ptr()  # no copy: the module ran on its input
+    torch.testing.assert_close(kept[0], out)  # which it changed in place, as without a rule
+    torch.testing.assert_close(grad, torch.ones(5, 3) @ hidden.weight)
+
+
+def test_with_keep_inputs_an_in_place_module_runs_on_a_copy() -> None:
+    model = _mlp()
+    x = torch.randn(5, 4, requires_grad=True)
+    with override_backward(model, {"1": lambda m, i, o, g: (g,)}):
+        hidden = model[0](x)
+        out = model[1](hidden)
+    assert out.data_ptr() != hidden.data_ptr()
+    assert (hidden < 0).any()  # the input kept its negative values
