@@ -7,12 +7,12 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from time import perf_counter
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..demos.runner import timed
 from ..errors import GradlensError
 from ..registry import INFO, get
 from ..text.tokens import token_attributions
@@ -98,9 +98,8 @@ def score_method(task: Task, prepared: Prepared, name: str, *, quick: bool, seed
     metrics = suite(task.modality, quick=quick)
     try:
         with _seeded(seed):
-            start = perf_counter()
-            attributions = explain().detach()
-            seconds = (perf_counter() - start) / len(prepared.inputs)
+            attributions, milliseconds = timed(lambda: explain().detach(), len(prepared.inputs))
+        seconds = milliseconds / 1e3
     except GradlensError as exc:
         return BenchRow(
             task.name, name, {m.name: math.nan for m in metrics}, math.nan, _one_line(exc)
